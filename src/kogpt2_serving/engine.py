@@ -1,0 +1,148 @@
+"""The decode engine: prefill a batch of prompts once, then one token per row per step.
+
+The KV cache is one preallocated array per generation, (2L, B, H, C, D) (k0, v0, k1, v1, ...), with capacity C
+rounded up to a multiple of CACHE_BUCKET so that requests of similar length reuse the same
+hybridized graph. A step reads the cache through per-layer views (no copies) and writes the new
+column back with a single slice assignment, so its cost does not grow with a re-copied cache.
+
+Prompts of different lengths are left-padded: every row writes its next token into the same
+cache slot, pad slots are masked out, and each row's positions start at 0 at its first real
+token, so a row's result does not depend on what it is batched with.
+
+Logits leave the device as float32 NumPy (B, V) once per step; token choice happens on the
+host (see :mod:`kogpt2_serving.generation`).
+"""
+import numpy as np
+
+from .errors import PromptTooLong
+from .model import MASKED, PrefillGraph, StepGraph
+
+CACHE_BUCKET = 64
+
+
+class DecodeState:
+    """The cache and per-row bookkeeping of one batch being decoded."""
+
+    def __init__(self, cache, mask, positions, pads, length):
+        self.cache = cache  # (2L, B, H, C, D): k0, v0, k1, v1, ...
+        self.mask = mask  # (B, C) additive: 0 where a slot holds a real token of that row
+        self.positions = positions  # (B, 1) int32: position id of the next token
+        self.pads = pads  # (B,) left padding per row
+        self.length = length  # slots filled so far (same for all rows)
+        self._views = None
+
+    @property
+    def batch_size(self):
+        return self.cache.shape[1]
+
+    @property
+    def capacity(self):
+        return self.cache.shape[3]
+
+    def layer_views(self):
+        """[k0, v0, k1, v1, ...], each (B, H, C, D), sharing the cache's memory."""
+        if self._views is None:
+            self._views = [self.cache[i] for i in range(self.cache.shape[0])]
+        return self._views
+
+    def reorder(self, rows):
+        """Keep/duplicate/reorder batch rows (beam search, dropping finished rows)."""
+        import mxnet as mx
+
+        index = mx.nd.array(rows, ctx=self.cache.context, dtype="int32")
+        self.cache = self.cache.take(index, axis=1)
+        self.mask = self.mask.take(index, axis=0)
+        self.positions = self.positions.take(index, axis=0)
+        self.pads = self.pads[np.asarray(rows)]
+        self._views = None
+
+
+class Engine:
+    """Runs one model on one device. Not thread-safe: one generation at a time."""
+
+    def __init__(self, model, ctx, dtype="float32"):
+        self.model = model
+        self.config = model.config
+        self.ctx = ctx
+        self.dtype = dtype
+        self._prefill = PrefillGraph(model)
+        self._step = StepGraph(model)
+        # Prompt shapes vary per request; step shapes are fixed for a whole generation.
+        self._prefill.hybridize(static_alloc=True)
+        self._step.hybridize(static_alloc=True, static_shape=True)
+        model.hybridize(static_alloc=True)
+
+    @property
+    def max_positions(self):
+        return self.config.n_positions
+
+    def check_length(self, prompt_len, max_new_tokens):
+        total = prompt_len + max_new_tokens
+        if total > self.max_positions:
+            raise PromptTooLong(
+                "prompt of {} tokens + max_new_tokens {} = {} exceeds the model's {} positions".format(
+                    prompt_len, max_new_tokens, total, self.max_positions))
+
+    def start(self, prompts, max_new_tokens):
+        """Prefill prompts (lists of ids, each non-empty) -> (state, next-token logits (B, V))."""
+        import mxnet as mx
+
+        lengths = [len(p) for p in prompts]
+        longest = max(lengths)
+        self.check_length(longest, max_new_tokens)
+        capacity = min(_round_up(longest + max_new_tokens - 1, CACHE_BUCKET), self.max_positions)
+        pads = np.array([longest - n for n in lengths])
+        ids = np.zeros((len(prompts), longest), dtype="int32")
+        for row, (prompt, pad) in enumerate(zip(prompts, pads)):
+            ids[row, pad:] = prompt
+        slots = np.arange(longest)
+        positions = np.maximum(slots[None, :] - pads[:, None], 0)  # (B, T)
+        valid = slots[None, :] >= pads[:, None]  # (B, T)
+        causal = slots[:, None] >= slots[None, :]  # (T, T)
+        mask = np.where(valid[:, None, :] & causal[None], 0.0, MASKED)  # (B, T, T)
+
+        logits, kv = self._prefill(self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
+        layers2, batch, heads, _, head_size = kv.shape
+        cache = mx.nd.zeros((layers2, batch, heads, capacity, head_size), ctx=self.ctx, dtype=self.dtype)
+        cache[:, :, :, :longest, :] = kv
+        cache_mask = np.full((batch, capacity), MASKED)
+        cache_mask[:, :longest] = np.where(valid, 0.0, MASKED)
+        state = DecodeState(cache, self._nd(cache_mask), self._nd(np.array(lengths)[:, None] , "int32"),
+                            pads, longest)
+        return state, self._host(logits)
+
+    def step(self, state, tokens):
+        """Feed one token per row (B,) -> next-token logits (B, V)."""
+        if state.length >= state.capacity:
+            raise RuntimeError("KV cache full: {} slots".format(state.capacity))
+        ids = self._nd(np.asarray(tokens).reshape(-1, 1), "int32")
+        logits, kv = self._step(ids, state.positions, state.mask, *state.layer_views())
+        t = state.length
+        state.cache[:, :, :, t:t + 1, :] = kv
+        state.mask[:, t:t + 1] = 0
+        state.positions += 1
+        state.length += 1
+        return self._host(logits)
+
+    def full_logits(self, ids):
+        """Uncached pass over equal-length rows (B, T) -> logits of every position (B, T, V).
+        What the 2020 handler ran once per generated token; kept as a reference."""
+        ids = np.asarray(ids, dtype="int32")
+        batch, length = ids.shape
+        positions = np.broadcast_to(np.arange(length), (batch, length))
+        causal = np.arange(length)[:, None] >= np.arange(length)[None, :]
+        mask = np.broadcast_to(np.where(causal, 0.0, MASKED), (batch, length, length))
+        return self._host(self.model(self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask)))
+
+    def _nd(self, array, dtype=None):
+        import mxnet as mx
+
+        return mx.nd.array(array, ctx=self.ctx, dtype=dtype or self.dtype)
+
+    @staticmethod
+    def _host(logits):
+        return logits.astype("float32", copy=False).asnumpy()
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple

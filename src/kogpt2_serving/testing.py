@@ -1,0 +1,101 @@
+"""Tiny KoGPT2-format model directories, built in seconds, for tests and benchmarks.
+
+The files are real: a SentencePiece BPE model with KoGPT2's special pieces, an MXNet `.params`
+file in any of the three key layouts, and optionally a `config.json`. File names carry the
+first 10 hex digits of their MD5, as the original release did.
+"""
+import hashlib
+import io
+import os
+import tempfile
+
+import numpy as np
+
+from . import checkpoint
+from .config import GPT2Config, write_config_file
+
+# A few sentences of plain Korean (written for this project) to train a tiny vocabulary on.
+CORPUS = """대한민국은 민주공화국이다.
+대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다.
+오늘은 날씨가 맑고 바람이 시원하다. 우리는 공원에 가서 산책을 했다.
+아기 공룡 둘리는 희동이와 함께 놀았다.
+2019년 한해를 보내며, 새해에는 더 많은 사람들이 행복하기를 바란다.
+서울에서 부산까지 기차로 3시간 20분이 걸린다!
+학생들은 도서관에서 책을 읽고, 선생님은 수업을 준비한다.
+"정말요?" 그가 물었다. 그래요, 정말입니다.
+컴퓨터와 인터넷은 우리의 삶을 크게 바꾸었다.
+가나다라마바사 아자차카타파하 1234567890 ... ? ! , .
+"""
+UNUSED = ["<unused{}>".format(i) for i in range(10)]
+
+
+def train_tokenizer(path_prefix, vocab_size=400, byte_fallback=False, special_ids=(0, 1, 2, 3), corpus=CORPUS):
+    """Train a BPE SentencePiece model; special_ids = (unk, bos, eos, pad). Returns the .model path."""
+    import sentencepiece as spm
+
+    unk, bos, eos, pad = special_ids
+    spm.SentencePieceTrainer.Train(
+        sentence_iterator=iter(corpus.splitlines()), model_prefix=path_prefix, model_type="bpe",
+        vocab_size=vocab_size, hard_vocab_limit=False, character_coverage=1.0, byte_fallback=byte_fallback,
+        unk_id=unk, bos_id=bos, eos_id=eos, pad_id=pad, user_defined_symbols=UNUSED,
+        minloglevel=2, num_threads=1)
+    return path_prefix + ".model"
+
+
+def random_params(config, seed=0):
+    """Canonical name -> NDArray with GPT-2-like scales; LayerNorm gammas/betas not 1/0 so that
+    swapping them would show."""
+    import mxnet as mx
+
+    rng = np.random.RandomState(seed)
+    params = {}
+    for name, shape in sorted(checkpoint.expected_shapes(config).items()):
+        if name.endswith(".gamma"):
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        elif name.endswith((".beta", ".bias")):
+            value = 0.02 * rng.standard_normal(shape)
+        else:
+            value = 0.02 * rng.standard_normal(shape) * (10 if "_embed" in name else 1)
+        params[name] = mx.nd.array(value.astype("float32"))
+    return params
+
+
+def make_test_model(directory=None, layout="structural", n_layer=2, n_embd=64, n_head=None, n_positions=128,
+                    activation="gelu", write_config=True, seed=0, byte_fallback=False, special_ids=(0, 1, 2, 3),
+                    float16=False, prefix="gpt2model0_", vocab_size=400):
+    """Write a tiny model directory; returns its path. Without a config file the heads are
+    inferred from the width (head size 64), so n_embd must then be a multiple of 64."""
+    directory = directory or tempfile.mkdtemp(prefix="kogpt2-test-")
+    os.makedirs(directory, exist_ok=True)
+    work = tempfile.mkdtemp(dir=directory, prefix=".sp-")
+    model_path = train_tokenizer(os.path.join(work, "sp"), vocab_size, byte_fallback, special_ids)
+    spiece = _store_with_md5(model_path, directory, "kogpt2_news_wiki_ko_cased_{}.spiece")
+    _remove_tree(work)
+
+    import sentencepiece as spm
+
+    pieces = spm.SentencePieceProcessor(model_file=spiece).GetPieceSize()
+    config = GPT2Config(vocab_size=pieces, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
+                        n_head=n_head or max(1, n_embd // 64), activation_function=activation)
+    params_tmp = os.path.join(directory, ".params.tmp")
+    checkpoint.save_params(random_params(config, seed), params_tmp, layout=layout, prefix=prefix, float16=float16)
+    _store_with_md5(params_tmp, directory, "mxnet_kogpt2_{}.params")
+    os.remove(params_tmp)
+    if write_config:
+        write_config_file(config, os.path.join(directory, "config.json"))
+    return directory
+
+
+def _store_with_md5(src, directory, template):
+    with open(src, "rb") as f:
+        data = f.read()
+    dest = os.path.join(directory, template.format(hashlib.md5(data).hexdigest()[:10]))
+    with io.open(dest, "wb") as f:
+        f.write(data)
+    return dest
+
+
+def _remove_tree(path):
+    for name in os.listdir(path):
+        os.remove(os.path.join(path, name))
+    os.rmdir(path)
