@@ -84,13 +84,17 @@ class Engine:
                     prompt_len, max_new_tokens, total, self.max_positions))
 
     def start(self, prompts, max_new_tokens):
-        """Prefill prompts (lists of ids, each non-empty) -> (state, next-token logits (B, V))."""
+        """Prefill prompts (lists of ids, each non-empty) -> (state, next-token logits (B, V)).
+        max_new_tokens: one int for all rows, or one per row."""
         import mxnet as mx
 
         lengths = [len(p) for p in prompts]
+        budgets = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
+        for length, budget in zip(lengths, budgets):
+            self.check_length(length, budget)
         longest = max(lengths)
-        self.check_length(longest, max_new_tokens)
-        capacity = min(_round_up(longest + max_new_tokens - 1, CACHE_BUCKET), self.max_positions)
+        # Slots: the padded prompt plus every fed-back token (the last one is never fed).
+        capacity = _round_up(longest + max(budgets) - 1, CACHE_BUCKET)
         pads = np.array([longest - n for n in lengths])
         ids = np.zeros((len(prompts), longest), dtype="int32")
         for row, (prompt, pad) in enumerate(zip(prompts, pads)):
