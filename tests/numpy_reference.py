@@ -1,0 +1,69 @@
+"""An independent NumPy forward pass of KoGPT2 v1, written from the math (not from model.py).
+
+Reads parameters by their structural names straight from a `.params` file.
+"""
+import math
+
+import numpy as np
+from scipy.special import erf
+
+
+def load_numpy_params(path):
+    import mxnet as mx
+
+    raw = mx.nd.load(path)
+    return {k: v.asnumpy().astype(np.float64) for k, v in raw.items()}
+
+
+def layer_norm(x, gamma, beta, eps):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def gelu(x, kind):
+    if kind == "erf":
+        return 0.5 * x * (1 + erf(x / math.sqrt(2)))
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf"):
+    """ids (T,) -> logits (T, V). Dense weights are (out, in): y = x W^T + b."""
+    T = len(ids)
+    x = p["_embed.weight"][ids] + p["_pos_embed.weight"][np.arange(T)]  # (T, U)
+    U = x.shape[1]
+    D = U // n_head
+    causal = np.tril(np.ones((T, T), dtype=bool))
+    for i in range(n_layer):
+        a = "_self_attention_layers.%d." % i
+        h = layer_norm(x, p["_attn_ln.%d.gamma" % i], p["_attn_ln.%d.beta" % i], eps)
+        qkv = h @ p[a + "_multi_head_qkv_proj.weight"].T + p[a + "_multi_head_qkv_proj.bias"]  # (T, 3U)
+        q, k, v = qkv[:, :U], qkv[:, U:2 * U], qkv[:, 2 * U:]
+        heads = []
+        for head in range(n_head):
+            cols = slice(head * D, (head + 1) * D)
+            scores = q[:, cols] @ k[:, cols].T / math.sqrt(D)  # (T, T)
+            scores = np.where(causal, scores, -np.inf)
+            w = np.exp(scores - scores.max(-1, keepdims=True))
+            w /= w.sum(-1, keepdims=True)
+            heads.append(w @ v[:, cols])  # (T, D)
+        attn = np.concatenate(heads, axis=1) @ p[a + "_out_proj.weight"].T + p[a + "_out_proj.bias"]
+        x = x + attn
+        f = "_ffn_layers.%d." % i
+        h = layer_norm(x, p["_ffn_ln.%d.gamma" % i], p["_ffn_ln.%d.beta" % i], eps)
+        h = gelu(h @ p[f + "_hidden_map.weight"].T + p[f + "_hidden_map.bias"], act)
+        x = x + h @ p[f + "_out_map.weight"].T + p[f + "_out_map.bias"]
+    x = layer_norm(x, p["_final_ln.gamma"], p["_final_ln.beta"], eps)
+    return x @ p["_embed.weight"].T  # tied head, no bias
+
+
+def greedy(p, ids, steps, n_layer, n_head, act="erf", eos_id=None):
+    ids = list(ids)
+    out = []
+    for _ in range(steps):
+        token = int(np.argmax(forward(p, np.array(ids), n_layer, n_head, act=act)[-1]))
+        out.append(token)
+        ids.append(token)
+        if token == eos_id:
+            break
+    return out

@@ -1,0 +1,105 @@
+"""KV-cache decoding against full recompute; batched prompts against single ones."""
+import numpy as np
+import pytest
+
+from kogpt2_serving.errors import PromptTooLong
+from kogpt2_serving.generation import Generator
+from kogpt2_serving.params import parse_parameters
+
+PROMPTS = ["대한민국은", "아기 공룡 둘리는 희동이와", "서울에서 부산까지 기차로 3시간 20분이 걸린다!", "학생들은"]
+
+
+def greedy_full_recompute(engine, ids, steps):
+    """What the 2020 handler did: the whole sequence through the model for every token."""
+    ids, out = list(ids), []
+    for _ in range(steps):
+        token = int(np.argmax(engine.full_logits([ids])[0, -1]))
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+def greedy_cached(engine, prompts, steps):
+    state, logits = engine.start(prompts, steps)
+    out = [[] for _ in prompts]
+    for step in range(steps):
+        tokens = logits.argmax(-1)
+        for row, token in enumerate(tokens):
+            out[row].append(int(token))
+        if step < steps - 1:
+            logits = engine.step(state, tokens)
+    return out
+
+
+def test_cached_equals_full_recompute(tiny_model):
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    for prompt in PROMPTS:
+        ids = tok.encode_prompt(prompt)
+        assert greedy_cached(engine, [ids], 40) == [greedy_full_recompute(engine, ids, 40)]
+
+
+def test_cached_logits_track_full_recompute(tiny_model):
+    engine = tiny_model.engine
+    ids = tiny_model.tokenizer.encode_prompt(PROMPTS[1])
+    state, logits = engine.start([ids], 20)
+    for token in [5, 17, 200, 3, 42]:
+        ids = ids + [token]
+        logits = engine.step(state, [token])
+        assert np.abs(logits[0] - engine.full_logits([ids])[0, -1]).max() < 1e-5
+
+
+def test_batched_prompts_equal_single_prompts(tiny_model):
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    prompts = [tok.encode_prompt(p) for p in PROMPTS]
+    assert len({len(p) for p in prompts}) > 2  # really different lengths: padding is exercised
+    batched = greedy_cached(engine, prompts, 30)
+    single = [greedy_cached(engine, [p], 30)[0] for p in prompts]
+    assert batched == single
+
+
+def test_batched_logits_equal_single_logits(tiny_model):
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    prompts = [tok.encode_prompt(p) for p in PROMPTS]
+    _, batched = engine.start(prompts, 4)
+    for row, p in enumerate(prompts):
+        _, single = engine.start([p], 4)
+        assert np.abs(batched[row] - single[0]).max() < 1e-5
+
+
+def test_generator_batch_equals_single(generator):
+    params = parse_parameters({"max_new_tokens": 25})
+    batched = generator.generate(PROMPTS, params)
+    for prompt, seqs in zip(PROMPTS, batched):
+        assert generator.generate([prompt], params)[0] == seqs
+
+
+def test_reorder_duplicates_rows(tiny_model):
+    engine = tiny_model.engine
+    ids = tiny_model.tokenizer.encode_prompt(PROMPTS[0])
+    state, logits = engine.start([ids], 10)
+    state.reorder([0, 0, 0])
+    stepped = engine.step(state, [7, 8, 7])
+    assert np.array_equal(stepped[0], stepped[2]) and not np.array_equal(stepped[0], stepped[1])
+    _, ref = engine.start([ids + [8]], 4)
+    assert np.abs(stepped[1] - ref[0]).max() < 1e-5
+
+
+def test_prompt_plus_new_tokens_beyond_positions(tiny_model):
+    engine = tiny_model.engine  # n_positions 96
+    with pytest.raises(PromptTooLong) as e:
+        engine.start([[1] * 90], 10)
+    assert e.value.status == 413
+    assert str(e.value) == "prompt of 90 tokens + max_new_tokens 10 = 100 exceeds the model's 96 positions"
+    engine.start([[1] * 90], 6)  # exactly 96 fits
+
+
+def test_generator_rejects_long_prompt_with_both_numbers(generator):
+    with pytest.raises(PromptTooLong, match=r"prompt of \d+ tokens \+ max_new_tokens 64 = \d+ exceeds the model's 96"):
+        generator.generate(["대한민국은 민주공화국이다. " * 20], parse_parameters({}))
+
+
+def test_full_length_generation_fills_every_position(generator, tiny_model):
+    ids = tiny_model.tokenizer.encode_prompt("대한민국은")
+    params = parse_parameters({"max_new_tokens": 96 - len(ids)})
+    (seq,), = generator.generate(["대한민국은"], params)
+    assert seq.generated_tokens <= 96 - len(ids)
