@@ -99,3 +99,92 @@ def _remove_tree(path):
     for name in os.listdir(path):
         os.remove(os.path.join(path, name))
     os.rmdir(path)
+
+
+# ---- HuggingFace GPT-2 (KoGPT2 v2 layout) ----
+
+V2_SPECIALS = ["<s>", "</s>", "<usr>", "<pad>", "<sys>", "<unk>", "<mask>"]  # KoGPT2 v2's first ids
+
+
+def train_hf_tokenizer(kind="metaspace", vocab_size=400, corpus=CORPUS):
+    """A `tokenizers` BPE tokenizer trained on `corpus`, with v2's special tokens first.
+
+    "metaspace": `▁` word marks and `<unk>` for unseen characters, like v2's character BPE;
+    "bytelevel": GPT-2's byte-level BPE, never unknown, a Korean syllable may span several ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if kind == "metaspace":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+        alphabet = []
+    elif kind == "bytelevel":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        raise ValueError("kind must be metaspace or bytelevel, got {!r}".format(kind))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=V2_SPECIALS, initial_alphabet=alphabet,
+                                  show_progress=False)
+    tok.train_from_iterator(corpus.splitlines(), trainer)
+    return tok
+
+
+def make_hf_test_model(directory=None, weights=("safetensors",), activation="gelu_new", tokenizer="metaspace",
+                       role_files=True, n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_padding=16, seed=0,
+                       init_range=0.02):
+    """Write a tiny HuggingFace GPT-2 directory as transformers itself saves it; returns its path.
+
+    Needs torch and transformers (test dependencies). `weights`: "safetensors" (save_pretrained)
+    and/or "bin" (a pickled state dict as older transformers wrote it: with the tied
+    lm_head.weight and the causal-mask buffers). role_files=False writes only tokenizer.json, so
+    special-token roles come from config.json's ids, as for the published v2. The embedding has
+    `vocab_padding` rows more than the tokenizer, as HF models pad. Every parameter, biases and
+    LayerNorms included, is random so that a mapping mistake shows.
+    `GPT2LMHeadModel.from_pretrained(path)` reads the result back as the reference."""
+    import torch
+    from transformers import GPT2Config as HFConfig
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    directory = directory or tempfile.mkdtemp(prefix="kogpt2-hf-test-")
+    os.makedirs(directory, exist_ok=True)
+    tok = train_hf_tokenizer(tokenizer)
+    roles = dict(bos_token="</s>", eos_token="</s>", pad_token="<pad>", mask_token="<mask>",
+                 unk_token="<unk>" if tokenizer == "metaspace" else None)
+    if role_files:
+        PreTrainedTokenizerFast(tokenizer_object=tok, **roles).save_pretrained(directory)
+    else:
+        tok.save(os.path.join(directory, "tokenizer.json"))
+    config = HFConfig(vocab_size=tok.get_vocab_size() + vocab_padding, n_positions=n_positions, n_embd=n_embd,
+                      n_layer=n_layer, n_head=n_head, activation_function=activation, initializer_range=init_range,
+                      bos_token_id=tok.token_to_id("</s>"), eos_token_id=tok.token_to_id("</s>"),
+                      pad_token_id=tok.token_to_id("<pad>"))
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(config).eval()
+    _randomize_vectors(model, torch)
+    model.save_pretrained(directory)
+    if "bin" in weights:
+        torch.save(_legacy_state_dict(model, n_positions, torch), os.path.join(directory, "pytorch_model.bin"))
+    if "safetensors" not in weights:
+        os.remove(os.path.join(directory, "model.safetensors"))
+    return directory
+
+
+def _randomize_vectors(model, torch):
+    """GPT-2 initializes biases to 0 and LayerNorms to 1/0; make them random too."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif p.dim() == 1:
+                p.copy_(0.02 * torch.randn_like(p))
+
+
+def _legacy_state_dict(model, n_positions, torch):
+    state = dict(model.state_dict())
+    state.setdefault("lm_head.weight", state["transformer.wte.weight"])
+    causal = torch.tril(torch.ones((n_positions, n_positions), dtype=torch.uint8)).view(1, 1, n_positions, n_positions)
+    for i in range(model.config.n_layer):
+        state.setdefault("transformer.h.{}.attn.bias".format(i), causal)
+        state.setdefault("transformer.h.{}.attn.masked_bias".format(i), torch.tensor(-1e4))
+    return state
