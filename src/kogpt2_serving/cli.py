@@ -16,6 +16,7 @@ from .errors import ServingError
 # name -> (module, one-line help)
 COMMANDS = {
     "generate": ("kogpt2_serving.commands.generate", "generate text from a prompt"),
+    "convert": ("kogpt2_serving.commands.convert", "write a model directory (e.g. KoGPT2 v2) in the v1 layout"),
 }
 
 
