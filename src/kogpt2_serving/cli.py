@@ -17,6 +17,13 @@ from .errors import ServingError
 COMMANDS = {
     "generate": ("kogpt2_serving.commands.generate", "generate text from a prompt"),
     "convert": ("kogpt2_serving.commands.convert", "write a model directory (e.g. KoGPT2 v2) in the v1 layout"),
+    "package": ("kogpt2_serving.commands.package", "write model.tar.gz in SageMaker's layout"),
+    "deploy": ("kogpt2_serving.commands.deploy", "create a SageMaker model, endpoint config and endpoint"),
+    "autoscale": ("kogpt2_serving.commands.autoscale", "target-tracking autoscaling for an endpoint"),
+    "invoke": ("kogpt2_serving.commands.invoke", "send one request to an endpoint"),
+    "teardown": ("kogpt2_serving.commands.teardown", "delete an endpoint and what deploy created"),
+    "batch-transform": ("kogpt2_serving.commands.batch_transform", "generate for JSON Lines files in S3"),
+    "latency": ("kogpt2_serving.commands.latency", "time requests against an endpoint or URL"),
 }
 
 
