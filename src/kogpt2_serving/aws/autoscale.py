@@ -6,9 +6,9 @@ one policy keeping the invocations per instance per minute near a target value.
 from typing import NamedTuple
 
 from . import validate
-from .calls import Call, out, send, send_all, send_if_present
+from .calls import Call, is_not_found, out, send, send_all, send_if_present
 from .deploy import VARIANT, describe_endpoint_call
-from .errors import DeploymentError
+from .errors import AwsCallError, DeploymentError
 
 NAMESPACE = "sagemaker"
 DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -66,7 +66,13 @@ def apply(clients, spec, write=out):
     """Registering a variant of an endpoint that is not InService fails in AWS with a vague
     message; check first and say what to do."""
     check_spec(spec)
-    description = send(clients, describe_endpoint_call(spec.endpoint), write)
+    try:
+        description = send(clients, describe_endpoint_call(spec.endpoint), write)
+    except AwsCallError as e:
+        if is_not_found(e):
+            raise DeploymentError("endpoint {} not found in {}: deploy it first (`kogpt2-serving deploy`), or pass "
+                                  "--name / --region".format(spec.endpoint, clients.region))
+        raise
     if description["EndpointStatus"] != "InService":
         raise DeploymentError("endpoint {} is {}, not InService: wait for it (deploy waits by default) before "
                               "adding autoscaling".format(spec.endpoint, description["EndpointStatus"]))
@@ -101,7 +107,10 @@ def removal_plan(endpoint, variant=VARIANT, policy_names=None):
 
 
 def remove(clients, endpoint, variant=VARIANT, write=out):
-    """Remove whatever is registered; nothing registered is fine."""
-    _, policies = describe(clients, endpoint, variant, write)
-    for call in removal_plan(endpoint, variant, [p["PolicyName"] for p in policies]):
+    """Remove what describe shows is registered; nothing registered is fine."""
+    targets, policies = describe(clients, endpoint, variant, write)
+    calls = removal_plan(endpoint, variant, [p["PolicyName"] for p in policies])
+    for call in calls if targets else calls[:-1]:
         send_if_present(clients, call, write)
+    if not targets:
+        write("   no autoscaling registered for " + resource_id(endpoint, variant))

@@ -27,7 +27,7 @@ class Call(NamedTuple):
 
     def summary(self):
         """One line for progress output: the operation and the names it acts on."""
-        names = [str(v) for k, v in sorted(self.params.items()) if k.endswith(("Name", "Id", "Key", "Filename"))]
+        names = [str(v) for k, v in sorted(self.params.items()) if k.endswith(("Name", "Id", "Key", "Filename", "Bucket"))]
         return "{}.{}({})".format(self.service, self.operation, ", ".join(names))
 
 

@@ -7,7 +7,8 @@ what the SageMaker SDK's MXNetModel would set, so both routes behave the same.
 from typing import NamedTuple, Optional
 
 from . import ecr, validate
-from .calls import Call, out, send, send_all
+from .calls import Call, is_not_found, out, send, send_all
+from .errors import AwsCallError, DeploymentError
 from .waiter import wait_for_status
 
 VARIANT = "AllTraffic"
@@ -85,6 +86,7 @@ def deploy(clients, spec, model_only=False, wait=True, poll_seconds=30, timeout_
     region = clients.region
     check_spec(spec, region)
     ecr.check_image(clients, validate.ecr_image(spec.image, region), write)
+    check_names_free(clients, spec.name, model_only, write)
     send_all(clients, plan(spec, region, model_only), write)
     if model_only:
         write("model {} created (no endpoint)".format(spec.name))
@@ -96,6 +98,24 @@ def deploy(clients, spec, model_only=False, wait=True, poll_seconds=30, timeout_
     description = wait_for_endpoint(clients, spec.name, poll_seconds, timeout_seconds, write)
     write("endpoint {} is InService: {}".format(spec.name, description["EndpointArn"]))
     return description
+
+
+def check_names_free(clients, name, model_only=False, write=out):
+    """Fail before creating anything when a resource of that name is left over; otherwise a
+    half-made deployment (model created, endpoint refused) would need cleaning up."""
+    checks = [("model", Call("sagemaker", "describe_model", {"ModelName": name}))]
+    if not model_only:
+        checks += [("endpoint config", Call("sagemaker", "describe_endpoint_config", {"EndpointConfigName": name})),
+                   ("endpoint", describe_endpoint_call(name))]
+    for kind, call in checks:
+        try:
+            send(clients, call, write, quiet=True)
+        except AwsCallError as e:
+            if is_not_found(e):
+                continue
+            raise
+        raise DeploymentError("a SageMaker {} named {} already exists: remove the old deployment with "
+                              "`kogpt2-serving teardown --name {}`, or choose another --name".format(kind, name, name))
 
 
 def wait_for_endpoint(clients, name, poll_seconds=30, timeout_seconds=3600, write=out, sleep=None):
