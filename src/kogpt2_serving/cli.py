@@ -16,6 +16,7 @@ from .errors import ServingError
 # name -> (module, one-line help)
 COMMANDS = {
     "generate": ("kogpt2_serving.commands.generate", "generate text from a prompt"),
+    "serve": ("kogpt2_serving.commands.serve", "run a local Multi Model Server with the SageMaker handler"),
     "convert": ("kogpt2_serving.commands.convert", "write a model directory (e.g. KoGPT2 v2) in the v1 layout"),
     "package": ("kogpt2_serving.commands.package", "write model.tar.gz in SageMaker's layout"),
     "deploy": ("kogpt2_serving.commands.deploy", "create a SageMaker model, endpoint config and endpoint"),

@@ -1,0 +1,438 @@
+"""Run the SageMaker serving stack locally: Multi Model Server + our handler service.
+
+What a SageMaker container does on ``serve`` is
+``sagemaker_inference.model_server.start_model_server(handler_service=...)``: write an MMS
+properties file from the ``SAGEMAKER_*`` variables, put ``<model_dir>/code`` on PYTHONPATH,
+``pip install`` its requirements.txt, run ``multi-model-server --start --model-store /
+--mms-config <file> --log-config <toolkit log4j2.xml> --models model=<model_dir>``, then find
+the MMS JVM with psutil and wait on it. :class:`ModelServer` takes the same steps with the
+same properties (built from the toolkit's ``Environment`` and its default properties file)
+and the same command line, but:
+
+- **It launches MMS itself instead of calling start_model_server.** That function writes
+  ``/etc/sagemaker-mms.properties`` (root), reads ``/opt/ml`` paths fixed at import time,
+  and looks for "the" MMS JVM among *all* processes of the host: with a second MMS running
+  (another developer, another test) it fails with "multiple mms model servers are not
+  supported" or attaches to the wrong one. Here the launcher runs with ``--foreground`` as
+  our child, in its own session, so its process group is exactly "this server" (launcher,
+  JVM, Python workers) and :meth:`ModelServer.stop` ends it with ``killpg``, leaving
+  nothing behind (SIGTERM to the toolkit's launcher only reaches the JVM and orphans the
+  worker processes).
+- Everything it writes lives in a private temp directory: the properties file, logs,
+  metrics, MMS's pid file and the workers' unix sockets (``TMPDIR``; kept short, because a
+  unix socket path must stay under ~100 characters), so servers do not collide.
+- Readiness means the model is loaded: MMS answers ``/ping`` before workers have loaded
+  anything, and MMS swallows exceptions from a handler's ``initialize``. So
+  :meth:`ModelServer.wait_ready` waits until every worker is READY in the management API
+  and a real one-token generation through ``/invocations`` succeeds; a worker whose model
+  failed to load answers 500 ``model_error``, which ends start-up with that error.
+- With ``batch_size`` > 1 the model is not loaded from the command line (MMS gives such
+  models batch size 1) but registered through the management API with ``batch_size`` and
+  ``max_batch_delay``, so MMS hands the handler several requests at once.
+
+MMS rejects ports >= 32767 (and so the OS's ephemeral range); :func:`check_port` says so
+before starting. ``SAGEMAKER_*`` variables keep their meaning (timeouts, payload size,
+vmargs, default Accept, user program), with explicit arguments taking precedence.
+"""
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import NamedTuple, Optional
+from urllib.error import HTTPError, URLError
+from urllib.parse import urlencode
+from urllib.request import Request, urlopen
+
+from .device import cpu_count, threads_per_worker
+from .errors import ServingError
+from .handler import DEVICE_ENV, WORKERS_ENV
+from .model_dir import find_model_files
+
+log = logging.getLogger(__name__)
+
+SERVICE = "kogpt2_serving.handler_service"
+MODEL_NAME = "model"  # the toolkit's DEFAULT_MMS_MODEL_NAME
+MAX_PORT = 32766  # the MMS frontend rejects 32767 and above
+SOCKET_DIR_LIMIT = 80  # TMPDIR + "/.mms.sock.9000" must fit a unix socket path (108 bytes)
+PROBE = {"inputs": "안녕", "parameters": {"max_new_tokens": 1}}
+EXTRA_VMARGS = "-XX:-UsePerfData"  # no hsperfdata files in /tmp
+THREADS_ENV = "KOGPT2_THREADS"
+
+
+class ServerError(ServingError):
+    kind = "server_error"
+
+
+class ServerConfig(NamedTuple):
+    model_dir: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    device: str = "auto"
+    batch_size: int = 1  # > 1: MMS batching (registered through the management API)
+    max_batch_delay: int = 50  # ms MMS waits to fill a batch
+    log_file: Optional[str] = None  # None: MMS logs to this process's stdout
+    startup_timeout: Optional[float] = None  # None: SAGEMAKER_STARTUP_TIMEOUT (600 s)
+    install_requirements: bool = False  # pip install <model_dir>/code/requirements.txt first
+
+
+def default_model_dir():
+    """The model directory when none is given: SageMaker's, if this looks like SageMaker.
+
+    The single place to change when a shipped demo model becomes the default.
+    """
+    base = os.environ.get("SAGEMAKER_BASE_DIR")
+    if base:
+        return os.path.join(base, "model")
+    if os.path.isdir("/opt/ml/model"):
+        return "/opt/ml/model"
+    return None
+
+
+def in_sagemaker_container():
+    """SageMaker sets SAGEMAKER_BIND_TO_PORT (or mounts /opt/ml/model): listen on all interfaces."""
+    return bool(os.environ.get("SAGEMAKER_BIND_TO_PORT")) or os.path.isdir("/opt/ml/model")
+
+
+def check_port(port):
+    if not 1 <= port <= MAX_PORT:
+        raise ServerError("port {} is not usable: Multi Model Server only accepts ports 1-{} (it rejects 32767 "
+                          "and above); pick e.g. 8080 or one in 20000-{}".format(port, MAX_PORT, MAX_PORT))
+
+
+def mms_properties(config, environment=None):
+    """The MMS properties text: the toolkit's defaults + the same keys it writes."""
+    from sagemaker_inference import environment as toolkit_environment
+
+    env = environment or toolkit_environment.Environment()
+    with open(_toolkit_file("default-mms.properties")) as f:
+        text = f.read()
+    if config.batch_size > 1:  # registered later with batch_size; "ALL" would scan the model store "/"
+        text = text.replace("load_models=ALL", "load_models=")
+    address = "http://{}:{}".format(config.host, config.port)
+    values = [
+        ("default_response_timeout", env.model_server_timeout),
+        ("default_workers_per_model", config.workers),
+        ("inference_address", address),
+        ("management_address", address),
+        ("vmargs", " ".join(filter(None, [env.vmargs, EXTRA_VMARGS]))),
+        ("max_request_size", getattr(env, "max_request_size", None)),
+        ("default_service_handler", SERVICE),
+        ("default_response_timeout_seconds", getattr(env, "model_server_timeout_seconds", None)),
+    ]
+    return text + "".join("{}={}\n".format(k, v) for k, v in values if v)
+
+
+def mms_command(config, properties_file):
+    """The toolkit's multi-model-server command, run by this interpreter, in the foreground."""
+    command = [sys.executable, "-m", "mms.model_server", "--start", "--foreground", "--model-store", "/",
+               "--mms-config", properties_file, "--log-config", _toolkit_file("log4j2.xml")]
+    if config.batch_size <= 1:
+        command += ["--models", "{}={}".format(MODEL_NAME, os.path.abspath(config.model_dir))]
+    return command
+
+
+class ModelServer:
+    """One Multi Model Server serving one model directory; ``with ModelServer(cfg) as s:``
+    starts it, waits until the model answers, and stops it (whole process group) on exit."""
+
+    def __init__(self, config):
+        self.config = config
+        self.run_dir = None
+        self._proc = None
+        self._log = None
+
+    @property
+    def url(self):
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
+        return "http://{}:{}".format(host, self.config.port)
+
+    @property
+    def pid(self):
+        return self._proc.pid if self._proc else None
+
+    def __enter__(self):
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def start(self):
+        """Launch MMS (does not wait for the model; see wait_ready)."""
+        config = self.config
+        check_port(config.port)
+        find_model_files(config.model_dir)  # a clear error now rather than a worker log line later
+        _check_runtime()
+        _check_port_free(config.host, config.port)
+        self.run_dir = tempfile.mkdtemp(prefix="kgs-", dir=_short_temp_root())
+        properties = os.path.join(self.run_dir, "mms.properties")
+        with open(properties, "w") as f:
+            f.write(mms_properties(config))
+        env = self._environment()
+        if config.install_requirements:
+            _install_requirements(config.model_dir, env)
+        self._log = open(config.log_file, "ab") if config.log_file else None
+        self._proc = subprocess.Popen(mms_command(config, properties), env=env, cwd=self.run_dir,
+                                      stdin=subprocess.DEVNULL, stdout=self._log,
+                                      stderr=subprocess.STDOUT if self._log else None, start_new_session=True)
+        log.info("Multi Model Server starting (pid %d) for %s on %s, %d worker(s), %s", self._proc.pid,
+                 config.model_dir, self.url, config.workers, _threads_note(config.workers))
+        return self
+
+    def _environment(self):
+        config = self.config
+        env = dict(os.environ)
+        logs = os.path.join(self.run_dir, "logs")
+        os.makedirs(logs)
+        code_dir = os.path.join(os.path.abspath(config.model_dir), "code")
+        env.update({
+            "TMPDIR": self.run_dir, "TEMP": self.run_dir,  # MMS pid file and worker sockets
+            "LOG_LOCATION": logs, "METRICS_LOCATION": logs,
+            "PYTHONPATH": code_dir + os.pathsep + env.get("PYTHONPATH", ""),  # as the toolkit does
+            WORKERS_ENV: str(config.workers),  # model_fn sizes each worker's threads from it
+            DEVICE_ENV: config.device,
+            "SAGEMAKER_BIND_TO_PORT": str(config.port),
+        })
+        if not (env.get(THREADS_ENV) or env.get("OMP_NUM_THREADS")):
+            # The MMS worker sets OMP_NUM_THREADS=1 when it is unset, which model_fn could not
+            # tell from an operator's choice: pass cores // workers explicitly.
+            env[THREADS_ENV] = str(threads_per_worker(config.workers))
+        return env
+
+    def wait_ready(self, timeout=None, should_stop=None):
+        """Block until the model answers; False if should_stop() became true first."""
+        timeout = timeout or self.config.startup_timeout or _toolkit_startup_timeout()
+        deadline = time.time() + timeout
+        registered = self.config.batch_size <= 1
+        while True:
+            if should_stop and should_stop():
+                return False
+            code = self._proc.poll()
+            if code is not None:
+                raise ServerError("Multi Model Server exited with status {} during start-up{}".format(
+                    code, self._log_tail()))
+            if time.time() > deadline:
+                raise ServerError("the model was not ready after {:.0f} s{}".format(timeout, self._log_tail()))
+            if not registered:
+                registered = self._register()
+            elif self._workers_ready():
+                status, body = self.invoke(json.dumps(PROBE).encode("utf-8"), "application/json", timeout=60)
+                if status == 200:
+                    log.info("model ready: POST %s/invocations", self.url)
+                    return True
+                if status == 500 and b"model_error" in body:
+                    raise ServerError("the model failed to load in the worker{}".format(self._log_tail()))
+            time.sleep(0.25)
+
+    def invoke(self, body, content_type="application/json", accept=None, timeout=120):
+        """POST /invocations -> (status, body bytes); (None, b"") when nothing answers."""
+        headers = {"Content-Type": content_type}
+        if accept:
+            headers["Accept"] = accept
+        return _http("POST", self.url + "/invocations", body, headers, timeout)
+
+    def _register(self):
+        query = urlencode({"url": os.path.abspath(self.config.model_dir), "model_name": MODEL_NAME,
+                           "handler": SERVICE, "batch_size": self.config.batch_size,
+                           "max_batch_delay": self.config.max_batch_delay,
+                           "initial_workers": self.config.workers, "synchronous": "false"})
+        status, body = _http("POST", self.url + "/models?" + query, b"", {}, 10)
+        if status is None:
+            return False  # not listening yet
+        if status >= 300:
+            raise ServerError("registering the model with batch_size {} failed: HTTP {} {}".format(
+                self.config.batch_size, status, body.decode("utf-8", "replace")[:300]))
+        log.info("registered %s with batch_size %d, max_batch_delay %d ms", self.config.model_dir,
+                 self.config.batch_size, self.config.max_batch_delay)
+        return True
+
+    def workers(self):
+        """The management API's worker list for the model ([] when unknown)."""
+        status, body = _http("GET", self.url + "/models/" + MODEL_NAME, None, {}, 5)
+        if status != 200:
+            return []
+        described = json.loads(body.decode("utf-8"))
+        if isinstance(described, list):
+            described = described[0] if described else {}
+        return described.get("workers", [])
+
+    def _workers_ready(self):
+        workers = self.workers()
+        return len(workers) >= self.config.workers and all(w.get("status") == "READY" for w in workers)
+
+    def poll(self):
+        """None while the server runs, else the launcher's exit status."""
+        return self._proc.poll() if self._proc else 0
+
+    def stop(self, timeout=15.0):
+        """SIGTERM the server's process group, SIGKILL what is left after `timeout`; idempotent."""
+        if self._proc is not None:
+            group = self._proc.pid
+            _signal_group(group, signal.SIGTERM)
+            if not _wait_group_gone(group, self._proc, timeout):
+                log.warning("server processes still running after %.0f s: killing them", timeout)
+                _signal_group(group, signal.SIGKILL)
+                _wait_group_gone(group, self._proc, 5.0)
+            self._proc.wait()
+            self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
+
+    def _log_tail(self, lines=30):
+        if not self.config.log_file:
+            return " (see the Multi Model Server output above)"
+        try:
+            with open(self.config.log_file, "rb") as f:
+                tail = f.read().decode("utf-8", "replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "; last lines of {}:\n{}".format(self.config.log_file, "\n".join(tail))
+
+
+def serve(config):
+    """Run until SIGINT/SIGTERM; returns the exit status. Logs where it listens."""
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = ModelServer(config)
+    try:
+        server.start()
+        if not server.wait_ready(should_stop=stop.is_set):
+            log.info("stopping before the model was ready")
+            return 0
+        log.info("serving %s at %s (POST /invocations, GET /ping); Ctrl-C or SIGTERM stops it",
+                 config.model_dir, server.url)
+        while not stop.wait(0.5):
+            if server.poll() is not None:
+                log.error("Multi Model Server exited with status %s", server.poll())
+                return 1
+        log.info("stopping")
+        return 0
+    finally:
+        server.stop()
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+
+
+def _http(method, url, body, headers, timeout):
+    request = Request(url, data=body, headers=headers, method=method)
+    try:
+        with urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except HTTPError as e:
+        return e.code, e.read()
+    except (URLError, ConnectionError, socket.timeout):
+        return None, b""
+
+
+def _signal_group(group, signum):
+    try:
+        os.killpg(group, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_group_gone(group, launcher, timeout):
+    """Wait until no live (non-zombie) process is left in the group."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        launcher.poll()  # reap our own child
+        if not _live_members(group):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _live_members(group):
+    members = []
+    for name in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/{}/stat".format(name)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == group and state not in ("Z", "X"):
+            members.append(int(name))
+    if not os.path.isdir("/proc"):  # not Linux: signal 0 tells whether the group exists
+        try:
+            os.killpg(group, 0)
+            members.append(group)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return members
+
+
+def _check_runtime():
+    try:
+        import mms  # noqa: F401
+        import sagemaker_inference  # noqa: F401
+    except ImportError as e:
+        raise ServerError("the server needs multi-model-server and sagemaker-inference ({}); install "
+                          "kogpt2-serving[server]".format(e))
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise ServerError("Multi Model Server needs a Java runtime (8 or newer): install one (e.g. apt-get install "
+                          "default-jre-headless) or set JAVA_HOME")
+
+
+def _check_port_free(host, port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ServerError("cannot listen on {}:{}: {}".format(host, port, e.strerror or e))
+
+
+def _install_requirements(model_dir, env):
+    requirements = os.path.join(model_dir, "code", "requirements.txt")
+    if os.path.exists(requirements):
+        log.info("installing packages from %s", requirements)
+        if subprocess.call([sys.executable, "-m", "pip", "install", "-r", requirements], env=env) != 0:
+            raise ServerError("pip install -r {} failed".format(requirements))
+
+
+def _short_temp_root():
+    root = tempfile.gettempdir()
+    return root if len(root) <= SOCKET_DIR_LIMIT - 20 else "/tmp"
+
+
+def _toolkit_file(name):
+    import sagemaker_inference
+
+    return os.path.join(os.path.dirname(sagemaker_inference.__file__), "etc", name)
+
+
+def _toolkit_startup_timeout():
+    from sagemaker_inference import environment
+
+    return environment.Environment().startup_timeout
+
+
+def _threads_note(workers):
+    explicit = os.environ.get(THREADS_ENV) or os.environ.get("OMP_NUM_THREADS")
+    threads = int(explicit) if explicit else threads_per_worker(workers)
+    cores = cpu_count()
+    note = "{} CPU thread(s) per worker on {} core(s)".format(threads, cores)
+    if workers * threads > cores:
+        note += " (workers x threads = {} > cores: expect contention)".format(workers * threads)
+    return note

@@ -1,0 +1,210 @@
+"""Start `kogpt2-serving serve` for a test, talk to it over loopback HTTP, and stop it.
+
+Reusable outside this test suite (e.g. a container smoke test)::
+
+    from server_utils import ServeProcess
+
+    with ServeProcess(model_dir, extra_args=["--workers", "1"]) as server:
+        status, reason, headers, body = server.post(b'"hello"', "application/json")
+        assert status == 200, server.log_text()
+    # here: the serve process has exited on SIGTERM and no process of its server is left
+
+`ServeProcess` runs the real CLI (`python -m kogpt2_serving.cli serve`) in its own session
+on a free port in 20000-32766 (MMS rejects 32767 and above), with a temp directory for its
+log, and waits for the line the CLI prints once the model has answered a real request.
+`stop()` sends SIGTERM (what SageMaker and `docker stop` send), waits for the CLI to exit,
+and checks that no process of the CLI's or the Multi Model Server's process group is left;
+anything left is killed and reported as an error. `command` can replace the CLI, e.g. with
+`docker run ...` for a container, as long as it prints the same readiness line.
+"""
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+READY = re.compile(r"serving .* at (http://\S+) ")
+MMS_GROUP = re.compile(r"Multi Model Server starting \(pid (\d+)\)")
+PORT_RANGE = (20000, 32766)
+
+
+def free_port(host="127.0.0.1", tries=50):
+    """A port in 20000-32766 that nothing listens on right now."""
+    for _ in range(tries):
+        port = random.randint(*PORT_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in {}-{}".format(*PORT_RANGE))
+
+
+class ServeProcess:
+    def __init__(self, model_dir, extra_args=(), env=None, port=None, startup_timeout=180.0, command=None):
+        self.model_dir = model_dir
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.startup_timeout = startup_timeout
+        self.command = command
+        self.work_dir = None
+        self.proc = None
+        self.mms_group = None
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    def __enter__(self):
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop(check=False)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop(check=exc[0] is None)
+
+    def start(self):
+        self.work_dir = tempfile.mkdtemp(prefix="kgs-test-")
+        command = self.command or [
+            sys.executable, "-m", "kogpt2_serving.cli", "serve", "--model-dir", self.model_dir,
+            "--port", str(self.port), "--log-file", os.path.join(self.work_dir, "mms.log")] + self.extra_args
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        with open(self.cli_log, "wb") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, cwd=self.work_dir, start_new_session=True)
+        return self
+
+    def wait_ready(self):
+        deadline = time.time() + self.startup_timeout
+        while time.time() < deadline:
+            text = self.log_text(cli_only=True)
+            if self.mms_group is None and MMS_GROUP.search(text):
+                self.mms_group = int(MMS_GROUP.search(text).group(1))
+            if READY.search(text):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError("serve exited with {} before it was ready:\n{}".format(
+                    self.proc.returncode, self.log_text()))
+            time.sleep(0.1)
+        raise RuntimeError("serve not ready after {:.0f} s:\n{}".format(self.startup_timeout, self.log_text()))
+
+    def stop(self, check=True, timeout=30.0):
+        """SIGTERM the CLI, wait for it; then nothing of the server may be left running."""
+        if self.proc is None:
+            return
+        leftovers = []
+        try:
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    leftovers.append(self.proc.pid)
+            deadline = time.time() + 5
+            while time.time() < deadline and self.group_members():
+                time.sleep(0.1)
+            leftovers += self.group_members()
+        finally:
+            for group in (self.proc.pid, self.mms_group):
+                _killpg(group, signal.SIGKILL)
+            self.proc.wait()
+            log = self.log_text()
+            self.proc = None
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        if check and leftovers:
+            raise AssertionError("processes left running after SIGTERM: {}\n{}".format(sorted(set(leftovers)), log))
+
+    def group_members(self):
+        """Live pids in the CLI's or the MMS server's process group."""
+        groups = {g for g in (self.proc.pid if self.proc else None, self.mms_group) if g}
+        return [pid for pid, group in _processes() if group in groups]
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:{}".format(self.port)
+
+    def request(self, method, path, body=None, headers=None, timeout=120):
+        """-> (status, reason, headers (lower-case names), body bytes)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return (response.status, response.reason, {k.lower(): v for k, v in response.getheaders()},
+                    response.read())
+        finally:
+            conn.close()
+
+    def post(self, body, content_type="application/json", accept=None, timeout=120):
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        headers = {}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if accept is not None:
+            headers["Accept"] = accept
+        return self.request("POST", "/invocations", body, headers, timeout)
+
+    def post_json(self, value, accept=None):
+        """POST a JSON value; -> (status, parsed JSON body)."""
+        status, _, _, body = self.post(json.dumps(value, ensure_ascii=False), "application/json", accept)
+        return status, json.loads(body.decode("utf-8"))
+
+    def workers(self):
+        """(id, start time, status) of each MMS worker: a restarted worker gets a new id/start time."""
+        _, _, _, body = self.request("GET", "/models/model")
+        described = json.loads(body.decode("utf-8"))
+        described = described[0] if isinstance(described, list) else described
+        return sorted((w.get("id"), w.get("startTime"), w.get("status")) for w in described.get("workers", []))
+
+    # --- logs --------------------------------------------------------------------------------
+
+    @property
+    def cli_log(self):
+        return os.path.join(self.work_dir, "serve.log")
+
+    def log_text(self, cli_only=False):
+        names = ["serve.log"] if cli_only else ["serve.log", "mms.log"]
+        parts = []
+        for name in names:
+            try:
+                with open(os.path.join(self.work_dir, name), "rb") as f:
+                    parts.append(f.read().decode("utf-8", "replace"))
+            except OSError:
+                pass
+        return "\n".join(parts)
+
+
+def _processes():
+    """(pid, process group) of every live (non-zombie) process, from /proc."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/{}/stat".format(name)) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] not in ("Z", "X"):
+                found.append((int(name), int(fields[2])))
+    return found
+
+
+def _killpg(group, signum):
+    if group:
+        try:
+            os.killpg(group, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
