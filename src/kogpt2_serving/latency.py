@@ -94,10 +94,8 @@ def measure(send, body, calls, content_type=JSON, accept=JSON, clock=time.perf_c
     """Send `calls` requests one after another; call 1 warms up and is not timed."""
     samples, errors = [], []
     for number in range(1, calls + 1):
-        started = clock()
         try:
-            raw = send(body, content_type, accept)
-            elapsed = clock() - started
+            elapsed, raw = _timed(send, clock, body, content_type, accept)
             text, tokens = parse_response(raw)
         except ServingError as e:
             errors.append("call {}: {}".format(number, e.message))
@@ -107,6 +105,17 @@ def measure(send, body, calls, content_type=JSON, accept=JSON, clock=time.perf_c
         if progress:
             progress(number, calls)
     return Report(calls, samples, errors)
+
+
+def _timed(send, clock, *args):
+    """-> (seconds, response). The clock is read after a failed call too, so an injected clock
+    stays in step with the calls."""
+    started = clock()
+    try:
+        raw = send(*args)
+    finally:
+        elapsed = clock() - started
+    return elapsed, raw
 
 
 def percentile(values, q):
