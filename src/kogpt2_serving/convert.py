@@ -29,7 +29,7 @@ def convert(source, dest):
     dest's ModelFiles. Everything is checked as for serving before anything is written."""
     ensure_threads_configured()  # before the weights become NDArrays (see device.py)
     files = find_model_files(source)
-    _check_destination(source, dest)
+    _check_destination(dest)  # a non-empty dest, the source included, is refused
     tokenizer = load_tokenizer(files)
     params, config = read_weights(files)
     checkpoint.check_params(params, config, files.params)
@@ -42,14 +42,12 @@ def convert(source, dest):
     return find_model_files(dest)
 
 
-def _check_destination(source, dest):
+def _check_destination(dest):
     if os.path.exists(dest) and not os.path.isdir(dest):
         raise ModelLoadError("output {} exists and is not a directory".format(dest))
     if os.path.isdir(dest) and os.listdir(dest):
         raise ModelLoadError("output directory {} is not empty ({}); convert into a new directory".format(
             dest, ", ".join(sorted(os.listdir(dest))[:5])))
-    if os.path.abspath(source) == os.path.abspath(dest):
-        raise ModelLoadError("output directory {} is the source directory".format(dest))
 
 
 def _write_params(params, dest):
