@@ -344,3 +344,14 @@ def test_generator_serves_v2_like_transformers(hf_pair):
         # The continuation's text in context (a leading space after the prompt is kept).
         prompt_text = ref_tok.decode(ids, skip_special_tokens=True)
         assert prompt_text + seq.text == ref_tok.decode(ids + expected, skip_special_tokens=True)
+
+
+def test_bfloat16_safetensors_say_what_to_do(hf_copy):
+    from safetensors.torch import load_file, save_file
+
+    path = os.path.join(hf_copy, "model.safetensors")
+    save_file({k: v.to(torch.bfloat16) for k, v in load_file(path).items()}, path)
+    with pytest.raises(ModelLoadError) as e:
+        load_model(hf_copy, device="cpu")
+    assert str(e.value).startswith("cannot read {}: ".format(path))
+    assert str(e.value).endswith("; NumPy has no bfloat16: save the weights as float32 or float16")

@@ -156,7 +156,8 @@ def _read_safetensors(path):
     except ModelLoadError:
         raise
     except Exception as e:  # SafetensorError, OSError, or a dtype NumPy lacks (bfloat16)
-        raise ModelLoadError("cannot read {}: {}".format(path, _first_line(e)))
+        hint = "; NumPy has no bfloat16: save the weights as float32 or float16" if "bfloat16" in str(e) else ""
+        raise ModelLoadError("cannot read {}: {}{}".format(path, _first_line(e), hint))
     return arrays
 
 
