@@ -26,12 +26,11 @@ $(STAMP): setup.cfg constraints.txt requirements-dev.txt
 	$(PIP) install -q -c constraints.txt -r requirements-dev.txt
 	@touch $(STAMP)
 
-test: install  ## run the whole test suite (what CI runs)
-	$(PY) -m vermin --no-tips --violations -t=3.6- --backport dataclasses --eval-annotations src/
+test: lint  ## run the whole test suite (what CI runs)
 	$(PY) -m pytest -q
 
-lint: install  ## Python 3.6 compatibility of the runtime package
-	$(PY) -m vermin --no-tips --violations -t=3.6- --backport dataclasses --eval-annotations src/
+lint: install  ## fail on syntax or stdlib newer than Python 3.6 in the runtime package
+	$(VENV)/bin/vermin --no-tips --violations -t=3.6- --backport dataclasses --eval-annotations src/
 
 wheel: install  ## build dist/kogpt2_serving-*.whl
 	rm -rf build dist
