@@ -27,6 +27,7 @@ $(STAMP): setup.cfg constraints.txt requirements-dev.txt
 	@touch $(STAMP)
 
 test: lint  ## run the whole test suite (what CI runs)
+	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
 	$(PY) -m pytest -q
 
 lint: install  ## fail on syntax or stdlib newer than Python 3.6 in the runtime package
