@@ -39,19 +39,12 @@ class Package(NamedTuple):
     size: int  # bytes of the archive
 
 
-def model_paths(files):
-    """The files a model is made of; newer ModelFiles list them themselves."""
-    if hasattr(files, "paths"):
-        return files.paths()
-    return [p for p in (files.params, files.spiece, files.config) if p]
-
-
 def package(model_dir, output, validate=True):
     """Check (by loading, unless validate=False) and write the archive atomically."""
     files = find_model_files(model_dir)
     if validate:
         _load(model_dir)
-    paths = sorted(model_paths(files), key=os.path.basename)
+    paths = sorted(files.paths(), key=os.path.basename)  # weights, tokenizer file(s), config.json
     tmp = output + ".partial"
     try:
         with tarfile.open(tmp, "w:gz") as tar:
