@@ -131,6 +131,7 @@ def test_image_missing_from_ecr(aws, model_tar, capsys):
     assert "image kogpt2-serving:0.1.0-cpu is not in ECR (RepositoryNotFoundException)" in err
     assert "make image-cpu ecr-push" in err
     assert nothing_created()
+    assert client("s3").list_objects_v2(Bucket=BUCKET)["KeyCount"] == 0  # checked before the upload
 
     push_image(tag="0.0.9-cpu")  # the repository exists, the tag does not
     code, _, err = run_cli(deploy_args(model_tar), capsys)
@@ -193,7 +194,8 @@ def test_no_credentials(ready, monkeypatch, capsys):
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     code, _, err = run_cli(deploy_args(ready), capsys)
     assert code == 1
-    assert err.startswith("error: no AWS credentials found for s3.head_bucket(kogpt2-models): configure them")
+    assert err.startswith("error: no AWS credentials found for sts.get_caller_identity(): configure them with "
+                          "`aws configure`, AWS_PROFILE or --profile")
 
 
 def test_autoscale_without_endpoint(aws, capsys):

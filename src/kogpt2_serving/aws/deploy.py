@@ -6,7 +6,7 @@ what the SageMaker SDK's MXNetModel would set, so both routes behave the same.
 """
 from typing import NamedTuple, Optional
 
-from . import ecr, validate
+from . import ecr, s3, validate
 from .calls import Call, is_not_found, out, send, send_all
 from .errors import AwsCallError, DeploymentError
 from .waiter import wait_for_status
@@ -81,12 +81,17 @@ def plan(spec, region, model_only=False):
     return [model_call(spec, region)] + ([] if model_only else endpoint_calls(spec))
 
 
-def deploy(clients, spec, model_only=False, wait=True, poll_seconds=30, timeout_seconds=3600, write=out):
-    """Check, create, and (unless told not to) wait for InService. Returns the last description."""
+def deploy(clients, spec, model_tar=None, model_only=False, wait=True, poll_seconds=30, timeout_seconds=3600,
+           write=out):
+    """Check everything, upload `model_tar` (if given) to spec.model_data, create, and (unless
+    told not to) wait for InService. Returns the last description. The checks come first so
+    that a wrong image or name fails before a large upload."""
     region = clients.region
     check_spec(spec, region)
     ecr.check_image(clients, validate.ecr_image(spec.image, region), write)
     check_names_free(clients, spec.name, model_only, write)
+    if model_tar:
+        s3.upload(clients, model_tar, *validate.s3_uri(spec.model_data, "--model-data"), write=write)
     send_all(clients, plan(spec, region, model_only), write)
     if model_only:
         write("model {} created (no endpoint)".format(spec.name))

@@ -4,6 +4,7 @@ boto3 is an optional dependency (the `deploy` extra); the import error names the
 The usual boto3 configuration applies, including `AWS_ENDPOINT_URL` (tests point it at a
 moto server on loopback).
 """
+from .calls import Call, send
 from .errors import DeploymentError
 
 
@@ -46,5 +47,4 @@ class Clients:
 
     def account_id(self):
         """The caller's account, from STS (needed to tell our ECR images from others')."""
-        from .calls import Call, send
         return send(self, Call("sts", "get_caller_identity", {}), quiet=True)["Account"]

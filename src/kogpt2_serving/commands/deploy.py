@@ -44,12 +44,8 @@ def run(args):
                              args.workers, parse_env(args.env))
     if args.dry_run:
         return _dry_run(args, spec)
-    clients = clients_from(args)
-    deploy.check_spec(spec, clients.region)
-    if args.model_tar:
-        s3.upload(clients, args.model_tar, args.bucket, key, print)
-    deploy.deploy(clients, spec, model_only=args.model_only, wait=not args.no_wait, poll_seconds=args.poll,
-                  timeout_seconds=args.wait_timeout)
+    deploy.deploy(clients_from(args), spec, model_tar=args.model_tar, model_only=args.model_only,
+                  wait=not args.no_wait, poll_seconds=args.poll, timeout_seconds=args.wait_timeout)
     return 0
 
 
