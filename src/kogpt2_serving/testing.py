@@ -42,6 +42,38 @@ def train_tokenizer(path_prefix, vocab_size=400, byte_fallback=False, special_id
     return path_prefix + ".model"
 
 
+def grow_vocabulary(model_path, size):
+    """Append synthetic pieces (Hangul syllables, then syllable pairs, all word-initial or not)
+    to a SentencePiece model until it has `size` pieces: a real-format tokenizer at KoGPT2's
+    vocabulary size (50,000) without a corpus that could train one. Needs `protobuf`."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(model_path, "rb") as f:
+        proto.ParseFromString(f.read())
+    existing = {p.piece for p in proto.pieces}
+    low = min(p.score for p in proto.pieces)
+    candidates = _synthetic_pieces()
+    while len(proto.pieces) < size:
+        piece = next(candidates)
+        if piece not in existing:
+            added = proto.pieces.add()
+            added.piece, added.score = piece, low - len(proto.pieces)  # rarer than every trained piece
+            existing.add(piece)
+    with open(model_path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def _synthetic_pieces():
+    syllables = [chr(c) for c in range(0xAC00, 0xD7A4)]
+    for s in syllables:
+        yield "\u2581" + s
+        yield s
+    for a in syllables:
+        for b in syllables:
+            yield "\u2581" + a + b
+
+
 def random_params(config, seed=0):
     """Canonical name -> NDArray with GPT-2-like scales; LayerNorm gammas/betas not 1/0 so that
     swapping them would show."""
@@ -64,11 +96,14 @@ def make_test_model(directory=None, layout="structural", n_layer=2, n_embd=64, n
                     activation="gelu", write_config=True, seed=0, byte_fallback=False, special_ids=(0, 1, 2, 3),
                     float16=False, prefix="gpt2model0_", vocab_size=400):
     """Write a tiny model directory; returns its path. Without a config file the heads are
-    inferred from the width (head size 64), so n_embd must then be a multiple of 64."""
+    inferred from the width (head size 64), so n_embd must then be a multiple of 64.
+    vocab_size above 400 grows the trained tokenizer with synthetic pieces."""
     directory = directory or tempfile.mkdtemp(prefix="kogpt2-test-")
     os.makedirs(directory, exist_ok=True)
     work = tempfile.mkdtemp(dir=directory, prefix=".sp-")
-    model_path = train_tokenizer(os.path.join(work, "sp"), vocab_size, byte_fallback, special_ids)
+    model_path = train_tokenizer(os.path.join(work, "sp"), min(vocab_size, 400), byte_fallback, special_ids)
+    if vocab_size > 400:
+        grow_vocabulary(model_path, vocab_size)
     spiece = _store_with_md5(model_path, directory, "kogpt2_news_wiki_ko_cased_{}.spiece")
     _remove_tree(work)
 
@@ -84,6 +119,13 @@ def make_test_model(directory=None, layout="structural", n_layer=2, n_embd=64, n
     if write_config:
         write_config_file(config, os.path.join(directory, "config.json"))
     return directory
+
+
+def make_kogpt2_size_model(directory=None, seed=0):
+    """Random weights at KoGPT2 v1's size (124M parameters, vocab 50,000, no config.json, as
+    the original release): for benchmarks. About 500 MB on disk."""
+    return make_test_model(directory, layout="structural", n_layer=12, n_embd=768, n_positions=1024,
+                           write_config=False, seed=seed, vocab_size=50000)
 
 
 def _store_with_md5(src, directory, template):
