@@ -273,3 +273,27 @@ def test_endpoint_wait_gives_up_after_the_timeout():
         wait_for_endpoint(StubbedClients(sagemaker=sagemaker), "kogpt2-serving", timeout_seconds=0,
                           write=lambda line: None)
     assert raised.value.message.startswith("endpoint kogpt2-serving is still Creating after 0 s")
+
+
+def test_container_error_on_invoke_names_the_endpoint_and_the_answer():
+    """Stubber: moto's invoke_endpoint always answers 200 (it has no container to fail)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    from kogpt2_serving.aws.errors import DeploymentError
+    from kogpt2_serving.aws.invoke import invoke, request_body
+
+    runtime = boto3.client("sagemaker-runtime", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(runtime)
+    body = request_body("안녕", {"top_p": 1.5})
+    stubber.add_client_error(
+        "invoke_endpoint", service_error_code="ModelError", http_status_code=424,
+        service_message='Received client error (400) from primary with message "{"error": "invalid_parameter"}"',
+        expected_params={"EndpointName": "kogpt2-serving", "Body": body, "ContentType": "application/json",
+                         "Accept": "application/json"})
+    stubber.activate()
+    with pytest.raises(DeploymentError) as raised:
+        invoke(StubbedClients(**{"sagemaker-runtime": runtime}), "kogpt2-serving", body, write=lambda line: None)
+    assert raised.value.message.startswith(
+        "the container on endpoint kogpt2-serving answered with an error: sagemaker-runtime.invoke_endpoint("
+        "kogpt2-serving) failed (ModelError): Received client error (400) from primary with message")

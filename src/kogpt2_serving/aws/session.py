@@ -24,6 +24,7 @@ class Clients:
         self._profile = profile
         self._session = None
         self._clients = {}
+        self._account = None
 
     @property
     def session(self):
@@ -47,4 +48,6 @@ class Clients:
 
     def account_id(self):
         """The caller's account, from STS (needed to tell our ECR images from others')."""
-        return send(self, Call("sts", "get_caller_identity", {}), quiet=True)["Account"]
+        if self._account is None:
+            self._account = send(self, Call("sts", "get_caller_identity", {}), quiet=True)["Account"]
+        return self._account
