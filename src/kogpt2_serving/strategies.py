@@ -176,3 +176,7 @@ def _done(finished, live, step, params):
     length = params.max_new_tokens if lp > 0 else step + 1
     best = max(length_normalized(h.total, length, lp) for h in live)
     return best <= finished[-1].score
+
+
+def _logprob(scores, token):
+    return float(P.log_softmax(scores)[token])

@@ -1,0 +1,112 @@
+"""Logits processors and warpers on hand-built logits, with exact expectations."""
+import numpy as np
+import pytest
+
+from kogpt2_serving import processors as P
+from kogpt2_serving.params import parse_parameters
+
+INF = np.inf
+
+
+def ctx(ids, n=0, prompt_len=None):
+    c = P.RowContext(ids[:prompt_len] if prompt_len is not None else ids, n)
+    for token in ids[len(c.ids):]:
+        c.append(token)
+    return c
+
+
+def test_top_k_on_a_ramp():
+    logits = np.arange(10, dtype=float)  # 0..9
+    out = P.TopK(3)(logits.copy(), ctx([]))
+    assert list(out) == [-INF] * 7 + [7.0, 8.0, 9.0]
+
+
+def test_top_k_keeps_ties_and_large_k():
+    out = P.TopK(2)(np.array([1.0, 5.0, 3.0, 5.0, 3.0]), ctx([]))
+    assert list(out) == [-INF, 5.0, -INF, 5.0, -INF]
+    out = P.TopK(2)(np.array([1.0, 5.0, 3.0, 4.0, 3.0]), ctx([]))
+    assert list(out) == [-INF, 5.0, -INF, 4.0, -INF]
+    assert list(P.TopK(10)(np.array([1.0, 2.0]), ctx([]))) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("p,kept", [
+    (0.5, [0]),  # 0.5 alone reaches 0.5
+    (0.51, [0, 1]),
+    (0.8, [0, 1]),  # 0.5 + 0.3 reaches 0.8
+    (0.81, [0, 1, 2]),
+    (1.0, [0, 1, 2, 3]),
+    (0.01, [0]),  # always at least the most likely
+])
+def test_top_p_cut_points(p, kept):
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    out = P.TopP(p)(np.log(probs), ctx([]))
+    assert [i for i in range(4) if np.isfinite(out[i])] == kept
+    assert np.allclose(out[kept], np.log(probs[kept]))
+
+
+def test_top_p_large_vocab_partial_sort_matches_full_sort():
+    rng = np.random.RandomState(0)
+    for p, scale in [(0.95, 3.0), (0.9, 0.01)]:  # peaked (partial sort) and flat (full-sort fallback)
+        logits = rng.standard_normal(5000) * scale
+        out = P.TopP(p)(logits.copy(), ctx([]))
+        probs = P.softmax(logits)
+        order = np.argsort(-probs)
+        count = int(np.searchsorted(np.cumsum(probs[order]), p) + 1)
+        assert set(np.flatnonzero(np.isfinite(out))) == set(order[:count])
+
+
+def test_temperature():
+    out = P.Temperature(0.5)(np.array([1.0, -2.0, 0.0]), ctx([]))
+    assert list(out) == [2.0, -4.0, 0.0]
+
+
+def test_typical_p():
+    # entropy of [0.5, 0.3, 0.2] is ~1.03 nats; surprisals 0.69, 1.20, 1.61 -> distances .34, .17, .58
+    probs = np.array([0.5, 0.3, 0.2])
+    out = P.TypicalP(0.3)(np.log(probs), ctx([]))
+    assert [bool(np.isfinite(x)) for x in out] == [False, True, False]  # 0.3 alone reaches mass 0.3
+    out = P.TypicalP(0.7)(np.log(probs), ctx([]))
+    assert [bool(np.isfinite(x)) for x in out] == [True, True, False]
+
+
+def test_repetition_penalty_on_seen_ids():
+    logits = np.array([2.0, -2.0, 1.0, -1.0, 4.0])
+    out = P.RepetitionPenalty(2.0)(logits.copy(), ctx([0, 1, 1], prompt_len=1))
+    assert list(out) == [1.0, -4.0, 1.0, -1.0, 4.0]  # positive halved, negative doubled, unseen kept
+
+
+def test_no_repeat_ngram_bans():
+    # sequence 5 6 7 5 6 : the bigram (6, 7) exists, so after "... 6" token 7 is banned for n=2;
+    # for n=3, (5, 6) -> 7 exists, and the sequence ends with 5 6, so 7 is banned.
+    seq = [5, 6, 7, 5, 6]
+    for n, banned in [(2, {7}), (3, {7}), (4, set())]:
+        out = P.NoRepeatNGram(n)(np.zeros(10), ctx(seq, n, prompt_len=2))
+        assert set(np.flatnonzero(np.isinf(out))) == banned
+    # n=1 bans every id already present
+    out = P.NoRepeatNGram(1)(np.zeros(10), ctx(seq, 1))
+    assert set(np.flatnonzero(np.isinf(out))) == {5, 6, 7}
+
+
+def test_no_repeat_ngram_two_continuations():
+    out = P.NoRepeatNGram(2)(np.zeros(10), ctx([1, 2, 1, 3, 1], 2))
+    assert set(np.flatnonzero(np.isinf(out))) == {2, 3}
+
+
+def test_min_new_tokens_suppresses_eos():
+    proc = P.MinNewTokens(2, eos_id=3)
+    c = ctx([9, 9], prompt_len=2)
+    assert np.isinf(proc(np.zeros(5), c)[3])
+    c.append(4)
+    assert np.isinf(proc(np.zeros(5), c)[3])
+    c.append(4)
+    assert proc(np.zeros(5), c)[3] == 0.0
+
+
+def test_processors_built_only_when_asked():
+    assert P.build_processors(parse_parameters({}), 1) == []
+    assert P.build_warpers(parse_parameters({"do_sample": True})) == []
+    procs = P.build_processors(parse_parameters({"repetition_penalty": 1.2, "no_repeat_ngram_size": 3,
+                                                 "min_new_tokens": 2}), 1)
+    assert [type(p).__name__ for p in procs] == ["RepetitionPenalty", "NoRepeatNGram", "MinNewTokens"]
+    warpers = P.build_warpers(parse_parameters({"temperature": 0.7, "top_k": 5, "top_p": 0.9, "typical_p": 0.8}))
+    assert [type(w).__name__ for w in warpers] == ["Temperature", "TopK", "TopP", "TypicalP"]
