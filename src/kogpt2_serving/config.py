@@ -72,13 +72,17 @@ def config_from_dict(raw, source):
     return config
 
 
-def read_config_file(path):
+def read_json_file(path, what):
+    """A JSON file's content; unreadable or invalid JSON is a ModelLoadError naming `what` and the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+            return json.load(f)
     except (OSError, ValueError) as e:
-        raise ModelLoadError("cannot read model config {}: {}".format(path, e))
-    return config_from_dict(raw, path)
+        raise ModelLoadError("cannot read {}{}: {}".format(what + " " if what else "", path, e))
+
+
+def read_config_file(path):
+    return config_from_dict(read_json_file(path, "model config"), path)
 
 
 def write_config_file(config, path):

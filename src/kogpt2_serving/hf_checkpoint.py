@@ -9,12 +9,11 @@ head), published in HuggingFace's layout: `config.json` plus `model.safetensors`
 PyTorch; `pytorch_model.bin` (a pickled state dict) needs torch and says so when it is missing.
 Both imports are lazy: the base package must import on Python 3.6 without them.
 """
-import json
 
 import numpy as np
 
 from .checkpoint import expected_shapes
-from .config import config_from_dict
+from .config import config_from_dict, read_json_file
 from .errors import ModelLoadError
 
 SAFETENSORS, TORCH_BIN = "model.safetensors", "pytorch_model.bin"
@@ -61,11 +60,7 @@ def name_map(n_layer):
 
 def read_hf_config(path):
     """config.json of a HF GPT-2 model -> GPT2Config; rejects options our network does not have."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError("cannot read model config {}: {}".format(path, e))
+    raw = read_json_file(path, "model config")
     if isinstance(raw, dict):
         _check_hf_options(raw, path)
     return config_from_dict(raw, path)
@@ -184,6 +179,8 @@ def _read_torch_bin(path):
 
 
 def _as_float32(array, key, path):
+    if array.dtype.name == "bfloat16":  # NumPy with ml_dtypes: widen the bits exactly
+        return (array.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
     if array.dtype.kind != "f":
         if key.endswith(_BUFFER_SUFFIXES):
             return array  # old boolean/uint8 mask buffers: dropped later

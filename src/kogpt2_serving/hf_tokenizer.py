@@ -16,8 +16,8 @@ either. Differences that follow v2's own usage:
   and leaves byte-level and metaspace pieces to the tokenizer's own decoder; an incomplete
   UTF-8 sequence shows as U+FFFD, which IncrementalDecoder holds back.
 """
-import json
 
+from .config import read_json_file
 from .errors import ModelLoadError
 from .hf_checkpoint import INSTALL_HINT
 
@@ -133,11 +133,7 @@ def _token_id(value, role, path):
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError("cannot read {}: {}".format(path, e))
+    raw = read_json_file(path, "")
     if not isinstance(raw, dict):
         raise ModelLoadError("{}: expected a JSON object, got {}".format(path, type(raw).__name__))
     return raw
