@@ -92,9 +92,10 @@ class FeedForward(gluon.HybridBlock):
 
 class GPT2Model(gluon.HybridBlock):
     """The KoGPT2 network. Called directly it is the uncached full pass:
-    (ids (B, T), positions (B, T), mask (B, T, T)) -> logits (B, T, V)."""
+    (ids (B, T), positions (B, T), mask (B, T, T)) -> logits (B, T, V).
+    `dropout` (embedding and residual, as GPT-2) only acts under autograd training."""
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.config = config
         units, eps = config.n_embd, config.layer_norm_epsilon
@@ -111,6 +112,7 @@ class GPT2Model(gluon.HybridBlock):
                 self._attn_ln.add(nn.LayerNorm(epsilon=eps, in_channels=units))
                 self._ffn_ln.add(nn.LayerNorm(epsilon=eps, in_channels=units))
             self._final_ln = nn.LayerNorm(epsilon=eps, in_channels=units)
+            self._drop = nn.Dropout(dropout) if dropout else None
             # Tied LM head: shares the embedding's weight (V, U), no bias.
             self._logits_proj = nn.Dense(config.vocab_size, in_units=units, use_bias=False,
                                          flatten=False, params=self._embed.params)
@@ -122,14 +124,17 @@ class GPT2Model(gluon.HybridBlock):
     def run_full(self, F, ids, positions, mask):
         """All positions at once. Returns final hidden states (B, T, U) and the
         keys/values stacked as (2L, B, H, T, D): k0, v0, k1, v1, ..."""
-        x = self._embed(ids) + self._pos_embed(positions)  # (B, T, U)
+        x = self._maybe_drop(self._embed(ids) + self._pos_embed(positions))  # (B, T, U)
         kv = []
         for i in range(self.config.n_layer):
             attn, k, v = self._self_attention_layers[i].full(F, self._attn_ln[i](x), mask)
-            x = x + attn
-            x = x + self._ffn_layers[i](self._ffn_ln[i](x))
+            x = x + self._maybe_drop(attn)
+            x = x + self._maybe_drop(self._ffn_layers[i](self._ffn_ln[i](x)))
             kv += [k, v]
         return self._final_ln(x), F.stack(*kv, axis=0)  # (2L, B, H, T, D)
+
+    def _maybe_drop(self, x):
+        return self._drop(x) if self._drop is not None else x
 
     def run_step(self, F, ids, positions, mask, caches):
         """One token per row. caches: [k0, v0, k1, v1, ...], each (B, H, C, D).

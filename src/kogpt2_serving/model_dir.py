@@ -110,3 +110,30 @@ def _optional(directory, names, name):
 
 def _listing(names):
     return ", ".join(names) if names else "(empty)"
+
+
+DEMO_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_model")
+
+
+def sagemaker_model_dir():
+    """Where SageMaker mounts model.tar.gz's contents (SAGEMAKER_BASE_DIR, default /opt/ml)."""
+    return os.path.join(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"), "model")
+
+
+def default_model_dir():
+    """(directory, description) when no model directory was named: SageMaker's model
+    directory if it holds model files, else the demo model shipped in this package."""
+    mounted = sagemaker_model_dir()
+    if os.path.isdir(mounted) and any(n.endswith(".params") or n in HF_WEIGHTS for n in os.listdir(mounted)):
+        return mounted, "the SageMaker model directory"
+    return DEMO_MODEL_DIR, "the demo model shipped with kogpt2-serving (pass --model-dir for real KoGPT2 files)"
+
+
+def resolve_model_dir(requested, log=None):
+    """The directory to load: `requested`, or the default, saying which in the log."""
+    if requested:
+        return requested
+    directory, description = default_model_dir()
+    if log is not None:
+        log.info("no model directory given: using %s at %s", description, directory)
+    return directory

@@ -13,7 +13,7 @@ per-row strategies) or a function like :func:`beam_search` that drives `Engine.s
 import numpy as np
 
 from . import processors as P
-from .stopping import LENGTH, StoppingCriteria
+from .stopping import LENGTH
 
 
 class Greedy:

@@ -1,14 +1,21 @@
 """`kogpt2-serving generate`: one-off generation from the command line."""
 import json
+import logging
 import sys
 
 from ..device import configure_threads
+from ..model_dir import resolve_model_dir
 from ..params import FIELDS, parse_parameters
+from ..progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser):
     parser.add_argument("prompt", nargs="+", help="prompt text (several prompts are decoded as one batch)")
-    parser.add_argument("--model-dir", required=True, help="directory with *.params, *.spiece, optional config.json")
+    parser.add_argument("--model-dir", help="a KoGPT2 v1 directory (*.params, *.spiece, optional config.json) or a v2 "
+                        "/ HF GPT-2 one (default: the SageMaker model directory if it holds a model, else the "
+                        "shipped demo model)")
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default: auto)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="float16: GPU only")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
@@ -29,8 +36,9 @@ def run(args):
     from ..generation import Generator
     from ..loader import load_model
 
-    print("loading model from {} ...".format(args.model_dir), file=sys.stderr, flush=True)
-    generator = Generator(load_model(args.model_dir, device=args.device, dtype=args.dtype))
+    model_dir = resolve_model_dir(args.model_dir, log)
+    with Progress("loading model from {}".format(model_dir)):
+        generator = Generator(load_model(model_dir, device=args.device, dtype=args.dtype))
     for prompt, sequences in zip(args.prompt, generator.generate(args.prompt, params)):
         for seq in sequences:
             text = prompt + seq.text if params.return_full_text else seq.text

@@ -1,0 +1,296 @@
+"""Train the small Korean GPT-2 shipped with the package (src/kogpt2_serving/demo_model/).
+
+Data: the Constitution of the Republic of Korea and ten National Assembly bills that konlpy 0.6.0
+ships (`konlpy/data/corpus/kolaw`, `konlpy/data/corpus/kobill`), read straight from the
+installed package or from its wheel (downloaded with pip; konlpy's Java parts are not needed).
+Every 10th line is held out for validation.
+
+Steps, all deterministic for a fixed --seed:
+1. a SentencePiece BPE vocabulary with KoGPT2's special pieces (<unk>, <s>, </s>, <pad>,
+   <unused0>..<unused97>), trained on the training lines only;
+2. this package's own GPT2Model trained with MXNet/Gluon on `<s> line </s>` streams cut into
+   windows (Adam, warm-up then cosine decay, dropout 0.1);
+3. held-out perplexity next to a unigram baseline (add-one smoothed training frequencies)
+   over exactly the same target tokens;
+4. the model directory in KoGPT2's layout: `*.params` (structural names, de-duplicated,
+   float16; cast to float32 on load) + `*.spiece` + `config.json`, plus heldout.txt,
+   metrics.json and a model card (README.md) written from the measured numbers.
+
+Usage: python scripts/train_demo_model.py [--out DIR] [--steps N] [--quick]
+"""
+import argparse
+import glob
+import hashlib
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "src"))
+
+from kogpt2_serving.device import configure_threads  # noqa: E402
+
+KONLPY = "konlpy==0.6.0"
+SOURCES = ("konlpy/data/corpus/kolaw/constitution.txt", "konlpy/data/corpus/kobill/")
+SPECIALS = dict(unk_id=0, bos_id=1, eos_id=2, pad_id=3)
+UNUSED = ["<unused{}>".format(i) for i in range(98)]
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.path.join(ROOT, "src", "kogpt2_serving", "demo_model"))
+    p.add_argument("--vocab-size", type=int, default=3000)
+    p.add_argument("--n-embd", type=int, default=192)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-positions", type=int, default=256)
+    p.add_argument("--window", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--quick", action="store_true", help="a few steps, to check the pipeline")
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.quick:
+        args.steps = 20
+    os.environ["MXNET_ENFORCE_DETERMINISM"] = "1"
+    configure_threads()
+    import mxnet as mx
+    import numpy as np
+
+    mx.random.seed(args.seed)
+    np.random.seed(args.seed)
+    texts = read_corpus()
+    train_lines, heldout_lines = split_lines(texts)
+    work = tempfile.mkdtemp(prefix="demo-train-")
+    spiece = train_sentencepiece(train_lines, os.path.join(work, "sp"), args.vocab_size)
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=spiece)
+    train_ids = stream(sp, train_lines)
+    heldout_ids = stream(sp, heldout_lines)
+    print("corpus: %d train lines (%d tokens), %d held-out lines (%d tokens), vocab %d" % (
+        len(train_lines), len(train_ids), len(heldout_lines), len(heldout_ids), sp.GetPieceSize()), flush=True)
+    config, model, seconds = train(args, sp.GetPieceSize(), train_ids)
+    metrics = evaluate(args, model, train_ids, heldout_ids, sp.GetPieceSize())
+    metrics.update(train_seconds=round(seconds, 1), steps=args.steps, seed=args.seed,
+                   train_tokens=len(train_ids), heldout_tokens=len(heldout_ids), vocab_size=sp.GetPieceSize(),
+                   parameters=count_parameters(model), command=" ".join(["python"] + sys.argv),
+                   date=time.strftime("%Y-%m-%d"), mxnet=mx.__version__)
+    write_model_dir(args.out, model, config, spiece, heldout_lines, metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "unigram_counts"}, ensure_ascii=False, indent=1))
+
+
+def read_corpus():
+    """{name: text} from the installed konlpy, else from its wheel fetched with pip."""
+    try:
+        import konlpy
+
+        base = os.path.dirname(os.path.dirname(konlpy.__file__))
+        names = [SOURCES[0]] + sorted(os.path.relpath(p, base) for p in glob.glob(
+            os.path.join(base, SOURCES[1], "*.txt")))
+        return {n: io.open(os.path.join(base, n), encoding="utf-8").read() for n in names}
+    except ImportError:
+        pass
+    cache = os.path.join(ROOT, ".cache", "konlpy")
+    wheels = glob.glob(os.path.join(cache, "konlpy-0.6.0-*.whl"))
+    if not wheels:
+        subprocess.check_call([sys.executable, "-m", "pip", "download", "-q", "--no-deps", KONLPY, "-d", cache])
+        wheels = glob.glob(os.path.join(cache, "konlpy-0.6.0-*.whl"))
+    with zipfile.ZipFile(wheels[0]) as z:
+        names = sorted(n for n in z.namelist() if n == SOURCES[0] or (n.startswith(SOURCES[1]) and n.endswith(".txt")))
+        return {n: z.read(n).decode("utf-8") for n in names}
+
+
+def split_lines(texts):
+    """Non-empty lines, whitespace folded; every 10th (per document) held out."""
+    train, heldout = [], []
+    for name in sorted(texts):
+        lines = [" ".join(line.split()) for line in texts[name].splitlines()]
+        for i, line in enumerate(l for l in lines if l):
+            (heldout if i % 10 == 9 else train).append(line)
+    return train, heldout
+
+
+def train_sentencepiece(lines, prefix, vocab_size):
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.Train(
+        sentence_iterator=iter(lines), model_prefix=prefix, model_type="bpe", vocab_size=vocab_size,
+        character_coverage=1.0, user_defined_symbols=UNUSED, minloglevel=2, num_threads=1,
+        **SPECIALS)
+    return prefix + ".model"
+
+
+def stream(sp, lines):
+    """<s> line </s> for every line, concatenated."""
+    ids = []
+    for line in lines:
+        ids += [sp.bos_id()] + sp.encode(line) + [sp.eos_id()]
+    return ids
+
+
+def train(args, vocab_size, ids):
+    import mxnet as mx
+    import numpy as np
+    from mxnet import autograd, gluon
+
+    from kogpt2_serving.config import GPT2Config
+    from kogpt2_serving.model import MASKED, GPT2Model
+
+    config = GPT2Config(vocab_size=vocab_size, n_positions=args.n_positions, n_embd=args.n_embd,
+                        n_layer=args.n_layer, n_head=args.n_embd // 64)
+    model = GPT2Model(config, dropout=0.1)
+    model.initialize(mx.init.Normal(0.02))
+    model.hybridize(static_alloc=True, static_shape=True)
+    schedule = WarmupCosine(args.lr, warmup=min(100, args.steps // 10 + 1), total=args.steps)
+    trainer = gluon.Trainer(model.collect_params(), "adam",
+                            {"learning_rate": args.lr, "wd": 0.01, "lr_scheduler": schedule})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    T, B = args.window, args.batch
+    data = np.array(ids, dtype="int32")
+    rng = np.random.RandomState(args.seed)
+    positions = mx.nd.array(np.broadcast_to(np.arange(T), (B, T)), dtype="int32")
+    causal = np.where(np.tril(np.ones((T, T), dtype=bool)), 0.0, MASKED)
+    mask = mx.nd.array(np.broadcast_to(causal, (B, T, T)))
+    started = time.time()
+    for step in range(1, args.steps + 1):
+        starts = rng.randint(0, len(data) - T - 1, size=B)
+        x = mx.nd.array(np.stack([data[s:s + T] for s in starts]), dtype="int32")
+        y = mx.nd.array(np.stack([data[s + 1:s + T + 1] for s in starts]))
+        with autograd.record():
+            loss = loss_fn(model(x, positions, mask), y).mean()
+        loss.backward()
+        trainer.step(1)
+        if step % 100 == 0 or step == args.steps:
+            print("step %d/%d loss %.3f lr %.2e %.0f s" % (step, args.steps, loss.asscalar(),
+                                                          trainer.learning_rate, time.time() - started), flush=True)
+    return config, model, time.time() - started
+
+
+class WarmupCosine:
+    """Linear warm-up, then cosine decay to 10% of the peak rate."""
+
+    def __init__(self, peak, warmup, total):
+        self.peak, self.warmup, self.total = peak, warmup, total
+        self.base_lr = peak
+
+    def __call__(self, update):
+        if update < self.warmup:
+            return self.peak * (update + 1) / self.warmup
+        progress = (update - self.warmup) / max(1, self.total - self.warmup)
+        return self.peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def evaluate(args, model, train_ids, heldout_ids, vocab_size):
+    """Held-out perplexity of the model and of a unigram model, over the same targets."""
+    import numpy as np
+
+    from kogpt2_serving.perplexity import model_nll, unigram_counts, unigram_nll
+
+    counts = unigram_counts(train_ids, vocab_size)
+    model_loss, targets = model_nll(model, heldout_ids, args.window)
+    unigram_loss = unigram_nll(counts, heldout_ids)
+    return {"heldout_perplexity": round(float(np.exp(model_loss)), 2),
+            "unigram_perplexity": round(float(np.exp(unigram_loss)), 2),
+            "scored_tokens": targets, "unigram_counts": counts.tolist()}
+
+
+def count_parameters(model):
+    import numpy as np
+
+    unique = {id(p): p for p in model.collect_params().values()}
+    return int(sum(np.prod(p.shape) for p in unique.values()))
+
+
+def write_model_dir(out, model, config, spiece, heldout_lines, metrics):
+    from kogpt2_serving import checkpoint
+    from kogpt2_serving.config import write_config_file
+
+    os.makedirs(out, exist_ok=True)
+    for old in glob.glob(os.path.join(out, "*.params")) + glob.glob(os.path.join(out, "*.spiece")):
+        os.remove(old)
+    tmp = os.path.join(out, ".params.tmp")
+    checkpoint.save_params(model, tmp, layout="deduplicated", float16=True)
+    params_name = "mxnet_kogpt2_demo_%s.params" % md5_prefix(tmp)
+    os.rename(tmp, os.path.join(out, params_name))
+    with open(spiece, "rb") as f:
+        data = f.read()
+    spiece_name = "kogpt2_demo_%s.spiece" % hashlib.md5(data).hexdigest()[:10]
+    with open(os.path.join(out, spiece_name), "wb") as f:
+        f.write(data)
+    write_config_file(config, os.path.join(out, "config.json"))
+    with io.open(os.path.join(out, "heldout.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(heldout_lines) + "\n")
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    with io.open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(config, metrics, params_name, spiece_name, os.path.getsize(os.path.join(out, params_name))))
+
+
+def md5_prefix(path):
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()[:10]
+
+
+def model_card(config, m, params_name, spiece_name, params_bytes):
+    ratio = m["unigram_perplexity"] / m["heldout_perplexity"]
+    return MODEL_CARD.format(
+        params_name=params_name, spiece_name=spiece_name, size_mb=params_bytes / 2 ** 20, c=config, m=m,
+        ratio=ratio, margin=math.floor(ratio * 10) / 10 / 2, heads=config.n_head)
+
+
+MODEL_CARD = """# KoGPT2 demo model (shipped with kogpt2-serving)
+
+A small Korean GPT-2 in KoGPT2 v1's own file format, trained by `scripts/train_demo_model.py`
+so that a fresh install can serve and generate with no download. **For demos and tests only**:
+it knows the style of the Korean Constitution and a few National Assembly bills, nothing else.
+
+| | |
+|---|---|
+| files | `{params_name}` (float16, structural names, de-duplicated; {size_mb:.1f} MiB), `{spiece_name}` (SentencePiece BPE), `config.json` |
+| architecture | KoGPT2 v1's: pre-LN, erf GELU, tied LM head; {c.n_layer} layers, {c.n_embd} units, {heads} heads, {c.n_positions} positions |
+| parameters | {m[parameters]:,} |
+| vocabulary | {m[vocab_size]:,} pieces with KoGPT2's special pieces (`<unk>`, `<s>`, `</s>`, `<pad>`, `<unused0>`..`<unused97>`) |
+| training data | Constitution of the Republic of Korea and ten National Assembly bills, as shipped in `konlpy==0.6.0` (`konlpy/data/corpus/kolaw`, `kobill`); {m[train_tokens]:,} training tokens |
+| held out | every 10th line ({m[heldout_tokens]:,} tokens, in `heldout.txt`) |
+| training | {m[steps]} steps, seed {m[seed]}, {m[train_seconds]:.0f} s on the machine that built it (MXNet {m[mxnet]}), {m[date]} |
+
+## Quality on the held-out lines (same {m[scored_tokens]:,} target tokens)
+
+| model | perplexity |
+|---|---|
+| this model | {m[heldout_perplexity]} |
+| unigram baseline (add-one smoothed training frequencies) | {m[unigram_perplexity]} |
+
+The model's perplexity is {ratio:.1f}x lower than the unigram baseline's; the test suite checks
+it stays at least {margin:.1f}x lower (`tests/test_demo_model.py`), recomputing both from the
+shipped files.
+
+## Licence status of the data
+
+The Constitution and National Assembly bills are official legislative texts of the Republic of
+Korea; Article 7 of the Korean Copyright Act excludes the constitution, laws, and similar
+official texts from copyright protection. konlpy distributes them under its own licence (GPL v3
+for the package's code). This note is the project's reading, not legal advice.
+
+## Reproduce
+
+```
+{m[command]}
+```
+"""
+
+
+if __name__ == "__main__":
+    main()

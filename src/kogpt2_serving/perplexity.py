@@ -1,0 +1,39 @@
+"""Perplexity of a token stream under the model and under a unigram baseline.
+
+Both score exactly the same targets: every token of the stream after the first. The model reads
+the stream in consecutive windows (positions restart at 0 in each), as it was trained.
+"""
+import numpy as np
+
+from .model import MASKED
+
+
+def model_nll(model, ids, window):
+    """Mean negative log-likelihood (nats) of ids[1:] and the number of targets."""
+    import mxnet as mx
+
+    ids = np.asarray(ids, dtype="int32")
+    total, count = 0.0, 0
+    for start in range(0, len(ids) - 1, window):
+        chunk = ids[start:start + window + 1]
+        inputs, targets = chunk[:-1], chunk[1:]
+        T = len(inputs)
+        mask = np.where(np.tril(np.ones((T, T), dtype=bool)), 0.0, MASKED)[None]  # (1, T, T)
+        logits = model(mx.nd.array(inputs[None], dtype="int32"), mx.nd.array(np.arange(T)[None], dtype="int32"),
+                       mx.nd.array(mask)).asnumpy()[0].astype(np.float64)  # (T, V)
+        top = logits.max(-1, keepdims=True)
+        log_probs = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+        total -= log_probs[np.arange(T), targets].sum()
+        count += T
+    return total / count, count
+
+
+def unigram_counts(ids, vocab_size):
+    return np.bincount(np.asarray(ids), minlength=vocab_size)
+
+
+def unigram_nll(counts, ids):
+    """Mean NLL of ids[1:] under add-one smoothed unigram frequencies."""
+    counts = np.asarray(counts, dtype=np.float64)
+    probs = (counts + 1) / (counts.sum() + len(counts))
+    return float(-np.log(probs[np.asarray(ids[1:])]).mean())
