@@ -81,12 +81,17 @@ def main():
     print("corpus: %d train lines (%d tokens), %d held-out lines (%d tokens), vocab %d" % (
         len(train_lines), len(train_ids), len(heldout_lines), len(heldout_ids), sp.GetPieceSize()), flush=True)
     config, model, seconds = train(args, sp.GetPieceSize(), train_ids)
-    metrics = evaluate(args, model, train_ids, heldout_ids, sp.GetPieceSize())
-    metrics.update(train_seconds=round(seconds, 1), steps=args.steps, seed=args.seed,
+    write_model_dir(args.out, model, config, spiece, heldout_lines)
+    # Everything reported is measured on the model as shipped: reloaded, float16 weights cast back.
+    from kogpt2_serving.loader import load_model
+
+    shipped = load_model(args.out, device="cpu")
+    metrics = evaluate(args, shipped.engine.model, train_ids, heldout_ids, sp.GetPieceSize())
+    metrics.update(train_seconds=round(seconds, 1), steps=args.steps, seed=args.seed, window=args.window,
                    train_tokens=len(train_ids), heldout_tokens=len(heldout_ids), vocab_size=sp.GetPieceSize(),
                    parameters=count_parameters(model), command=" ".join(["python"] + sys.argv),
-                   date=time.strftime("%Y-%m-%d"), mxnet=mx.__version__)
-    write_model_dir(args.out, model, config, spiece, heldout_lines, metrics)
+                   date=time.strftime("%Y-%m-%d"), mxnet=mx.__version__, samples=greedy_samples(shipped))
+    write_metrics(args.out, config, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "unigram_counts"}, ensure_ascii=False, indent=1))
 
 
@@ -191,8 +196,12 @@ class WarmupCosine:
         return self.peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+SAMPLE_PROMPTS = ["대한민국은", "대한민국의 주권은", "모든 국민은"]
+
+
 def evaluate(args, model, train_ids, heldout_ids, vocab_size):
-    """Held-out perplexity of the model and of a unigram model, over the same targets."""
+    """Held-out perplexity of the model and of a unigram model, over the same targets; the
+    margin the model card promises is half the measured ratio, rounded down."""
     import numpy as np
 
     from kogpt2_serving.perplexity import model_nll, unigram_counts, unigram_nll
@@ -200,9 +209,20 @@ def evaluate(args, model, train_ids, heldout_ids, vocab_size):
     counts = unigram_counts(train_ids, vocab_size)
     model_loss, targets = model_nll(model, heldout_ids, args.window)
     unigram_loss = unigram_nll(counts, heldout_ids)
+    ratio = float(np.exp(unigram_loss - model_loss))
     return {"heldout_perplexity": round(float(np.exp(model_loss)), 2),
             "unigram_perplexity": round(float(np.exp(unigram_loss)), 2),
+            "promised_margin": math.floor(ratio * 10 / 2) / 10,
             "scored_tokens": targets, "unigram_counts": counts.tolist()}
+
+
+def greedy_samples(loaded):
+    from kogpt2_serving.generation import Generator
+    from kogpt2_serving.params import parse_parameters
+
+    params = parse_parameters({"max_new_tokens": 40})
+    results = Generator(loaded).generate(SAMPLE_PROMPTS, params)
+    return {prompt: prompt + seqs[0].text for prompt, seqs in zip(SAMPLE_PROMPTS, results)}
 
 
 def count_parameters(model):
@@ -212,7 +232,7 @@ def count_parameters(model):
     return int(sum(np.prod(p.shape) for p in unique.values()))
 
 
-def write_model_dir(out, model, config, spiece, heldout_lines, metrics):
+def write_model_dir(out, model, config, spiece, heldout_lines):
     from kogpt2_serving import checkpoint
     from kogpt2_serving.config import write_config_file
 
@@ -231,11 +251,17 @@ def write_model_dir(out, model, config, spiece, heldout_lines, metrics):
     write_config_file(config, os.path.join(out, "config.json"))
     with io.open(os.path.join(out, "heldout.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(heldout_lines) + "\n")
-    with open(os.path.join(out, "metrics.json"), "w") as f:
+
+
+def write_metrics(out, config, metrics):
+    with io.open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
         json.dump(metrics, f, indent=1, ensure_ascii=False)
         f.write("\n")
+    params = glob.glob(os.path.join(out, "*.params"))[0]
+    spiece = glob.glob(os.path.join(out, "*.spiece"))[0]
     with io.open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
-        f.write(model_card(config, metrics, params_name, spiece_name, os.path.getsize(os.path.join(out, params_name))))
+        f.write(model_card(config, metrics, os.path.basename(params), os.path.basename(spiece),
+                           os.path.getsize(params)))
 
 
 def md5_prefix(path):
@@ -244,10 +270,10 @@ def md5_prefix(path):
 
 
 def model_card(config, m, params_name, spiece_name, params_bytes):
-    ratio = m["unigram_perplexity"] / m["heldout_perplexity"]
+    samples = "\n".join("- `{}`".format(text) for text in m["samples"].values())
     return MODEL_CARD.format(
         params_name=params_name, spiece_name=spiece_name, size_mb=params_bytes / 2 ** 20, c=config, m=m,
-        ratio=ratio, margin=math.floor(ratio * 10) / 10 / 2, heads=config.n_head)
+        ratio=m["unigram_perplexity"] / m["heldout_perplexity"], heads=config.n_head, samples=samples)
 
 
 MODEL_CARD = """# KoGPT2 demo model (shipped with kogpt2-serving)
@@ -274,8 +300,12 @@ it knows the style of the Korean Constitution and a few National Assembly bills,
 | unigram baseline (add-one smoothed training frequencies) | {m[unigram_perplexity]} |
 
 The model's perplexity is {ratio:.1f}x lower than the unigram baseline's; the test suite checks
-it stays at least {margin:.1f}x lower (`tests/test_demo_model.py`), recomputing both from the
-shipped files.
+it is at least {m[promised_margin]:.1f}x lower (`tests/test_demo_model.py`), recomputing both from
+the shipped files.
+
+## Greedy samples (40 new tokens, as shipped)
+
+{samples}
 
 ## Licence status of the data
 
