@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-READY = re.compile(r"serving .* at (http://\S+) ")
+READY = re.compile(r"serving .* at (http://\S+) \(POST (\S+),")
 MMS_GROUP = re.compile(r"Multi Model Server starting \(pid (\d+)\)")
 PORT_RANGE = (20000, 32766)
 
@@ -59,6 +59,7 @@ class ServeProcess:
         self.work_dir = None
         self.proc = None
         self.mms_group = None
+        self.inference_path = "/invocations"  # from the readiness line (/predictions/model when batching)
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -92,6 +93,7 @@ class ServeProcess:
             if self.mms_group is None and MMS_GROUP.search(text):
                 self.mms_group = int(MMS_GROUP.search(text).group(1))
             if READY.search(text):
+                self.inference_path = READY.search(text).group(2)
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError("serve exited with {} before it was ready:\n{}".format(
@@ -155,7 +157,7 @@ class ServeProcess:
             headers["Content-Type"] = content_type
         if accept is not None:
             headers["Accept"] = accept
-        return self.request("POST", "/invocations", body, headers, timeout)
+        return self.request("POST", self.inference_path, body, headers, timeout)
 
     def post_json(self, value, accept=None):
         """POST a JSON value; -> (status, parsed JSON body)."""

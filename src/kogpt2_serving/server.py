@@ -28,7 +28,10 @@ and the same command line, but:
   failed to load answers 500 ``model_error``, which ends start-up with that error.
 - With ``batch_size`` > 1 the model is not loaded from the command line (MMS gives such
   models batch size 1) but registered through the management API with ``batch_size`` and
-  ``max_batch_delay``, so MMS hands the handler several requests at once.
+  ``max_batch_delay``, so MMS hands the handler several requests at once. MMS 1.1 routes a
+  plain ``/invocations`` only to a model loaded at start-up, so a batched model is served at
+  ``/predictions/model`` (or ``/invocations?model_name=model``): a local / self-hosted
+  option, not one for SageMaker endpoints, which always call plain ``/invocations``.
 
 MMS rejects ports >= 32767 (and so the OS's ephemeral range); :func:`check_port` says so
 before starting. ``SAGEMAKER_*`` variables keep their meaning (timeouts, payload size,
@@ -62,6 +65,7 @@ MODEL_NAME = "model"  # the toolkit's DEFAULT_MMS_MODEL_NAME
 MAX_PORT = 32766  # the MMS frontend rejects 32767 and above
 SOCKET_DIR_LIMIT = 80  # TMPDIR + "/.mms.sock.9000" must fit a unix socket path (108 bytes)
 PROBE = {"inputs": "안녕", "parameters": {"max_new_tokens": 1}}
+NOT_READY = (404, 500, 502, 503, 504, 507)  # MMS: model or worker not there (yet)
 EXTRA_VMARGS = "-XX:-UsePerfData"  # no hsperfdata files in /tmp
 THREADS_ENV = "KOGPT2_THREADS"
 
@@ -155,6 +159,11 @@ class ModelServer:
         return "http://{}:{}".format(host, self.config.port)
 
     @property
+    def inference_path(self):
+        """Where requests go: /invocations, or /predictions/model for a batched model."""
+        return "/invocations" if self.config.batch_size <= 1 else "/predictions/" + MODEL_NAME
+
+    @property
     def pid(self):
         return self._proc.pid if self._proc else None
 
@@ -190,6 +199,10 @@ class ModelServer:
                                       stderr=subprocess.STDOUT if self._log else None, start_new_session=True)
         log.info("Multi Model Server starting (pid %d) for %s on %s, %d worker(s), %s", self._proc.pid,
                  config.model_dir, self.url, config.workers, _threads_note(config.workers))
+        if config.batch_size > 1:
+            log.warning("MMS batching (batch_size %d) is experimental: the model is served at %s, not plain "
+                        "/invocations, and MMS 1.1 can drop a worker's connection when a multi-request response "
+                        "arrives in pieces (docs/serving.md)", config.batch_size, self.inference_path)
         return self
 
     def _environment(self):
@@ -228,21 +241,29 @@ class ModelServer:
                 raise ServerError("the model was not ready after {:.0f} s{}".format(timeout, self._log_tail()))
             if not registered:
                 registered = self._register()
-            elif self._workers_ready():
-                status, body = self.invoke(json.dumps(PROBE).encode("utf-8"), "application/json", timeout=60)
-                if status == 200:
-                    log.info("model ready: POST %s/invocations", self.url)
-                    return True
-                if status == 500 and b"model_error" in body:
-                    raise ServerError("the model failed to load in the worker{}".format(self._log_tail()))
+            elif self._workers_ready() and self._probe():
+                return True
             time.sleep(0.25)
+
+    def _probe(self):
+        """One real generation: True once the handler answered it (the model is loaded)."""
+        status, body = self.invoke(json.dumps(PROBE).encode("utf-8"), "application/json", timeout=60)
+        if status == 500 and b"model_error" in body:
+            raise ServerError("the model failed to load in the worker{}".format(self._log_tail()))
+        if status is None or (status in NOT_READY and not _from_handler(body)):
+            return False
+        if status != 200:  # e.g. a user's input_fn that does not take our probe: still loaded
+            log.warning("the handler answered the readiness probe with HTTP %d: %s", status,
+                        body.decode("utf-8", "replace")[:200])
+        log.info("model ready: POST %s%s", self.url, self.inference_path)
+        return True
 
     def invoke(self, body, content_type="application/json", accept=None, timeout=120):
         """POST /invocations -> (status, body bytes); (None, b"") when nothing answers."""
         headers = {"Content-Type": content_type}
         if accept:
             headers["Accept"] = accept
-        return _http("POST", self.url + "/invocations", body, headers, timeout)
+        return _http("POST", self.url + self.inference_path, body, headers, timeout)
 
     def _register(self):
         query = urlencode({"url": os.path.abspath(self.config.model_dir), "model_name": MODEL_NAME,
@@ -316,8 +337,8 @@ def serve(config):
         if not server.wait_ready(should_stop=stop.is_set):
             log.info("stopping before the model was ready")
             return 0
-        log.info("serving %s at %s (POST /invocations, GET /ping); Ctrl-C or SIGTERM stops it",
-                 config.model_dir, server.url)
+        log.info("serving %s at %s (POST %s, GET /ping); Ctrl-C or SIGTERM stops it",
+                 config.model_dir, server.url, server.inference_path)
         while not stop.wait(0.5):
             if server.poll() is not None:
                 log.error("Multi Model Server exited with status %s", server.poll())
@@ -339,6 +360,15 @@ def _http(method, url, body, headers, timeout):
         return e.code, e.read()
     except (URLError, ConnectionError, socket.timeout):
         return None, b""
+
+
+def _from_handler(body):
+    """Whether an error body is one our handler service wrote ({"error", "error_type"})."""
+    try:
+        answer = json.loads(body.decode("utf-8"))
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and "error_type" in answer
 
 
 def _signal_group(group, signum):

@@ -32,8 +32,9 @@ def add_arguments(parser):
                              "$SAGEMAKER_MODEL_SERVER_WORKERS or 1)")
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default auto)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="MMS batching: up to N concurrent requests share decode steps (default "
-                             "${} or 1 = off)".format(BATCH_SIZE_ENV))
+                        help="MMS batching: up to N concurrent requests share decode steps; the model is "
+                             "then served at /predictions/model, not plain /invocations (so not for SageMaker "
+                             "endpoints) (default ${} or 1 = off)".format(BATCH_SIZE_ENV))
     parser.add_argument("--max-batch-delay", type=int, default=None, metavar="MS",
                         help="how long MMS waits to fill a batch (default ${} or 50)".format(BATCH_DELAY_ENV))
     parser.add_argument("--log-file", default=None, help="write Multi Model Server logs here instead of stdout")

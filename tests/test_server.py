@@ -1,0 +1,213 @@
+"""`kogpt2-serving serve` for real: Multi Model Server + our handler service on a tiny model,
+over loopback HTTP. One server for the whole module; it must stop on SIGTERM leaving no
+process behind (checked when the fixture ends)."""
+import http.client
+import json
+import re
+import threading
+
+import pytest
+
+from kogpt2_serving.device import cpu_count, threads_per_worker
+from kogpt2_serving.params import GenerationParameters
+from server_utils import ServeProcess
+
+DEFAULTS = GenerationParameters()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    with ServeProcess(tiny_model_dir) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def workers_at_start(server):
+    return server.workers()
+
+
+def expected(generator, prompt, **params):
+    """The in-process generator's sequences for one prompt alone."""
+    return generator.generate([prompt], DEFAULTS._replace(**params))[0]
+
+
+def test_serve_reports_readiness_with_a_loaded_model_and_one_worker(server, workers_at_start):
+    log = server.log_text(cli_only=True)
+    threads, cores = threads_per_worker(1), cpu_count()
+    assert "using 1 worker" in log
+    assert "1 worker(s), {} CPU thread(s) per worker on {} core(s)".format(threads, cores) in log
+    assert re.search(r"serving .* at http://127\.0\.0\.1:{} ".format(server.port), log)
+    assert [status for _, _, status in workers_at_start] == ["READY"]
+    assert server.request("GET", "/ping")[0] == 200
+
+
+@pytest.mark.parametrize("body", [
+    '"\\uc544\\uae30 \\uacf5\\ub8e1 \\ub458\\ub9ac\\ub294"'.encode("ascii"),  # MXNetPredictor.predict: escaped
+    '"아기 공룡 둘리는"'.encode("utf-8"),  # raw UTF-8 JSON string
+])
+def test_sdk_json_string_gets_the_walkthrough_list(server, generator, body):
+    status, reason, headers, raw = server.post(body, "application/json", "application/json")
+    sentence, tokens, seconds = json.loads(raw.decode("utf-8"))
+    want = expected(generator, "아기 공룡 둘리는")[0]
+    assert (status, headers["content-type"]) == (200, "application/json")
+    assert (sentence, tokens) == ("아기 공룡 둘리는" + want.text, want.generated_tokens)
+    assert isinstance(seconds, float) and seconds > 0
+    assert "아기 공룡".encode("utf-8") in raw  # Korean is not \u-escaped
+
+
+def test_hf_single_and_batch_inputs(server, generator):
+    params = {"max_new_tokens": 6, "do_sample": True, "seed": 11, "top_k": 20}
+    status, single = server.post_json({"inputs": "오늘은 날씨가", "parameters": params})
+    assert status == 200
+    assert single == [{"generated_text": "오늘은 날씨가" + expected(generator, "오늘은 날씨가", **params)[0].text}]
+    prompts = ["대한민국은", "학생들은", "서울에서"]
+    status, batch = server.post_json({"inputs": prompts, "parameters": dict(params, return_full_text=False)})
+    assert status == 200
+    assert batch == [{"generated_text": expected(generator, p, **params)[0].text} for p in prompts]
+
+
+def test_details_and_several_sequences_per_input(server, generator):
+    params = {"max_new_tokens": 5, "do_sample": True, "seed": 5, "num_return_sequences": 2, "details": True}
+    status, answer = server.post_json({"inputs": ["컴퓨터와", "학생들은"], "parameters": params})
+    assert status == 200
+    want = [s for p in ("컴퓨터와", "학생들은") for s in expected(generator, p, **params)]
+    assert [a["generated_text"] for a in answer] == [p + s.text for p, s in zip(
+        ["컴퓨터와", "컴퓨터와", "학생들은", "학생들은"], want)]
+    for entry, sequence in zip(answer, want):
+        details = entry["details"]
+        assert (details["finish_reason"], details["generated_tokens"], details["seed"]) == (
+            sequence.finish_reason, sequence.generated_tokens, 5)
+        assert [(t["id"], t["text"]) for t in details["tokens"]] == [(t.id, t.text) for t in sequence.tokens]
+        assert [t["logprob"] for t in details["tokens"]] == pytest.approx([t.logprob for t in sequence.tokens],
+                                                                          abs=1e-4)
+
+
+def test_text_plain_in_and_out(server, generator):
+    status, _, headers, body = server.post("서울에서 부산까지".encode("utf-8"), "text/plain", "text/plain")
+    assert (status, headers["content-type"]) == (200, "text/plain; charset=utf-8")
+    assert body.decode("utf-8") == "서울에서 부산까지" + expected(generator, "서울에서 부산까지")[0].text
+
+
+def test_jsonlines_one_answer_per_line_in_order(server, generator):
+    lines = ['"하나"', json.dumps({"inputs": "둘", "parameters": {"max_new_tokens": 3}}, ensure_ascii=False),
+             json.dumps({"inputs": ["셋", "넷"], "parameters": {"max_new_tokens": 2}}, ensure_ascii=False)]
+    status, _, headers, body = server.post("\n".join(lines) + "\n", "application/jsonlines", "application/jsonlines")
+    answers = [json.loads(line) for line in body.decode("utf-8").splitlines()]
+    assert (status, headers["content-type"], len(answers)) == (200, "application/jsonlines", 3)
+    assert answers[0][:2] == ["하나" + expected(generator, "하나")[0].text, expected(generator, "하나")[0].generated_tokens]
+    assert answers[1] == [{"generated_text": "둘" + expected(generator, "둘", max_new_tokens=3)[0].text}]
+    assert answers[2] == [{"generated_text": p + expected(generator, p, max_new_tokens=2)[0].text} for p in ("셋", "넷")]
+
+
+def test_missing_or_wildcard_accept_answers_json(server):
+    for accept in (None, "*/*"):
+        status, _, headers, body = server.post('{"inputs": "a", "parameters": {"max_new_tokens": 1}}',
+                                               "application/json", accept)
+        assert (status, headers["content-type"]) == (200, "application/json")
+        assert json.loads(body.decode("utf-8"))[0]["generated_text"].startswith("a")
+
+
+GOOD = json.dumps({"inputs": "좋은 요청", "parameters": {"max_new_tokens": 2}}, ensure_ascii=False)
+LONG_PROMPT = "가나다라 " * 200_000  # 1 MB of text: far beyond 96 positions, well under the MMS body limit
+
+BAD = [  # (name, body, content type, accept, status, error_type, text in the message)
+    ("invalid JSON", b'{"inputs": ', "application/json", None, 400, "bad_request", "not valid JSON"),
+    ("empty body", b"", "application/json", None, 400, "bad_request", "not valid JSON"),
+    ("JSON number", b"42", "application/json", None, 400, "bad_request", "got a number"),
+    ("inputs not a string", b'{"inputs": {"a": 1}}', "application/json", None, 400, "invalid_parameter",
+     "inputs must be a string or a non-empty list of strings, got an object"),
+    ("missing inputs", b'{"parameters": {}}', "application/json", None, 400, "invalid_parameter", '"inputs"'),
+    ("unknown field", b'{"inputs": "a", "stream": true}', "application/json", None, 400, "bad_request",
+     "unknown field 'stream'"),
+    ("unknown parameter", b'{"inputs": "a", "parameters": {"max_tokens": 5}}', "application/json", None, 400,
+     "invalid_parameter", "unknown parameter 'max_tokens'"),
+    ("parameters not an object", b'{"inputs": "a", "parameters": [1]}', "application/json", None, 400,
+     "invalid_parameter", "parameters must be a JSON object, got array"),
+    ("wrong parameter type", b'{"inputs": "a", "parameters": {"max_new_tokens": "5"}}', "application/json", None,
+     400, "invalid_parameter", "max_new_tokens must be an integer, got '5'"),
+    ("temperature out of range", b'{"inputs": "a", "parameters": {"temperature": -1}}', "application/json", None,
+     400, "invalid_parameter", "temperature must be a finite number > 0, got -1.0"),
+    ("top_p out of range", b'{"inputs": "a", "parameters": {"top_p": 1.5}}', "application/json", None, 400,
+     "invalid_parameter", "top_p must be in (0, 1], got 1.5"),
+    ("max_new_tokens out of range", b'{"inputs": "a", "parameters": {"max_new_tokens": 0}}', "application/json",
+     None, 400, "invalid_parameter", "max_new_tokens must be in [1, 1024], got 0"),
+    ("conflicting parameters", b'{"inputs": "a", "parameters": {"num_return_sequences": 2}}', "application/json",
+     None, 400, "invalid_parameter", "num_return_sequences > 1 needs do_sample=true"),
+    ("NaN", b'{"inputs": "a", "parameters": {"temperature": NaN}}', "application/json", None, 400, "bad_request",
+     "NaN is not a JSON number"),
+    ("empty prompt", b'""', "application/json", None, 400, "invalid_parameter", "must be a non-empty prompt"),
+    ("whitespace prompt", b" \n ", "text/plain", None, 400, "invalid_parameter", "must be a non-empty prompt"),
+    ("prompt too long", json.dumps({"inputs": "가나다 " * 40, "parameters": {"max_new_tokens": 60}}).encode(),
+     "application/json", None, 413, "prompt_too_long", "exceeds the model's 96 positions"),
+    ("huge body", LONG_PROMPT.encode("utf-8"), "text/plain", None, 413, "prompt_too_long",
+     "exceeds the model's 96 positions"),
+    ("too many prompts", json.dumps({"inputs": ["a"] * 65}).encode(), "application/json", None, 400, "bad_request",
+     "at most 64 prompts"),
+    ("invalid UTF-8 JSON", b'"\xff\xfe"', "application/json", None, 400, "bad_request", "not valid utf-8"),
+    ("invalid UTF-8 text", b"\xed\xa0\x80", "text/plain; charset=utf-8", None, 400, "bad_request", "not valid utf-8"),
+    ("bad jsonlines line", b'"a"\n{"inputs": 1}\n', "application/jsonlines", None, 400, "invalid_parameter",
+     "line 2: inputs must be"),
+    ("unsupported content type", b"a,b", "text/csv", None, 415, "unsupported_content_type",
+     "unsupported content type 'text/csv'"),
+    ("unsupported charset", b"a", "text/plain; charset=x-unknown", None, 415, "unsupported_content_type",
+     "unsupported charset 'x-unknown'"),
+    ("unsupported accept", b'"a"', "application/json", "image/png", 406, "unsupported_accept",
+     "cannot answer with 'image/png'"),
+    ("text/plain accept for two texts", b'{"inputs": ["a", "b"]}', "application/json", "text/plain", 406,
+     "unsupported_accept", "exactly one generated text"),
+    ("Korean in the error message", '{"inputs": "a", "parameters": {"max_new_tokens": "다섯"}}'.encode("utf-8"),
+     "application/json", None, 400, "invalid_parameter", "max_new_tokens must be an integer, got '다섯'"),
+]
+
+
+@pytest.mark.parametrize("name, body, content_type, accept, status, error_type, text", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_its_status_and_a_json_error_and_the_worker_survives(
+        server, name, body, content_type, accept, status, error_type, text):
+    got_status, reason, headers, raw = server.post(body, content_type, accept)
+    error = json.loads(raw.decode("utf-8"))
+    assert (got_status, reason, headers["content-type"]) == (status, http.client.responses[status], "application/json")
+    assert sorted(error) == ["error", "error_type"] and error["error_type"] == error_type
+    assert text in error["error"]
+    assert "Traceback" not in error["error"] and not re.search(r"/\w+/\S+\.py", error["error"])
+    ok_status, _, _, ok_body = server.post(GOOD, "application/json")
+    assert ok_status == 200, ok_body
+    assert json.loads(ok_body.decode("utf-8"))[0]["generated_text"].startswith("좋은 요청")
+
+
+def test_a_body_over_the_mms_limit_is_refused_by_mms_and_the_server_keeps_serving(server):
+    status, _, _, _ = server.post(b'"' + b"a" * 7_000_000 + b'"', "application/json")
+    assert status == 413  # MMS's own limit (6.25 MiB by default): its answer, not our JSON
+    assert server.post(GOOD, "application/json")[0] == 200
+
+
+def test_eight_concurrent_clients_get_what_each_request_gives_alone(server):
+    def body(client, n):
+        return json.dumps({"inputs": "{}번 손님의 {}번째 질문".format(client, n), "parameters": {
+            "do_sample": True, "seed": 1000 * client + n, "max_new_tokens": 8, "top_p": 0.9}}, ensure_ascii=False)
+
+    requests = {(c, n): body(c, n) for c in range(8) for n in range(10)}
+    alone = {key: server.post(b, "application/json") for key, b in requests.items()}
+    together, failures = {}, []
+
+    def client(c):
+        try:
+            for n in range(10):
+                together[(c, n)] = server.post(requests[(c, n)], "application/json")
+        except Exception as e:  # noqa: B902 -- reported below
+            failures.append(e)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert sorted(s for s, _, _, _ in together.values()) == [200] * 80
+    assert {k: v[3] for k, v in together.items()} == {k: v[3] for k, v in alone.items()}
+    assert len({v[3] for v in alone.values()}) == 80  # distinct prompts and seeds, distinct answers
+
+
+def test_no_worker_died_or_restarted(server, workers_at_start):
+    # Runs last in this module: after every bad request above the same worker is still serving.
+    assert server.workers() == workers_at_start
+    assert "Worker died" not in server.log_text() and "Backend worker process died" not in server.log_text()

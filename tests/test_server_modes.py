@@ -1,0 +1,113 @@
+"""`kogpt2-serving serve` in its other modes, each a real server over loopback HTTP:
+MMS batching, a user's inference.py overriding handler functions, a model that fails to
+load, and the refused port range."""
+import json
+import shutil
+
+import pytest
+
+from kogpt2_serving.cli import main
+from server_utils import ServeProcess
+
+
+@pytest.fixture(scope="module")
+def batching_server(tiny_model_dir):
+    with ServeProcess(tiny_model_dir, extra_args=["--batch-size", "4", "--max-batch-delay", "20"]) as running:
+        yield running
+
+
+def test_batching_registers_the_model_with_its_batch_size_and_serves_it(batching_server, generator):
+    # Requests one at a time: MMS 1.1.11 can drop the worker connection when a response for
+    # several batched requests reaches it in pieces (see docs/serving.md), so concurrent
+    # batches are exercised in-process (test_handler) and measured by benchmarks/server_load.py.
+    server = batching_server
+    _, _, _, described = server.request("GET", "/models/model")
+    described = json.loads(described.decode("utf-8"))
+    described = described[0] if isinstance(described, list) else described
+    assert (described["batchSize"], described["maxBatchDelay"], server.inference_path) == (4, 20, "/predictions/model")
+    params = {"max_new_tokens": 5, "do_sample": True, "seed": 21}
+    status, answer = server.post_json({"inputs": "배치 요청", "parameters": params})
+    want = generator.generate(["배치 요청"], generator_params(**params))[0][0].text
+    assert (status, answer) == (200, [{"generated_text": "배치 요청" + want}])
+    status, error = server.post_json({"inputs": ""})
+    assert (status, error["error_type"]) == (400, "invalid_parameter")
+    assert "experimental" in server.log_text(cli_only=True)
+
+
+def test_plain_invocations_is_not_routed_to_a_batched_model_by_mms(batching_server):
+    status, _, _, body = batching_server.request("POST", "/invocations", b'"a"', {"Content-Type": "application/json"})
+    assert status == 400 and b"model_name is required" in body  # documented MMS 1.1 limitation
+    status, _, _, body = batching_server.request("POST", "/invocations?model_name=model", b'"a"',
+                                                 {"Content-Type": "application/json"})
+    assert status == 200 and json.loads(body.decode("utf-8"))[0].startswith("a")
+
+
+USER_CODE = '''
+import json
+
+from kogpt2_serving.handler import predict_fn as package_predict_fn
+
+
+def input_fn(body, content_type):
+    # this user's clients send {"text": ...}; the request arrives as str for application/json
+    assert isinstance(body, str), type(body)
+    from kogpt2_serving.codec import decode_payload
+    return decode_payload(json.dumps({"inputs": json.loads(body)["text"],
+                                      "parameters": {"max_new_tokens": 3}}), "application/json")
+
+
+def predict_fn(data, model, context):
+    prediction = package_predict_fn(data, model)
+    return prediction, context.get_request_header(0, "X-Client")
+
+
+def output_fn(result, accept):
+    prediction, client = result
+    texts = [s.text for a in prediction.answers for seqs in a.sequences for s in seqs]
+    return json.dumps({"client": client, "continuations": texts}), "application/vnd.user+json"
+'''
+
+
+def test_a_user_inference_py_overrides_the_handler_functions(tiny_model_dir, tmp_path, generator):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, str(model_dir))
+    (model_dir / "code").mkdir()
+    (model_dir / "code" / "inference.py").write_text(USER_CODE, encoding="utf-8")
+    with ServeProcess(str(model_dir)) as server:
+        status, _, headers, body = server.request("POST", "/invocations", '{"text": "오늘은"}'.encode("utf-8"),
+                                                  {"Content-Type": "application/json", "X-Client": "t-1"})
+        expected = generator.generate(["오늘은"], generator_params(max_new_tokens=3))[0][0].text
+        assert (status, headers["content-type"]) == (200, "application/vnd.user+json")
+        assert json.loads(body.decode("utf-8")) == {"client": "t-1", "continuations": [expected]}
+        status, _, _, body = server.post(b'{"wrong": 1}', "application/json")  # the user's code fails: a plain 500
+        assert status == 500 and json.loads(body.decode("utf-8")) == {
+            "error": "internal server error; see the server log", "error_type": "internal_error"}
+        assert server.post('{"text": "a"}', "application/json")[0] == 200
+
+
+def generator_params(**values):
+    from kogpt2_serving.params import GenerationParameters
+
+    return GenerationParameters()._replace(**values)
+
+
+def test_a_model_that_fails_to_load_ends_start_up_with_an_error(tiny_model_dir, tmp_path):
+    model_dir = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, str(model_dir))
+    for params in model_dir.glob("*.params"):
+        params.write_bytes(b"not an MXNet file")
+    server = ServeProcess(str(model_dir), startup_timeout=120)
+    with pytest.raises(RuntimeError) as e:
+        with server:
+            pass
+    message = str(e.value)
+    assert "serve exited with 1 before it was ready" in message
+    assert "error: the model failed to load in the worker" in message
+    assert server.proc is None  # stopped; stop() checked that nothing was left running
+
+
+@pytest.mark.parametrize("port, text", [(32767, "only accepts ports 1-32766"), (40000, "only accepts ports 1-32766"),
+                                        (0, "only accepts ports 1-32766")])
+def test_ports_mms_rejects_are_refused_with_a_clear_message(tiny_model_dir, capsys, port, text):
+    assert main(["serve", "--model-dir", tiny_model_dir, "--port", str(port)]) == 1
+    assert text in capsys.readouterr().err
