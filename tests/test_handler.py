@@ -160,6 +160,15 @@ def test_hf_answer_one_entry_per_input_and_sequence_with_details(model):
     assert all(len(entry["details"]["tokens"]) == entry["details"]["generated_tokens"] for entry in answer)
 
 
+def test_greedy_details_report_logprobs(model):
+    payload = handler.input_fn(b'{"inputs": "a", "parameters": {"max_new_tokens": 3, "details": true}}',
+                               "application/json")
+    answer = json.loads(handler.output_fn(handler.predict_fn(payload, model), None)[0].decode("utf-8"))
+    tokens = answer[0]["details"]["tokens"]
+    assert len(tokens) == answer[0]["details"]["generated_tokens"]
+    assert all(isinstance(t["logprob"], float) and t["logprob"] <= 0 for t in tokens)
+
+
 def test_text_plain_and_jsonlines_answers(model):
     prediction = handler.predict_fn(handler.input_fn("오늘은".encode("utf-8"), "text/plain"), model)
     body, content_type = handler.output_fn(prediction, "text/plain")

@@ -21,6 +21,8 @@ Worker settings come from the environment (the server sets them; names below):
 ``KOGPT2_DEVICE`` (auto | cpu | gpu | gpu:N), ``SAGEMAKER_MODEL_SERVER_WORKERS`` (threads
 per worker = cores // workers; default one worker per core, as in SageMaker),
 ``KOGPT2_THREADS`` (explicit threads per worker), ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``.
+The MMS worker sets ``OMP_NUM_THREADS=1`` when it is unset, which then reads as an explicit
+choice: ``kogpt2-serving serve`` passes ``KOGPT2_THREADS``; elsewhere set it yourself.
 """
 import logging
 import os

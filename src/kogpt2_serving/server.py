@@ -87,19 +87,6 @@ class ServerConfig(NamedTuple):
     install_requirements: bool = False  # pip install <model_dir>/code/requirements.txt first
 
 
-def default_model_dir():
-    """The model directory when none is given: SageMaker's, if this looks like SageMaker.
-
-    The single place to change when a shipped demo model becomes the default.
-    """
-    base = os.environ.get("SAGEMAKER_BASE_DIR")
-    if base:
-        return os.path.join(base, "model")
-    if os.path.isdir("/opt/ml/model"):
-        return "/opt/ml/model"
-    return None
-
-
 def in_sagemaker_container():
     """SageMaker sets SAGEMAKER_BIND_TO_PORT (or mounts /opt/ml/model): listen on all interfaces."""
     return bool(os.environ.get("SAGEMAKER_BIND_TO_PORT")) or os.path.isdir("/opt/ml/model")

@@ -10,7 +10,8 @@ import os
 
 from ..device import parse_device
 from ..errors import ServingError
-from ..server import MAX_PORT, ServerConfig, default_model_dir, in_sagemaker_container, serve
+from ..model_dir import resolve_model_dir
+from ..server import MAX_PORT, ServerConfig, in_sagemaker_container, serve
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,8 @@ BATCH_DELAY_ENV = "KOGPT2_MAX_BATCH_DELAY_MS"
 
 def add_arguments(parser):
     parser.add_argument("--model-dir", default=None,
-                        help="directory with *.params, *.spiece (and config.json); default: $SAGEMAKER_BASE_DIR/model, "
-                             "or /opt/ml/model inside SageMaker")
+                        help="model directory (*.params + *.spiece, or a HF GPT-2 directory); default: SageMaker's "
+                             "model directory when it holds a model, else the demo model shipped with the package")
     parser.add_argument("--host", default=None,
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 inside SageMaker)")
     parser.add_argument("--port", type=int, default=None,
@@ -44,9 +45,7 @@ def add_arguments(parser):
 
 def config_from_args(args):
     """Flags > SAGEMAKER_* / KOGPT2_* variables > defaults, checked."""
-    model_dir = args.model_dir or default_model_dir()
-    if not model_dir:
-        raise ServingError("no model directory: pass --model-dir DIR (a directory with *.params and *.spiece)")
+    model_dir = resolve_model_dir(args.model_dir, log)
     workers = args.workers or _env_int("SAGEMAKER_MODEL_SERVER_WORKERS", 1)
     if args.workers is None and "SAGEMAKER_MODEL_SERVER_WORKERS" not in os.environ:
         log.info("using 1 worker (--workers N or SAGEMAKER_MODEL_SERVER_WORKERS for more)")

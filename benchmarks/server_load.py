@@ -1,0 +1,244 @@
+"""Load on a real `serve` stack: Multi Model Server + our handler, over loopback HTTP.
+
+For each mode (batching off, then MMS batching on with --batch-size) the script starts its own
+server (kogpt2_serving.server.ModelServer: own session, temp dir, free port), sends concurrent
+requests from 1, 2, 4 and 8 client threads (persistent connections, distinct prompts and
+seeds, HF-style JSON with details for the token count) and reports latency p50/p95/p99,
+requests/s, generated tokens/s and errors (anything but HTTP 200). It stops every server it
+started (process group), also on Ctrl-C.
+
+Server overhead: after the load, the "off" server gets 20 short requests (1 new token, so
+generation noise does not hide milliseconds) one at a time; once every server is stopped the
+same requests are generated in this process (same model, parameters, thread count), and each
+request's HTTP latency minus its in-process time is reported (target: p50 < 5 ms).
+
+Usage: python benchmarks/server_load.py [--model-dir DIR | --kogpt2-size] [--batch-size 8]
+       [--max-batch-delay 10] [--requests-per-client 6] [--new-tokens 32] [--output FILE.json]
+Without a model it builds a tiny random model (seconds); --kogpt2-size uses the cached random
+model at KoGPT2 size (benchmarks/.cache, as the other benchmarks).
+"""
+import argparse
+import http.client
+import json
+import math
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402  (puts src/ on the path; nothing here imports MXNet before setup_threads)
+
+CONCURRENCY = (1, 2, 4, 8)
+OVERHEAD_REQUESTS = 20
+PORTS = (20000, 32766)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", help="model directory to serve (default: a tiny random model)")
+    p.add_argument("--kogpt2-size", action="store_true", help="serve the cached random model at KoGPT2 size")
+    p.add_argument("--batch-size", type=int, default=8, help="MMS batch size of the 'on' mode (default 8; 1: skip it)")
+    p.add_argument("--max-batch-delay", type=int, default=10, help="ms MMS waits to fill a batch (default 10)")
+    p.add_argument("--requests-per-client", type=int, default=6)
+    p.add_argument("--new-tokens", type=int, default=32, help="max_new_tokens per request (default 32)")
+    p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="default 1,2,4,8")
+    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--threads", type=int, help=argparse.SUPPRESS)
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    threads = common.setup_threads(args)  # the in-process baseline uses what a single worker gets
+    model_dir, cleanup = pick_model(args)
+    modes = [("off", 1)] + ([("on", args.batch_size)] if args.batch_size > 1 else [])
+    results = {}
+    try:
+        for name, batch_size in modes:
+            print("== batching {} (batch_size {}) ==".format(name, batch_size), file=sys.stderr, flush=True)
+            results[name] = run_mode(model_dir, batch_size, args, levels)
+        overhead = measure_overhead(model_dir, results["off"], args)
+    finally:
+        if cleanup:
+            cleanup()
+    report(results, overhead, levels)
+    if args.output:
+        common.write_result(args.output, "server_load", args, {"mxnet_omp_threads": threads},
+                            {"modes": {k: v["table"] for k, v in results.items()}, "overhead_ms": overhead,
+                             "load_average": os.getloadavg()})
+
+
+def pick_model(args):
+    if args.model_dir:
+        return args.model_dir, None
+    if args.kogpt2_size:
+        return common.model_dir(argparse.Namespace(model_dir=None)), None
+    from kogpt2_serving.testing import make_test_model
+
+    directory = tempfile.mkdtemp(prefix="kgs-bench-model-")
+    make_test_model(directory, n_embd=64, n_head=4, n_positions=256)
+    return directory, lambda: common._remove_tree(directory)
+
+
+def request_body(client, n, args):
+    return json.dumps({"inputs": "{}번 손님의 {}번째 요청입니다".format(client, n), "parameters": {
+        "max_new_tokens": args.new_tokens, "do_sample": True, "seed": 1000 * client + n, "top_k": 50,
+        "details": True}}, ensure_ascii=False).encode("utf-8")
+
+
+def run_mode(model_dir, batch_size, args, levels):
+    from kogpt2_serving.server import ModelServer, ServerConfig
+
+    log = tempfile.NamedTemporaryFile(prefix="kgs-bench-", suffix=".log", delete=False)
+    log.close()
+    config = ServerConfig(model_dir=model_dir, port=free_port(), workers=1, device="cpu", batch_size=batch_size,
+                          max_batch_delay=args.max_batch_delay, log_file=log.name)
+    server = ModelServer(config)
+    try:
+        server.start()
+        server.wait_ready()
+        path = server.inference_path
+        for n in range(3):  # warm-up: graphs for these shapes
+            post(http.client.HTTPConnection("127.0.0.1", config.port, timeout=600), path, request_body(99, n, args))
+        table, samples = [], {}
+        for level in levels:
+            row, latencies = run_level(config.port, path, level, args)
+            table.append(row)
+            samples[level] = latencies
+            print("  concurrency {}: {}".format(level, row), file=sys.stderr, flush=True)
+        probes = {}
+        if batch_size == 1:
+            conn = http.client.HTTPConnection("127.0.0.1", config.port, timeout=600)
+            for n in range(OVERHEAD_REQUESTS):
+                started = time.perf_counter()
+                status, _ = post(conn, path, probe_body(n))
+                if status == 200:
+                    probes[n] = time.perf_counter() - started
+        died = sum(1 for line in open(log.name, encoding="utf-8", errors="replace") if "Worker died" in line
+                   or "Backend worker process died" in line)
+        return {"table": table, "samples": samples, "worker_deaths": died, "probes": probes}
+    finally:
+        server.stop()
+        os.remove(log.name)
+
+
+def run_level(port, path, level, args):
+    results = []  # (client, n, seconds, status, generated tokens)
+    lock = threading.Lock()
+
+    def client(c):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        for n in range(args.requests_per_client):
+            started = time.perf_counter()
+            status, body = post(conn, path, request_body(c, n, args))
+            elapsed = time.perf_counter() - started
+            tokens = sum(e["details"]["generated_tokens"] for e in json.loads(body)) if status == 200 else 0
+            with lock:
+                results.append((c, n, elapsed, status, tokens))
+            if status != 200:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        conn.close()
+
+    workers = [threading.Thread(target=client, args=(c,)) for c in range(level)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - started
+    ok = [r for r in results if r[3] == 200]
+    latencies = sorted(r[2] for r in ok)
+    row = {"concurrency": level, "requests": len(results), "errors": len(results) - len(ok),
+           "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99),
+           "requests_per_s": round(len(ok) / wall, 2), "tokens_per_s": round(sum(r[4] for r in ok) / wall, 1)}
+    return row, {(c, n): s for c, n, s, status, _ in results if status == 200}
+
+
+def post(conn, path, body):
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as e:
+        conn.close()
+        return None, str(e).encode()
+
+
+def probe_body(n):
+    return json.dumps({"inputs": "짧은 요청 {}번".format(n), "parameters": {"max_new_tokens": 1}},
+                      ensure_ascii=False).encode("utf-8")
+
+
+def measure_overhead(model_dir, off, args):
+    """HTTP latency of the short probes minus the same requests' in-process generation time."""
+    from kogpt2_serving.generation import Generator
+    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.params import parse_parameters
+
+    if not off["probes"]:
+        return None
+    generator = Generator(load_model(model_dir, device="cpu"))
+    differences = []
+    for n in range(3):  # warm-up
+        raw = json.loads(probe_body(100 + n))
+        generator.generate([raw["inputs"]], parse_parameters(raw["parameters"]))
+    for n, seconds in sorted(off["probes"].items()):
+        raw = json.loads(probe_body(n))
+        started = time.perf_counter()
+        generator.generate([raw["inputs"]], parse_parameters(raw["parameters"]))
+        differences.append(seconds - (time.perf_counter() - started))
+    differences.sort()
+    return {"requests": len(differences), "p50": pct(differences, 50), "p95": pct(differences, 95),
+            "mean": round(1000 * statistics.mean(differences), 2)}
+
+
+def report(results, overhead, levels):
+    print("\nmode  conc  reqs  errors   p50 ms   p95 ms   p99 ms    req/s    tok/s")
+    for name, result in results.items():
+        for row in result["table"]:
+            print("{:<5} {:>4} {:>5} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}".format(
+                name, row["concurrency"], row["requests"], row["errors"], row["p50_ms"], row["p95_ms"], row["p99_ms"],
+                row["requests_per_s"], row["tokens_per_s"]))
+        print("{:<5} worker deaths in the MMS log: {}".format(name, result["worker_deaths"]))
+    if "on" in results:
+        print("\nbatching on / off, requests/s:  " + "  ".join(
+            "c{}: {:.2f}x".format(a["concurrency"], b["requests_per_s"] / a["requests_per_s"])
+            for a, b in zip(results["off"]["table"], results["on"]["table"]) if a["requests_per_s"]))
+    if overhead:
+        print("server overhead (HTTP latency - in-process generation, {} one-token requests, one at a time): "
+              "p50 {} ms, p95 {} ms, mean {} ms (target p50 < 5 ms)".format(
+                  overhead["requests"], overhead["p50"], overhead["p95"], overhead["mean"]))
+    print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f} on {} core(s)".format(*os.getloadavg(), common.cpu_cores()))
+
+
+def pct(sorted_values, q):
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q / 100.0 * len(sorted_values)) - 1))  # nearest rank
+    return round(1000 * sorted_values[index], 2)
+
+
+def free_port():
+    import random
+
+    for _ in range(100):
+        port = random.randint(*PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in {}-{}".format(*PORTS))
+
+
+if __name__ == "__main__":
+    main()
