@@ -1,0 +1,327 @@
+"""What every benchmark script shares: options, the model, interleaved timing and the result file.
+
+One module so that every result file has the same header (date, machine, versions, thread
+settings, the command that produced it) and every script times its variants the same way:
+all variants once per repeat, in turn, after one untimed warm-up each, so that ratios measured
+in one run are comparable even when the machine's speed drifts between runs.
+
+Import this module before anything imports MXNet: `setup_threads` must run first (see
+:mod:`kogpt2_serving.device`).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "src"))
+
+RESULTS = os.path.join(HERE, "results")
+MODEL_CACHE = os.path.join(HERE, ".cache", "kogpt2-size-seed0")
+PROMPT = "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다."
+PEER_THREADS = 2  # torch.set_num_threads / onnxruntime intra_op_num_threads: the cores of this machine
+
+
+# ---- options ----
+
+def parser(doc, new_tokens=64, batch=8, repeats=3):
+    """The options every script takes; `doc` is the script's module docstring."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(doc.splitlines()[1:]))
+    p.add_argument("--model-dir", help="a model directory (default: random weights at KoGPT2 size, cached in "
+                                       "benchmarks/.cache)")
+    p.add_argument("--device", default="cpu", help="cpu | gpu | gpu:N for our engine (default: cpu)")
+    p.add_argument("--new-tokens", type=int, default=new_tokens, help="tokens generated per run (default: %(default)s)")
+    p.add_argument("--prompt-tokens", type=int, default=8, help="prompt length, <s> included (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=batch, help="batch size of the throughput rows (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=repeats, help="timed runs of each variant (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="MXNet OpenMP threads (default: all cores, see device.py)")
+    p.add_argument("--quick", action="store_true", help="a tiny configuration to check the script, not to measure")
+    p.add_argument("--output", help="write the results as JSON here (e.g. benchmarks/results/NAME.json)")
+    return p
+
+
+def setup_threads(args):
+    """Our engine's threads, chosen before MXNet is imported (the project's own rule)."""
+    from kogpt2_serving.device import configure_threads
+
+    return configure_threads(override=args.threads)
+
+
+# ---- the model ----
+
+def model_dir(args):
+    """--model-dir, or the cached random KoGPT2-size model (made once, ~7 s, ~500 MB)."""
+    return model_dir_or_cached(args.model_dir)
+
+
+def model_dir_or_cached(directory=None):
+    if directory:
+        return directory
+    if not os.path.isdir(MODEL_CACHE):
+        from kogpt2_serving.testing import make_kogpt2_size_model
+
+        os.makedirs(os.path.dirname(MODEL_CACHE), exist_ok=True)
+        work = tempfile.mkdtemp(dir=os.path.dirname(MODEL_CACHE), prefix=".making-")
+        make_kogpt2_size_model(work, seed=0)
+        try:
+            os.rename(work, MODEL_CACHE)  # atomic: a concurrent script either sees it whole or makes its own
+        except OSError:
+            _remove_tree(work)
+    return MODEL_CACHE
+
+
+def load(args):
+    """(LoadedModel, Generator) in this process (MXNet is imported here)."""
+    from kogpt2_serving.generation import Generator
+    from kogpt2_serving.loader import load_model
+
+    loaded = load_model(model_dir(args), device=args.device)
+    return loaded, Generator(loaded)
+
+
+def prompt_of(tokenizer, length, text=PROMPT):
+    """A prompt text whose ids, <s> included, number exactly `length`."""
+    ids = tokenizer.encode(text)[: length - 1]
+    prompt = tokenizer.decode(ids)
+    if len(tokenizer.encode_prompt(prompt)) != length:
+        raise ValueError("cannot make a {}-token prompt from {!r}".format(length, text))
+    return prompt
+
+
+def generate(generator, prompts, n, extra=None):
+    """Exactly n new tokens per prompt (min_new_tokens suppresses </s>); returns the id lists."""
+    from kogpt2_serving.params import parse_parameters
+
+    params = parse_parameters(dict({"max_new_tokens": n, "min_new_tokens": n}, **(extra or {})))
+    results = generator.generate(prompts, params)
+    assert all(seq.generated_tokens == n for seqs in results for seq in seqs), "token count"
+    return [seqs[0].token_ids for seqs in results]
+
+
+def walkthrough_step(loaded, text):
+    """One step of the 2020 handler's loop: re-tokenize the whole text, run every position
+    through the model (logits for all of them, as the original did), append the last argmax's
+    piece to the text."""
+    import numpy as np
+
+    tok = loaded.tokenizer
+    ids = tok.encode_prompt(text)
+    logits = loaded.engine.full_logits([ids])  # (1, T, V)
+    return text + tok.id_to_piece(int(np.argmax(logits[0, -1]))).replace("\u2581", " ")
+
+
+def walkthrough_loop(loaded, prompt, n):
+    """The 2020 handler's transform_fn loop with its bound added (it had none)."""
+    text = prompt
+    for _ in range(n):
+        text = walkthrough_step(loaded, text)
+    return text
+
+
+def floor_step(loaded, batch, steps):
+    """A callable running `steps` GEMV chains over one decode step's weights.
+
+    Every weight matrix of a step (qkv, out, ffn in/out per layer, the tied head once) goes
+    through FullyConnected against a (batch, in) input, all in one hybridized graph: the
+    memory-bandwidth floor for one decode step in this process, with no attention, norms or
+    per-op Python."""
+    import mxnet as mx
+    from mxnet import gluon
+
+    params = loaded.engine.model._collect_params_with_prefix()
+    weights = [p.data() for n, p in params.items() if n.endswith(".weight") and n.startswith(("_self", "_ffn"))]
+    weights.append(params["_embed.weight"].data())
+    shapes = [w.shape for w in weights]
+
+    class Chain(gluon.HybridBlock):
+        def hybrid_forward(self, F, *inputs):
+            half = len(inputs) // 2
+            sums = [F.sum(F.FullyConnected(x, w, no_bias=True, num_hidden=shape[0]))
+                    for x, w, shape in zip(inputs[:half], inputs[half:], shapes)]
+            return F.add_n(*sums)
+
+    xs = [mx.nd.ones((batch, w.shape[1]), ctx=loaded.ctx, dtype=loaded.dtype) for w in weights]
+    chain = Chain()
+    chain.hybridize(static_alloc=True, static_shape=True)
+
+    def run():
+        for _ in range(steps):
+            chain(*(xs + weights)).wait_to_read()
+
+    return run
+
+
+def step_bytes(loaded):
+    """Bytes one decode step must read: every weight once (the tied head is the embedding;
+    one row of the position table is negligible)."""
+    import numpy as np
+
+    params = loaded.engine.model._collect_params_with_prefix()
+    return sum(p.data().size * np.dtype(p.data().dtype).itemsize for n, p in params.items()
+               if n != "_logits_proj.weight" and n != "_pos_embed.weight")
+
+
+def read_bandwidth_run(nbytes, threads, steps):
+    """A callable reading `nbytes` (one decode step's weights) `steps` times, split over
+    `threads` Python threads (NumPy's sum releases the GIL): the bandwidth-only floor, with no
+    arithmetic worth the name. Returns (run, nbytes actually read per step)."""
+    import threading
+
+    import numpy as np
+
+    parts = np.array_split(np.ones(nbytes // 4, dtype=np.float32), threads)
+
+    def read(part):
+        np.add.reduce(part)
+
+    def run():
+        for _ in range(steps):
+            workers = [threading.Thread(target=read, args=(p,)) for p in parts[1:]]
+            for w in workers:
+                w.start()
+            read(parts[0])
+            for w in workers:
+                w.join()
+
+    return run, sum(p.nbytes for p in parts)
+
+
+def cpu_cores():
+    from kogpt2_serving.device import cpu_count
+
+    return cpu_count()
+
+
+# ---- timing ----
+
+def interleaved(variants, repeats, warmup=True, progress=True):
+    """{name: callable} -> {name: [seconds per run]}: every variant once per repeat, in turn.
+
+    A callable that returns a float reports its own seconds (a worker process times the run
+    where it happens); otherwise the call is timed here."""
+    if warmup:
+        for name, run in variants.items():  # graphs built, caches allocated, nothing timed
+            _note(progress, "warm-up %s" % name)
+            run()
+    samples = {name: [] for name in variants}
+    for repeat in range(repeats):
+        for name, run in variants.items():
+            _note(progress, "repeat %d/%d %s" % (repeat + 1, repeats, name))
+            started = time.perf_counter()
+            reported = run()
+            elapsed = time.perf_counter() - started
+            samples[name].append(reported if isinstance(reported, float) else elapsed)
+    return samples
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def _note(enabled, text):
+    if enabled:
+        print("  " + text, file=sys.stderr, flush=True)
+
+
+# ---- the result file ----
+
+def machine():
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "node": platform.node()}
+    try:
+        from kogpt2_serving.device import cpu_count
+
+        info["cpus_usable"] = cpu_count()
+    except ImportError:
+        pass
+    cpuinfo = _read("/proc/cpuinfo")
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and "cpu_model" not in info:
+            info["cpu_model"] = value.strip()
+        if key.strip() == "flags" and "cpu_flags" not in info:
+            flags = set(value.split())
+            info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    for line in _read("/proc/meminfo").splitlines():
+        if line.startswith("MemTotal:"):
+            info["memory_gb"] = round(int(line.split()[1]) / 1024 ** 2, 1)
+    return info
+
+
+def installed_versions(*distributions):
+    """Installed versions (package metadata: nothing is imported)."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for name in ("numpy", "mxnet") + tuple(distributions):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def thread_settings(mxnet_threads, **peers):
+    settings = {"mxnet_omp_threads": mxnet_threads}
+    settings.update(peers)
+    settings["env"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_PARALLEL_SIZE",
+                                                      "KOGPT2_THREADS", "MKL_NUM_THREADS")}
+    return settings
+
+
+def command():
+    """How this run was started, runnable from the repository root."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), REPO)
+    return " ".join(["python", script] + [_quote(a) for a in sys.argv[1:]])
+
+
+def _quote(arg):
+    return "'%s'" % arg if (not arg or any(c in arg for c in " '\"$;&|")) else arg
+
+
+def write_result(path, benchmark, args, threads, data, modules=(), versions=None):
+    """The JSON every report section reads: header first, then the script's own fields.
+    `modules`: distributions whose installed versions to record; `versions`: versions the
+    worker processes reported (what actually ran), which win."""
+    found = installed_versions(*modules)
+    found.update(versions or {})
+    result = {
+        "benchmark": benchmark,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine(),
+        "versions": found,
+        "threads": threads,
+        "command": command(),
+        "quick": bool(getattr(args, "quick", False)),
+        "args": {k: v for k, v in vars(args).items() if k != "output"},
+    }
+    result.update(data)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    print("wrote %s" % path)
+    return result
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _remove_tree(path):
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
