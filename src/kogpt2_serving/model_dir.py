@@ -124,9 +124,29 @@ def default_model_dir():
     """(directory, description) when no model directory was named: SageMaker's model
     directory if it holds model files, else the demo model shipped in this package."""
     mounted = sagemaker_model_dir()
-    if os.path.isdir(mounted) and any(n.endswith(".params") or n in HF_WEIGHTS for n in os.listdir(mounted)):
+    if holds_model_files(mounted):
         return mounted, "the SageMaker model directory"
     return DEMO_MODEL_DIR, "the demo model shipped with kogpt2-serving (pass --model-dir for real KoGPT2 files)"
+
+
+def holds_model_files(directory):
+    """Whether a directory has any weights or tokenizer file (of either format)."""
+    if not os.path.isdir(directory):
+        return False
+    return any(n.endswith((".params", ".spiece")) or n in HF_WEIGHTS + (TOKENIZER_JSON,)
+               for n in os.listdir(directory))
+
+
+def or_demo_model(directory, log=None):
+    """`directory`, unless it holds no model files at all (a model.tar.gz with only code/):
+    then the shipped demo model, said in the log. A directory with some but not all of a
+    model's files, or that does not exist, is left as it is, so that loading it names the problem."""
+    if not os.path.isdir(directory) or holds_model_files(directory):
+        return directory
+    if log is not None:
+        log.info("%s holds no model files: using the demo model shipped with kogpt2-serving at %s",
+                 directory, DEMO_MODEL_DIR)
+    return DEMO_MODEL_DIR
 
 
 def resolve_model_dir(requested, log=None):
