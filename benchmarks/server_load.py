@@ -7,10 +7,11 @@ seeds, HF-style JSON with details for the token count) and reports latency p50/p
 requests/s, generated tokens/s and errors (anything but HTTP 200). It stops every server it
 started (process group), also on Ctrl-C.
 
-Server overhead: after the load, the "off" server gets 20 short requests (1 new token, so
-generation noise does not hide milliseconds) one at a time; once every server is stopped the
-same requests are generated in this process (same model, parameters, thread count), and each
-request's HTTP latency minus its in-process time is reported (target: p50 < 5 ms).
+Server overhead: after the load, 20 short requests (1 new token, so generation noise does not
+hide milliseconds) go to the "off" server one at a time, each followed by the same request
+generated in this process (same model, parameters and thread count; interleaved so both see
+the same machine load); each request's HTTP latency minus its in-process time is reported
+(target: p50 < 5 ms).
 
 Usage: python benchmarks/server_load.py [--model-dir DIR | --kogpt2-size] [--batch-size 8]
        [--max-batch-delay 10] [--requests-per-client 6] [--new-tokens 32] [--output FILE.json]
@@ -64,7 +65,7 @@ def main():
         for name, batch_size in modes:
             print("== batching {} (batch_size {}) ==".format(name, batch_size), file=sys.stderr, flush=True)
             results[name] = run_mode(model_dir, batch_size, args, levels)
-        overhead = measure_overhead(model_dir, results["off"], args)
+        overhead = results["off"]["overhead"]
     finally:
         if cleanup:
             cleanup()
@@ -113,17 +114,10 @@ def run_mode(model_dir, batch_size, args, levels):
             table.append(row)
             samples[level] = latencies
             print("  concurrency {}: {}".format(level, row), file=sys.stderr, flush=True)
-        probes = {}
-        if batch_size == 1:
-            conn = http.client.HTTPConnection("127.0.0.1", config.port, timeout=600)
-            for n in range(OVERHEAD_REQUESTS):
-                started = time.perf_counter()
-                status, _ = post(conn, path, probe_body(n))
-                if status == 200:
-                    probes[n] = time.perf_counter() - started
+        overhead = measure_overhead(model_dir, config.port, path) if batch_size == 1 else None
         died = sum(1 for line in open(log.name, encoding="utf-8", errors="replace") if "Worker died" in line
                    or "Backend worker process died" in line)
-        return {"table": table, "samples": samples, "worker_deaths": died, "probes": probes}
+        return {"table": table, "samples": samples, "worker_deaths": died, "overhead": overhead}
     finally:
         server.stop()
         os.remove(log.name)
@@ -177,24 +171,32 @@ def probe_body(n):
                       ensure_ascii=False).encode("utf-8")
 
 
-def measure_overhead(model_dir, off, args):
-    """HTTP latency of the short probes minus the same requests' in-process generation time."""
+def measure_overhead(model_dir, port, path):
+    """Per request: HTTP latency minus the same request's in-process generation time."""
     from kogpt2_serving.generation import Generator
     from kogpt2_serving.loader import load_model
     from kogpt2_serving.params import parse_parameters
 
-    if not off["probes"]:
-        return None
     generator = Generator(load_model(model_dir, device="cpu"))
-    differences = []
-    for n in range(3):  # warm-up
-        raw = json.loads(probe_body(100 + n))
-        generator.generate([raw["inputs"]], parse_parameters(raw["parameters"]))
-    for n, seconds in sorted(off["probes"].items()):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def in_process(n):
         raw = json.loads(probe_body(n))
         started = time.perf_counter()
         generator.generate([raw["inputs"]], parse_parameters(raw["parameters"]))
-        differences.append(seconds - (time.perf_counter() - started))
+        return time.perf_counter() - started
+
+    for n in range(OVERHEAD_REQUESTS):  # warm-up: every prompt shape once, both ways
+        post(conn, path, probe_body(n))
+        in_process(n)
+    differences = []
+    for n in range(OVERHEAD_REQUESTS):
+        started = time.perf_counter()
+        status, _ = post(conn, path, probe_body(n))
+        over_http = time.perf_counter() - started
+        if status == 200:
+            differences.append(over_http - in_process(n))
+    conn.close()
     differences.sort()
     return {"requests": len(differences), "p50": pct(differences, 50), "p95": pct(differences, 95),
             "mean": round(1000 * statistics.mean(differences), 2)}

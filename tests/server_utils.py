@@ -60,6 +60,7 @@ class ServeProcess:
         self.proc = None
         self.mms_group = None
         self.inference_path = "/invocations"  # from the readiness line (/predictions/model when batching)
+        self.returncode = None
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -101,14 +102,15 @@ class ServeProcess:
             time.sleep(0.1)
         raise RuntimeError("serve not ready after {:.0f} s:\n{}".format(self.startup_timeout, self.log_text()))
 
-    def stop(self, check=True, timeout=30.0):
-        """SIGTERM the CLI, wait for it; then nothing of the server may be left running."""
+    def stop(self, check=True, timeout=30.0, signum=signal.SIGTERM):
+        """SIGTERM (or `signum`) the CLI, wait for it; then nothing of the server may be left
+        running. Sets `returncode` to the CLI's exit status."""
         if self.proc is None:
             return
         leftovers = []
         try:
             if self.proc.poll() is None:
-                os.kill(self.proc.pid, signal.SIGTERM)
+                os.kill(self.proc.pid, signum)
                 try:
                     self.proc.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -120,7 +122,7 @@ class ServeProcess:
         finally:
             for group in (self.proc.pid, self.mms_group):
                 _killpg(group, signal.SIGKILL)
-            self.proc.wait()
+            self.returncode = self.proc.wait()
             log = self.log_text()
             self.proc = None
             shutil.rmtree(self.work_dir, ignore_errors=True)

@@ -3,6 +3,7 @@ MMS batching, a user's inference.py overriding handler functions, a model that f
 load, and the refused port range."""
 import json
 import shutil
+import signal
 
 import pytest
 
@@ -104,6 +105,16 @@ def test_a_model_that_fails_to_load_ends_start_up_with_an_error(tiny_model_dir, 
     assert "serve exited with 1 before it was ready" in message
     assert "error: the model failed to load in the worker" in message
     assert server.proc is None  # stopped; stop() checked that nothing was left running
+
+
+def test_sigint_stops_the_server_cleanly(tiny_model_dir):
+    server = ServeProcess(tiny_model_dir)
+    with server:
+        assert server.post(b'"a"', "application/json")[0] == 200
+        members = server.group_members()
+        assert len(members) >= 4  # serve, MMS launcher, JVM, worker(s)
+        server.stop(signum=signal.SIGINT)  # raises if anything is left running
+    assert server.returncode == 0
 
 
 @pytest.mark.parametrize("port, text", [(32767, "only accepts ports 1-32766"), (40000, "only accepts ports 1-32766"),
