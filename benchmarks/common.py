@@ -198,6 +198,22 @@ def cpu_cores():
     return cpu_count()
 
 
+def free_port(low=20000, high=32766):
+    """A free loopback port below 32767 (MMS rejects higher ones, kogpt2_serving.server)."""
+    import random
+    import socket
+
+    for _ in range(100):
+        port = random.randint(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in %d-%d" % (low, high))
+
+
 # ---- timing ----
 
 def interleaved(variants, repeats, warmup=True, progress=True):

@@ -1,0 +1,239 @@
+"""Our engine against transformers (PyTorch) and ONNX Runtime, with the same weights, interleaved.
+
+The peers are built from the weights our engine loaded (benchmarks/peer_models.py): a
+transformers GPT2LMHeadModel holding them, and that model exported to ONNX with past
+key/values. Before anything is timed, each peer's logits for the prompt and for 4 cached
+steps, at batch 1 and at --batch, must match ours (max |diff| <= 1e-4 x the largest logit,
+same argmax everywhere); the run stops otherwise.
+
+Variants, each decoding exactly --new-tokens greedy tokens from the same --prompt-tokens
+prompt, at batch 1 and at --batch, all run in turn once per repeat after a warm-up:
+
+  engine        this package's Generator (prefill once, fixed-size KV cache)
+  transformers  GPT2LMHeadModel.generate(use_cache=True, do_sample=False), sdpa attention
+  onnxruntime   the exported graph after ONNX Runtime's GPT-2 fusions, prompt then one token
+                per step, presents fed back as pasts through IOBinding
+  floor         every weight matrix of one step through MXNet FullyConnected (GEMV chain)
+  bandwidth     one step's weight bytes read by NumPy in as many threads as cores
+
+Each framework runs in its own process (see benchmarks/workers.py for why). Threads: our
+engine uses every core (kogpt2_serving.device); torch and ONNX Runtime get the same budget,
+--peer-threads (2).
+Usage: python benchmarks/peers.py [--quick] [--batch 8] [--new-tokens 64] [--output benchmarks/results/peers.json]
+"""
+import contextlib
+import hashlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+import peer_models  # noqa: E402
+from workers import Worker  # noqa: E402
+
+PEERS = ("transformers", "onnxruntime")
+CHECK_STEPS = 4
+
+
+def add_peer_options(p):
+    p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of %(default)s, or ''")
+    p.add_argument("--ort-graph", choices=("fused", "exported"), default="fused",
+                   help="ONNX Runtime runs the exported graph after onnxruntime.transformers' GPT-2 fusions "
+                        "(fused) or as exported; both get ORT's session-level optimizations (default: %(default)s)")
+    p.add_argument("--peer-threads", type=int, default=common.PEER_THREADS,
+                   help="torch / ONNX Runtime intra-op threads (default: %(default)s)")
+
+
+def check_peer_options(p, args):
+    args.peers = [x for x in args.peers.split(",") if x]
+    unknown = set(args.peers) - set(PEERS)
+    if unknown:
+        p.error("unknown peer(s) %s; choose from %s" % (", ".join(sorted(unknown)), ", ".join(PEERS)))
+
+
+def parse_args():
+    p = common.parser(__doc__, new_tokens=64, batch=8, repeats=5)
+    add_peer_options(p)
+    p.epilog += "\n--quick: 8 new tokens, 1 repeat"
+    args = p.parse_args()
+    check_peer_options(p, args)
+    if args.quick:
+        args.new_tokens, args.repeats = 8, 1
+    return args
+
+
+class Fleet:
+    """The engine worker and one worker per peer, over the engine's weights."""
+
+    def __init__(self, args, stack):
+        self.args = args
+        self.engine = stack.enter_context(Worker("engine", model_dir=args.model_dir, device=args.device,
+                                                 threads=args.threads))
+        self.peers = {}
+        if not args.peers:
+            return
+        key = cache_key(self.engine.info["params_file"])
+        hf_dir = self.engine.call("write_hf_dir", os.path.join(common.HERE, ".cache", "hf-%s" % key))
+        torch_worker = stack.enter_context(Worker("transformers", hf_dir=hf_dir, threads=args.peer_threads))
+        if "transformers" in args.peers:
+            self.peers["transformers"] = torch_worker
+        if "onnxruntime" in args.peers:
+            onnx_path = os.path.join(common.HERE, ".cache", "onnx", "gpt2-past-%s.onnx" % key)
+            os.makedirs(os.path.dirname(onnx_path), exist_ok=True)
+            torch_worker.call("export_onnx", onnx_path)
+            cfg = self.engine.info["config"]
+            self.peers["onnxruntime"] = stack.enter_context(Worker(
+                "onnxruntime", onnx_path=onnx_path, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                n_embd=cfg["n_embd"], threads=args.peer_threads, fuse=args.ort_graph == "fused"))
+        if "transformers" not in args.peers:
+            torch_worker.close()
+
+    def prompt_ids(self):
+        return self.engine.call("prompt", self.args.prompt_tokens)[1]
+
+    def check(self, batch, steps=CHECK_STEPS):
+        """Logits agreement at this batch size; raises when a peer disagrees."""
+        prompt = [self.prompt_ids()] * batch
+        ours, fed = self.engine.call("logits", prompt, steps)
+        results = {name: peer_models.agreement(ours, worker.call("logits", prompt, fed))
+                   for name, worker in self.peers.items()}
+        return peer_models.check_agreement(results)
+
+    def generate_variant(self, name, batch, n):
+        """Prepare `name`_b`batch` in its worker; returns the runner."""
+        worker = self.engine if name == "engine" else self.peers[name]
+        key = "%s_b%d@%d" % (name, batch, n)
+        worker.call("prepare", key, {"kind": "generate", "batch": batch, "n": n, "prompt_tokens":
+                                     self.args.prompt_tokens, "prompt_ids": self.prompt_ids()})
+        return worker.runner(key)
+
+    def engine_variant(self, key, spec):
+        spec = dict(spec, name=key, prompt_tokens=self.args.prompt_tokens)
+        self.engine.call("prepare", key, spec)
+        return self.engine.runner(key)
+
+    def thread_settings(self):
+        peers = {}
+        if "transformers" in self.peers:
+            peers["torch_threads"] = self.peers["transformers"].info["torch_threads"]
+        if "onnxruntime" in self.peers:
+            info = self.peers["onnxruntime"].info
+            peers["onnxruntime_intra_op_threads"] = info["intra_op_threads"]
+            peers["onnxruntime_inter_op_threads"] = info["inter_op_threads"]
+        settings = common.thread_settings(self.engine.info["threads"], **peers)
+        settings["processes"] = "one per framework (benchmarks/workers.py)"
+        return settings
+
+    def versions(self):
+        found = {"mxnet": self.engine.info["mxnet"]}
+        if "transformers" in self.peers:
+            found.update({k: self.peers["transformers"].info[k] for k in ("torch", "transformers")})
+        if "onnxruntime" in self.peers:
+            found["onnxruntime"] = self.peers["onnxruntime"].info["onnxruntime"]
+        return found
+
+    def peer_details(self):
+        details = {}
+        if "transformers" in self.peers:
+            details["transformers"] = {"attn_implementation": self.peers["transformers"].info["attn_implementation"]}
+        if "onnxruntime" in self.peers:
+            details["onnxruntime"] = self.peers["onnxruntime"].info["graph"]
+        return details
+
+
+def cache_key(params_file):
+    """Exports depend on the weights and on the torch/transformers versions that made them."""
+    from importlib import metadata
+
+    stat = os.stat(params_file)
+    parts = [os.path.abspath(params_file), str(stat.st_size), str(stat.st_mtime)]
+    parts += [metadata.version(d) for d in ("torch", "transformers", "onnxruntime", "onnx")]
+    return hashlib.md5("|".join(parts).encode()).hexdigest()[:12]
+
+
+def main():
+    args = parse_args()
+    with contextlib.ExitStack() as stack:
+        fleet = Fleet(args, stack)
+        agreement = {"b%d" % b: fleet.check(b) for b in sorted({1, args.batch})} if fleet.peers else {}
+        print_agreement(agreement)
+        n, names = args.new_tokens, ["engine"] + list(fleet.peers)
+        variants = {}
+        for batch in sorted({1, args.batch}):
+            for name in names:
+                variants["%s_b%d" % (name, batch)] = fleet.generate_variant(name, batch, n)
+            variants["floor_b%d" % batch] = fleet.engine_variant("floor_b%d" % batch, {
+                "kind": "floor", "batch": batch, "steps": n})
+        variants["bandwidth"] = fleet.engine_variant("bandwidth", {"kind": "bandwidth", "steps": n})
+        seconds = common.interleaved(variants, args.repeats)
+        bandwidth = fleet.engine.call("record", "bandwidth")
+        result = summarize(seconds, args, names, bandwidth["bytes_per_step"])
+        result.update(agreement=agreement, peer_details=fleet.peer_details(),
+                      model={"step_weight_bytes": fleet.engine.info["step_weight_bytes"],
+                             "config": fleet.engine.info["config"], "random_weights": not args.model_dir},
+                      bandwidth_threads=bandwidth["threads"])
+        print_table(result, args, fleet.engine.info["threads"])
+        if args.output:
+            common.write_result(args.output, "peers", args, fleet.thread_settings(), result,
+                                versions=fleet.versions())
+
+
+def summarize(seconds, args, names, read_bytes):
+    n, b = args.new_tokens, args.batch
+    batches = sorted({1, b})
+    ms = {k: [s * 1000 / n for s in v] for k, v in seconds.items()}  # per step = per token of each row
+    med = {k: common.median(v) for k, v in ms.items()}
+    tokens_per_s = {k: int(k.rsplit("_b", 1)[1]) * 1000 / v for k, v in med.items() if "_b" in k}
+    result = {"new_tokens": n, "batches": batches, "variants": names, "ms_per_token_median": med,
+              "samples_ms_per_token": ms, "tokens_per_s_median": tokens_per_s,
+              "read_bandwidth_gb_s": read_bytes / (med["bandwidth"] / 1000) / 1e9,
+              "x_gemv_floor": {"%s_b%d" % (name, batch): med["%s_b%d" % (name, batch)] / med["floor_b%d" % batch]
+                               for batch in batches for name in names},
+              "x_bandwidth_floor": {"%s_b%d" % (name, batch): med["%s_b%d" % (name, batch)] / med["bandwidth"]
+                                    for batch in batches for name in names + ["floor"]}}
+    peers = [p for p in names if p != "engine"]
+    if peers:
+        fastest_b1 = min(peers, key=lambda p: med["%s_b1" % p])
+        fastest_bb = max(peers, key=lambda p: tokens_per_s["%s_b%d" % (p, b)])
+        result["ratios"] = {"engine_b1 ms / %s_b1 ms" % p: med["engine_b1"] / med["%s_b1" % p] for p in peers}
+        result["ratios"].update({"engine_b%d tok/s / %s_b%d tok/s" % (b, p, b):
+                                 tokens_per_s["engine_b%d" % b] / tokens_per_s["%s_b%d" % (p, b)] for p in peers})
+        result["targets"] = {
+            "b1 ms/token <= fastest peer's": {
+                "peer": fastest_b1, "engine": med["engine_b1"], "peer_value": med["%s_b1" % fastest_b1],
+                "met": med["engine_b1"] <= med["%s_b1" % fastest_b1]},
+            "b%d tokens/s >= fastest peer's" % b: {
+                "peer": fastest_bb, "engine": tokens_per_s["engine_b%d" % b],
+                "peer_value": tokens_per_s["%s_b%d" % (fastest_bb, b)],
+                "met": tokens_per_s["engine_b%d" % b] >= tokens_per_s["%s_b%d" % (fastest_bb, b)]},
+        }
+    return result
+
+
+def print_agreement(agreement):
+    print("\nlogits agreement before timing (prompt + %d cached steps)" % CHECK_STEPS)
+    for batch, peers in agreement.items():
+        for peer, r in peers.items():
+            print("  %-4s %-13s max |diff| %.2e of max |logit| %.2f, same argmax: %s" % (
+                batch, peer, r["max_abs_diff"], r["logit_scale"], r["same_argmax"]))
+
+
+def print_table(result, args, threads):
+    med, tps = result["ms_per_token_median"], result["tokens_per_s_median"]
+    print("\nKoGPT2-size greedy decode, %d-token prompt, %d new tokens, MXNet %d thread(s), peers %d thread(s), "
+          "%d repeat(s), median" % (args.prompt_tokens, args.new_tokens, threads, args.peer_threads, args.repeats))
+    print("%-20s %10s %10s %10s" % ("variant", "ms/token", "tokens/s", "x floor"))
+    for batch in result["batches"]:
+        for name in result["variants"] + ["floor"]:
+            key = "%s_b%d" % (name, batch)
+            print("%-20s %10.2f %10.1f %10.2f" % (key, med[key], tps[key], med[key] / med["floor_b%d" % batch]))
+    print("%-20s %10.2f   (%.1f GB/s read)" % ("bandwidth floor", med["bandwidth"], result["read_bandwidth_gb_s"]))
+    for name, value in result.get("ratios", {}).items():
+        print("  %-42s %6.2fx" % (name, value))
+    for name, t in result.get("targets", {}).items():
+        print("  target %s (%s): %s" % (name, t["peer"], "met" if t["met"] else "NOT met"))
+
+
+if __name__ == "__main__":
+    main()

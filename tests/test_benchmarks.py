@@ -1,0 +1,360 @@
+"""The benchmark suite's own logic on tiny models: same weights in every peer, the logits check
+that guards every timing, the worker processes, the walkthrough sampling and the report.
+
+No timing is asserted anywhere: only that the code measures what it says it measures.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+import common  # noqa: E402
+import peer_models  # noqa: E402
+import report  # noqa: E402
+
+
+# ---- same weights ----
+
+def test_hf_state_dict_is_the_inverse_of_reading_hf_checkpoints(tiny_model, tmp_path):
+    """Our params -> HF keys -> written as model.safetensors -> read back by the serving code's
+    HF reader: every canonical array comes back identical."""
+    params = peer_models.canonical_params(tiny_model)
+    directory = peer_models.write_hf_dir(tiny_model.config, params, str(tmp_path / "hf"))
+    from kogpt2_serving.hf_checkpoint import read_hf_config, read_hf_params
+
+    config = read_hf_config(os.path.join(directory, "config.json"))
+    assert config._replace(activation_function=tiny_model.config.activation_function) == tiny_model.config
+    back = read_hf_params(os.path.join(directory, "model.safetensors"), config)
+    expected = {k: v for k, v in params.items() if k != "_logits_proj.weight"}
+    assert sorted(back) == sorted(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(back[name].asnumpy(), value.asnumpy(), err_msg=name)
+
+
+def test_hf_state_dict_transposes_conv1d_weights_only(tiny_model):
+    params = peer_models.canonical_params(tiny_model)
+    state = peer_models.hf_state_dict(params, tiny_model.config.n_layer)
+    qkv = params["_self_attention_layers.0._multi_head_qkv_proj.weight"].asnumpy()  # Dense (out, in)
+    np.testing.assert_array_equal(state["transformer.h.0.attn.c_attn.weight"], qkv.T)
+    np.testing.assert_array_equal(state["transformer.wte.weight"], params["_embed.weight"].asnumpy())
+    assert "lm_head.weight" not in state  # tied
+
+
+def test_hf_state_dict_refuses_parameters_it_cannot_place(tiny_model):
+    params = dict(peer_models.canonical_params(tiny_model), extra=np.zeros(3))
+    with pytest.raises(ValueError, match="extra"):
+        peer_models.hf_state_dict(params, tiny_model.config.n_layer)
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_model, tmp_path_factory):
+    pytest.importorskip("transformers")
+    directory = peer_models.write_hf_dir(tiny_model.config, peer_models.canonical_params(tiny_model),
+                                         str(tmp_path_factory.mktemp("hf") / "model"))
+    return peer_models.build_hf_model(*peer_models.read_hf_dir(directory))
+
+
+def prompt_ids(tiny_model, batch=1):
+    return [tiny_model.tokenizer.encode_prompt("대한민국은 민주공화국이다.")[:6]] * batch
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_transformers_logits_agree_with_the_engine(tiny_model, hf_model, batch):
+    ours, fed = peer_models.engine_logits(tiny_model, prompt_ids(tiny_model, batch), 4)
+    theirs = peer_models.hf_logits(hf_model, prompt_ids(tiny_model, batch), fed)
+    result = peer_models.check_agreement({"transformers": peer_models.agreement(ours, theirs)})
+    assert result["transformers"]["same_argmax"] and result["transformers"]["steps"] == 5
+
+
+def test_the_check_catches_a_model_with_wrong_weights(tiny_model, hf_model):
+    """Two layers' MLPs swapped in the peer: the logits check must stop the run."""
+    import torch
+
+    ours, fed = peer_models.engine_logits(tiny_model, prompt_ids(tiny_model), 2)
+    mlp = hf_model.transformer.h
+    with torch.no_grad():
+        saved = mlp[0].mlp.c_fc.weight.clone()
+        mlp[0].mlp.c_fc.weight.copy_(mlp[1].mlp.c_fc.weight)
+        try:
+            theirs = peer_models.hf_logits(hf_model, prompt_ids(tiny_model), fed)
+        finally:
+            mlp[0].mlp.c_fc.weight.copy_(saved)
+    with pytest.raises(AssertionError, match="transformers"):
+        peer_models.check_agreement({"transformers": peer_models.agreement(ours, theirs)})
+
+
+def test_transformers_generate_decodes_the_engines_greedy_tokens(tiny_model, hf_model, generator):
+    text = tiny_model.tokenizer.decode(prompt_ids(tiny_model)[0])
+    ours = common.generate(generator, [text], 6)
+    assert peer_models.HFGreedy(hf_model)(prompt_ids(tiny_model), 6) == ours
+
+
+def test_agreement_numbers():
+    a = [np.array([[1.0, 5.0, 2.0]]), np.array([[3.0, 0.0, -8.0]])]
+    close = [x + 1e-5 for x in a]
+    r = peer_models.agreement(a, close)
+    assert r == {"max_abs_diff": pytest.approx(1e-5, rel=1e-3), "logit_scale": 8.0, "same_argmax": True, "steps": 2}
+    assert peer_models.check_agreement({"p": r})
+    far = [a[0], a[1] + np.array([[0.0, 0.01, 0.0]])]
+    with pytest.raises(AssertionError, match="max \\|diff\\|"):
+        peer_models.check_agreement({"p": peer_models.agreement(a, far)})
+    flipped = [np.array([[1.0, 2.0, 5.0]]), a[1]]  # same numbers, other argmax
+    assert not peer_models.agreement(a, flipped)["same_argmax"]
+    with pytest.raises(ValueError):
+        peer_models.agreement(a, a[:1])
+
+
+@pytest.fixture(scope="module")
+def ort_decoder(tiny_model, hf_model, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    path = peer_models.export_onnx(hf_model, str(tmp_path_factory.mktemp("onnx") / "gpt2-past.onnx"))
+    cfg = tiny_model.config
+    return peer_models.OrtGreedy(peer_models.ort_session(path, 1), cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_export_with_past_agrees_with_the_engine(tiny_model, ort_decoder, batch):
+    """The exported graph serves the prompt (no past) and cached steps of any batch size."""
+    ours, fed = peer_models.engine_logits(tiny_model, prompt_ids(tiny_model, batch), 5)
+    theirs = peer_models.ort_logits(ort_decoder, prompt_ids(tiny_model, batch), fed)
+    peer_models.check_agreement({"onnxruntime": peer_models.agreement(ours, theirs)})
+
+
+def test_onnxruntime_greedy_decodes_the_engines_tokens(tiny_model, ort_decoder, generator):
+    text = tiny_model.tokenizer.decode(prompt_ids(tiny_model)[0])
+    assert ort_decoder(prompt_ids(tiny_model, 2), 6) == common.generate(generator, [text] * 2, 6)
+
+
+# ---- workers and the walkthrough's sampled steps ----
+
+def test_engine_worker_runs_prepared_variants_in_its_own_process(tiny_model_dir):
+    from workers import Worker
+
+    with Worker("engine", model_dir=tiny_model_dir, threads=1) as worker:
+        assert worker.info["threads"] == 1 and worker.info["config"]["n_layer"] == 2
+        assert worker._process.pid != os.getpid()
+        worker.call("prepare", "g", {"kind": "generate", "batch": 2, "n": 3, "prompt_tokens": 4})
+        assert isinstance(worker.runner("g")(), float)
+        tokens = worker.call("greedy_tokens", 4, 8)
+        worker.call("prepare", "w", {"kind": "walkthrough_steps", "name": "w", "tokens": tokens, "steps": [1, 6],
+                                     "prompt_tokens": 4})
+        worker.call("run", "w")
+        record = worker.call("record", "w")
+        # re-tokenizing the text may merge appended pieces (the loop's drift), so only the order is certain
+        assert record["steps"] == [1, 6] and record["context_tokens"][1] > record["context_tokens"][0] >= 4
+
+
+def test_a_failing_worker_call_raises_with_the_workers_traceback(tiny_model_dir):
+    from workers import Worker, WorkerError
+
+    with Worker("engine", model_dir=tiny_model_dir, threads=1) as worker:
+        with pytest.raises(WorkerError, match="unknown variant kind"):
+            worker.call("prepare", "x", {"kind": "nonsense"})
+        worker.call("prompt", 4)  # still serving after the error
+
+
+def test_sampled_walkthrough_steps_are_the_middles_of_equal_strata():
+    from length_scaling import strata_steps
+
+    assert strata_steps(768, 4) == [96, 288, 480, 672]
+    assert strata_steps(3, 10) == [0, 1, 2]
+    assert all(0 <= s < 256 for s in strata_steps(256, 7))
+
+
+def test_walkthrough_step_appends_the_argmax_piece(tiny_model):
+    text = "대한민국은"
+    logits = tiny_model.engine.full_logits([tiny_model.tokenizer.encode_prompt(text)])
+    piece = tiny_model.tokenizer.id_to_piece(int(np.argmax(logits[0, -1]))).replace("\u2581", " ")
+    assert common.walkthrough_step(tiny_model, text) == text + piece
+
+
+def test_interleaved_runs_every_variant_once_per_repeat_in_turn():
+    calls = []
+    samples = common.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b") or 0.25}, 2,
+                                 progress=False)
+    assert calls == ["a", "b", "a", "b", "a", "b"]  # warm-up, then two repeats
+    assert samples["b"] == [0.25, 0.25]  # a run that reports its own seconds is believed
+    assert len(samples["a"]) == 2 and all(s >= 0 for s in samples["a"])
+
+
+# ---- peers' summary ----
+
+def test_peers_summary_computes_ratios_floors_and_targets():
+    import argparse
+
+    from peers import summarize
+
+    args = argparse.Namespace(new_tokens=10, batch=8)
+    seconds = {"engine_b1": [0.2, 0.3, 0.25], "onnxruntime_b1": [0.2], "floor_b1": [0.1], "engine_b8": [0.4],
+               "onnxruntime_b8": [0.5], "floor_b8": [0.2], "bandwidth": [0.05]}
+    r = summarize(seconds, args, ["engine", "onnxruntime"], read_bytes=10 ** 8)
+    assert r["ms_per_token_median"]["engine_b1"] == pytest.approx(25.0)
+    assert r["tokens_per_s_median"]["engine_b8"] == pytest.approx(200.0)
+    assert r["x_gemv_floor"]["engine_b1"] == pytest.approx(2.5)
+    assert r["read_bandwidth_gb_s"] == pytest.approx(10 ** 8 / 0.005 / 1e9)
+    b1, b8 = r["targets"].values()
+    assert (b1["peer"], b1["met"]) == ("onnxruntime", False)
+    assert (b8["engine"], b8["peer_value"], b8["met"]) == (pytest.approx(200.0), pytest.approx(160.0), True)
+
+
+# ---- endpoint rows ----
+
+def test_endpoint_latency_writes_a_row_from_a_served_url(tmp_path):
+    """Against a loopback server answering as the 2020 handler did ([text, tokens, seconds])."""
+    import http.server
+    import threading
+
+    import endpoint_latency
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps(["아기 공룡 둘리는 희동이와 함께", 4, 0.1]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "endpoint-ml.g4dn.xlarge.json"
+    try:
+        assert endpoint_latency.main(["--url", "http://127.0.0.1:%d" % server.server_port, "--instance-type",
+                                      "ml.g4dn.xlarge", "--calls", "4", "--output", str(out)]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    row = json.loads(out.read_text())
+    assert (row["benchmark"], row["device_kind"], row["timed_calls"], row["errors"]) == (
+        "endpoint_latency", "GPU", 3, [])
+    assert row["tokens_per_request_mean"] == 4
+    assert row["seconds_per_token"]["mean"] == pytest.approx(row["seconds_per_request"]["mean"] / 4)
+
+
+def test_endpoint_latency_options():
+    import endpoint_latency
+
+    args = endpoint_latency.parse_args(["--serve", "--quick"])
+    assert (args.calls, args.new_tokens, args.device_kind) == (3, 8, "CPU")
+    assert endpoint_latency.parameters(args) == {"max_new_tokens": 8, "min_new_tokens": 8, "details": True}
+    assert args.instance_type.startswith("this machine")
+    with pytest.raises(SystemExit):
+        endpoint_latency.parse_args(["--url", "http://127.0.0.1:1"])  # a row needs its label
+
+
+# ---- the report ----
+
+def fake_result(directory, name, benchmark, data, quick=False, date="2026-11-24T10:00:00+0000"):
+    result = {"benchmark": benchmark, "date": date, "command": "python benchmarks/%s.py --x" % benchmark,
+              "quick": quick, "machine": {"cpu_model": "Test CPU", "cpus": 2, "cpus_usable": 2, "memory_gb": 24},
+              "versions": {"mxnet": "1.9.1"}, "threads": {"mxnet_omp_threads": 2}, "args": {}}
+    result.update(data)
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+        json.dump(result, f)
+
+
+def peers_data():
+    med = {"engine_b1": 23.45, "transformers_b1": 24.3, "onnxruntime_b1": 19.2, "floor_b1": 17.5,
+           "engine_b8": 60.0, "transformers_b8": 61.0, "onnxruntime_b8": 28.7, "floor_b8": 20.0, "bandwidth": 15.5}
+    tps = {k: int(k.rsplit("_b", 1)[1]) * 1000 / v for k, v in med.items() if "_b" in k}
+    return {"new_tokens": 64, "batches": [1, 8], "variants": ["engine", "transformers", "onnxruntime"],
+            "ms_per_token_median": med, "tokens_per_s_median": tps, "read_bandwidth_gb_s": 32.1,
+            "x_gemv_floor": {k: v / med["floor_b%s" % k[-1]] for k, v in med.items() if k[:-3] in
+                             ("engine", "transformers", "onnxruntime")},
+            "x_bandwidth_floor": {k: v / 15.5 for k, v in med.items() if k != "bandwidth"},
+            "ratios": {"engine_b1 ms / onnxruntime_b1 ms": 23.45 / 19.2},
+            "targets": {"b1 ms/token <= fastest peer's": {"peer": "onnxruntime", "engine": 23.45,
+                                                          "peer_value": 19.2, "met": False}},
+            "agreement": {"b1": {"onnxruntime": {"max_abs_diff": 3e-5, "logit_scale": 34.3, "same_argmax": True,
+                                                 "steps": 5}}},
+            "model": {"step_weight_bytes": 497500000}, "bandwidth_threads": 2,
+            "args": {"prompt_tokens": 8, "repeats": 3}}
+
+
+def test_report_shows_the_numbers_of_the_result_files_with_their_provenance(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    fake_result(str(results), "peers.json", "peers", peers_data())
+    fake_result(str(results), "endpoint-ml.c5.2xlarge.json", "endpoint_latency", {
+        "instance_type": "ml.c5.2xlarge", "device_kind": "CPU", "target": "endpoint e", "timed_calls": 19,
+        "tokens_per_request_mean": 11.0, "seconds_per_token": {"mean": 0.0312, "p50": 0.0301}},
+        date="2026-11-20T09:00:00+0000")
+    out = tmp_path / "README.md"
+    report.main(["--results", str(results), "--output", str(out)])
+    text = out.read_text(encoding="utf-8")
+    assert report.MARKER in text and text.startswith("# Benchmarks")
+    assert "| engine | 1 | 23.45 | 42.6 |" in text  # ms/token and tokens/s from the JSON
+    assert "| b1 ms/token <= fastest peer's | onnxruntime | 19.20 ms/token | 23.45 ms/token | **not met** |" in text
+    assert "2026-11-24T10:00:00+0000 · Test CPU, 2 CPUs, 24 GB · `python benchmarks/peers.py --x`" in text
+    assert "| ml.c5.2xlarge (CPU) | endpoint e, 19 timed calls, 11.0 tokens/call | 0.031 |" in text
+    assert "32.1 GB/s" in text
+    for name in ("decode_latency", "length_scaling", "server_load"):  # not run: say how to run them
+        assert "no `%s.json` in the results" % name in text
+    assert "QUICK" not in text
+
+
+def test_report_keeps_the_hand_written_top_and_flags_quick_runs(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    fake_result(str(results), "peers.json", "peers", peers_data(), quick=True)
+    out = tmp_path / "README.md"
+    out.write_text("# Our benchmarks\n\nA note by the lead.\n\n" + report.MARKER + "\n\nold generated text\n",
+                   encoding="utf-8")
+    report.main(["--results", str(results), "--output", str(out)])
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Our benchmarks\n\nA note by the lead.\n") and "old generated text" not in text
+    assert text.count(report.MARKER) == 1
+    assert "peers.json came from `--quick` runs" in text and "QUICK RUN" in text
+
+
+def test_report_without_a_marker_keeps_the_existing_file_as_its_top(tmp_path):
+    out = tmp_path / "README.md"
+    out.write_text("# Benchmarks\n\n| a hand-made table |\n", encoding="utf-8")
+    (tmp_path / "results").mkdir()
+    report.main(["--results", str(tmp_path / "results"), "--output", str(out)])
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmarks\n\n| a hand-made table |\n\n" + report.MARKER)
+
+
+def test_report_plots_carry_their_provenance(tmp_path):
+    pytest.importorskip("matplotlib")
+    results = tmp_path / "results"
+    results.mkdir()
+    fake_result(str(results), "peers.json", "peers", peers_data())
+    fake_result(str(results), "length_scaling.json", "length_scaling", {
+        "lengths": [16, 768], "variants": ["walkthrough", "engine"], "prompt_tokens": 8, "floor_ms_per_token": 17.5,
+        "ms_per_token_median": {"walkthrough@16": 50.0, "walkthrough@768": 900.0, "engine@16": 24.0,
+                                "engine@768": 25.0},
+        "method": {"walkthrough@16": "whole", "walkthrough@768": "sampled", "engine@16": "whole",
+                   "engine@768": "whole"},
+        "sampled_steps": {"walkthrough@768": {"steps": [96, 288], "context_tokens": [104, 296]}},
+        "walkthrough_full_up_to": 64})
+    out = tmp_path / "README.md"
+    report.main(["--results", str(results), "--output", str(out)])
+    text = out.read_text(encoding="utf-8")
+    assert "![length_scaling](plots/length_scaling.png)" in text and "| 768 | 900.00 * | 25.00 |" in text
+    assert "steps [96, 288] at context lengths [104, 296]" in text
+    for name in ("peers", "length_scaling"):
+        assert (tmp_path / "plots" / (name + ".png")).stat().st_size > 10000
+
+
+def test_write_result_header(tmp_path):
+    import argparse
+
+    path = str(tmp_path / "r.json")
+    common.write_result(path, "demo", argparse.Namespace(quick=True, output=path, batch=8), {"mxnet_omp_threads": 2},
+                        {"value": 1.5}, versions={"torch": "2.13.0+cpu"})
+    r = json.loads(open(path).read())
+    assert (r["benchmark"], r["quick"], r["value"], r["args"]) == ("demo", True, 1.5, {"quick": True, "batch": 8})
+    assert r["versions"]["torch"] == "2.13.0+cpu" and r["versions"]["mxnet"] and r["date"]
+    assert r["command"].startswith("python ") and r["machine"]["cpus"] >= 1
