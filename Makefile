@@ -7,7 +7,7 @@ STAMP       := $(VENV)/.installed
 .DEFAULT_GOAL := help
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install test lint wheel clean bench
+.PHONY: help install test lint wheel clean bench serve
 
 # Container, packaging and AWS targets live beside the Dockerfiles.
 -include docker/aws.mk
@@ -32,6 +32,10 @@ test: lint  ## run the whole test suite (what CI runs)
 
 lint: install  ## fail on syntax or stdlib newer than Python 3.6 in the runtime package
 	$(VENV)/bin/vermin --no-tips --violations -t=3.6- --backport dataclasses --eval-annotations src/
+
+PORT        ?= 8080
+serve: install  ## start the server on 127.0.0.1:$(PORT) (MODEL_DIR=... for your files; default: the shipped demo model)
+	$(VENV)/bin/kogpt2-serving serve --host 127.0.0.1 --port $(PORT) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
 
 wheel: install  ## build dist/kogpt2_serving-*.whl
 	rm -rf build dist

@@ -7,6 +7,8 @@
 set -e
 if [ "${1:-}" = "serve" ]; then
     shift
-    exec kogpt2-serving serve "$@"
+    # Listen on all interfaces (the port is published or SageMaker connects from outside) and
+    # install code/requirements.txt as SageMaker's own containers do; later flags override.
+    exec kogpt2-serving serve --host 0.0.0.0 --install-requirements "$@"
 fi
 exec "$@"

@@ -112,3 +112,14 @@ def test_num_beams_one_is_greedy_in_generator(generator):
     a = generator.generate(["서울에서"], parse_parameters({"num_beams": 1, "max_new_tokens": 12}))
     b = generator.generate(["서울에서"], parse_parameters({"max_new_tokens": 12}))
     assert a == b
+
+
+def test_best_flat_equals_a_stable_full_sort():
+    from kogpt2_serving.strategies import _best_flat
+
+    rng = np.random.RandomState(0)
+    for shape, count in [((4, 50), 8), ((1, 7), 7), ((3, 5), 20), ((2, 30), 1)]:
+        scores = rng.randint(-5, 5, size=shape).astype(float)  # many ties
+        scores[0, :3] = -np.inf
+        expected = np.argsort(-scores, axis=None, kind="stable")[:count]
+        assert list(_best_flat(scores, count)) == list(expected)

@@ -34,7 +34,8 @@ def main(argv=None):
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text)
+        # No -h here: `COMMAND --help` falls through to the command's own parser below.
+        sub.add_parser(name, help=help_text, add_help=False)
     args, _ = parser.parse_known_args(argv)
     if not args.command:
         parser.print_help()

@@ -143,7 +143,7 @@ def beam_search(engine, prompt_ids, params, eos_id, processors):
                            for i, h in enumerate(live)])  # (live, V)
         totals = scores + np.array([h.total for h in live])[:, None]  # (live, V)
         rows, nxt = [], []
-        for rank, flat in enumerate(np.argsort(-totals, axis=None, kind="stable")[: 2 * beams]):
+        for rank, flat in enumerate(_best_flat(totals, 2 * beams)):
             i, token = divmod(int(flat), totals.shape[1])
             if not np.isfinite(totals[i, token]):
                 break
@@ -164,6 +164,20 @@ def beam_search(engine, prompt_ids, params, eos_id, processors):
         logits = engine.step(state, [h.tokens[-1] for h in live])
     finished.sort(key=lambda h: -h.score)
     return finished[: params.num_return_sequences]
+
+
+def _best_flat(scores, count):
+    """Flat indices of the `count` highest scores, best first (ties: lower index first), without
+    sorting all live x V of them."""
+    flat = scores.ravel()
+    if count < flat.size:
+        top = np.argpartition(-flat, count - 1)[:count]
+        # Equal scores at the cut: take the lowest indices, as a stable full sort would.
+        threshold = flat[top].min()
+        top = np.union1d(np.flatnonzero(flat > threshold), np.flatnonzero(flat == threshold)[:count])
+    else:
+        top = np.arange(flat.size)
+    return top[np.lexsort((top, -flat[top]))][:count]
 
 
 def _done(finished, live, step, params):
