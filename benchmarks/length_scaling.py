@@ -1,7 +1,7 @@
 """ms/token against the number of generated tokens: the walkthrough's quadratic loop vs linear decoders.
 
-At each length N (default 16, 64, 256, 768) every variant generates N greedy tokens at batch
-1 from the same 8-token prompt, all (variant, N) pairs in turn once per repeat, after one
+At each length N (default 16, 64, 256, 768) every variant generates N greedy tokens at --batch
+(default 1; the walkthrough loop always decodes one request) from the same 8-token prompt, all (variant, N) pairs in turn once per repeat, after one
 untimed run of each variant at the shortest length. ms/token is the run's time over N.
 
   walkthrough   the 2020 handler's loop (re-tokenize the text, every position through the
@@ -53,7 +53,6 @@ def parse_args():
     if "--new-tokens" in sys.argv:
         lengths.add(args.new_tokens)
     args.lengths = sorted(lengths)
-    args.batch = 1  # --batch is accepted for uniformity; length scaling is a batch-1 measurement
     return args
 
 
@@ -67,7 +66,7 @@ def main():
     args = parse_args()
     with contextlib.ExitStack() as stack:
         fleet = Fleet(args, stack)
-        agreement = fleet.check(1) if fleet.peers else {}
+        agreement = fleet.check(args.batch) if fleet.peers else {}
         tokens = fleet.engine.call("greedy_tokens", args.prompt_tokens, max(args.lengths))  # what the loop appends
         names = ["walkthrough", "engine"] + list(fleet.peers)
         variants, methods = {}, {}
@@ -79,12 +78,13 @@ def main():
                 elif name == "walkthrough":
                     variants[key], methods[key] = fleet.engine_variant(key, {"kind": "walkthrough", "n": n}), "whole"
                 else:
-                    variants[key], methods[key] = fleet.generate_variant(name, 1, n), "whole"
+                    variants[key], methods[key] = fleet.generate_variant(name, args.batch, n), "whole"
         check_n = max([n for n in args.lengths if n <= args.walkthrough_full], default=None)
         if check_n:  # the estimator on a length that also runs whole
             key = "walkthrough-sampled@%d" % check_n
             variants[key], methods[key] = sampled(fleet, key, tokens[:check_n], args), "sampled"
-        variants["floor"] = fleet.engine_variant("floor", {"kind": "floor", "batch": 1, "steps": FLOOR_STEPS})
+        variants["floor"] = fleet.engine_variant("floor", {"kind": "floor", "batch": args.batch,
+                                                               "steps": FLOOR_STEPS})
 
         shortest = "@%d" % min(args.lengths)
         common.interleaved({k: v for k, v in variants.items() if k.endswith(shortest) or k == "floor"}, 1,
@@ -103,7 +103,7 @@ def main():
             ms[key] = [s * 1000 / per for s in runs]
         med = {k: common.median(v) for k, v in ms.items()}
         result = {
-            "lengths": args.lengths, "variants": names, "batch": 1, "prompt_tokens": args.prompt_tokens,
+            "lengths": args.lengths, "variants": names, "batch": args.batch, "prompt_tokens": args.prompt_tokens,
             "ms_per_token_median": med, "samples_ms_per_token": ms, "method": methods, "sampled_steps": records,
             "walkthrough_full_up_to": args.walkthrough_full, "floor_ms_per_token": med["floor"],
             "agreement": agreement, "peer_details": fleet.peer_details(),
@@ -123,7 +123,8 @@ def sampled(fleet, key, tokens, args):
 def print_table(result):
     med = result["ms_per_token_median"]
     names = result["variants"]
-    print("\nms/token at batch 1 by generated tokens (median); * = walkthrough estimated from sampled steps")
+    print("\nms/token by generated tokens, batch %d (the walkthrough: 1), median; * = walkthrough estimated from "
+          "sampled steps" % result["batch"])
     print("%-8s" % "tokens" + "".join("%15s" % n for n in names))
     for n in result["lengths"]:
         cells = []

@@ -74,6 +74,7 @@ class Fleet:
         if not args.peers:
             return
         key = cache_key(self.engine.info["params_file"])
+        prune_cache(key)
         hf_dir = self.engine.call("write_hf_dir", os.path.join(common.HERE, ".cache", "hf-%s" % key))
         torch_worker = stack.enter_context(Worker("transformers", hf_dir=hf_dir, threads=args.peer_threads))
         if "transformers" in args.peers:
@@ -150,6 +151,20 @@ def cache_key(params_file):
     parts = [os.path.abspath(params_file), str(stat.st_size), str(stat.st_mtime)]
     parts += [metadata.version(d) for d in ("torch", "transformers", "onnxruntime", "onnx")]
     return hashlib.md5("|".join(parts).encode()).hexdigest()[:12]
+
+
+def prune_cache(key):
+    """Exports are ~0.5-0.7 GB each: keep only the current weights' and versions' ones."""
+    import glob
+    import shutil
+
+    cache = os.path.join(common.HERE, ".cache")
+    for path in glob.glob(os.path.join(cache, "hf-*")) + glob.glob(os.path.join(cache, "onnx", "gpt2-past-*")):
+        if key not in os.path.basename(path):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
 
 def main():

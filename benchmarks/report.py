@@ -282,18 +282,24 @@ def section_length(results, plots):
             key = "%s@%d" % (name, n)
             cells.append(f2(med.get(key)) + (" *" if r["method"].get(key) == "sampled" else ""))
         rows.append(cells)
-    out += ["", "Batch 1, %s-token prompt, %s repeats (median). Our engine's and the peers' cost per token stays "
-            "flat; the walkthrough's grows with the text, so its total time is quadratic." % (
-                r.get("prompt_tokens"), r.get("args", {}).get("repeats")), "",
+    out += ["", "Batch %s (the walkthrough loop: 1), %s-token prompt, %s repeats (median). ms/token is a run's "
+            "time over the tokens each row generated." % (
+                r.get("batch", 1), r.get("prompt_tokens"), r.get("args", {}).get("repeats")), "",
             table(["new tokens"] + names, rows), ""]
+    lo, hi = min(r["lengths"]), max(r["lengths"])
+    growth = ["%s %sx" % (name, f2(med["%s@%d" % (name, hi)] / med["%s@%d" % (name, lo)])) for name in names
+              if med.get("%s@%d" % (name, lo)) and med.get("%s@%d" % (name, hi))]
+    if lo != hi and growth:
+        out += ["ms/token at %d tokens over ms/token at %d: %s. A per-token cost that grows with the length is a "
+                "total cost that grows with its square." % (hi, lo, ", ".join(growth)), ""]
     sampled = {k: v for k, v in r.get("sampled_steps", {}).items() if not k.startswith("walkthrough-sampled")}
     if sampled:
         notes = ["%s: steps %s at context lengths %s" % (k.split("@")[1], v["steps"], v["context_tokens"])
                  for k, v in sorted(sampled.items(), key=lambda kv: int(kv[0].split("@")[1]))]
-        out += ["\\* Estimated, not run whole: the walkthrough loop over that many tokens would take minutes, so "
-                "only the steps at the middles of %d equal strata were timed, each on the text the loop holds "
-                "there, and their mean is the ms/token (%s)." % (
-                    len(next(iter(sampled.values()))["steps"]), "; ".join(notes))]
+        out += ["\\* Estimated, not run whole: beyond %s tokens the walkthrough loop (quadratic in the length) "
+                "is sampled to fit the suite's time budget. Only the steps at the middles of %d equal strata were "
+                "timed, each on the text the loop holds there, and their mean is the ms/token (%s)." % (
+                    r.get("walkthrough_full_up_to"), len(next(iter(sampled.values()))["steps"]), "; ".join(notes))]
         for key in r["sampled_steps"]:
             if key.startswith("walkthrough-sampled@"):
                 n = key.split("@")[1]
