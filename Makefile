@@ -61,6 +61,8 @@ bench: install $(BENCH_STAMP)  ## run the benchmark suite, write benchmarks/resu
 	  --concurrency 1$(COMMA)2,--requests-per-client 4) --output $(BENCH_OUT)/server_load.json
 	$(PY) benchmarks/endpoint_latency.py --serve $(BENCH_FLAGS) $(if $(QUICK),,--calls 11) \
 	  --output $(BENCH_OUT)/endpoint-local-w1.json
+	$(PY) benchmarks/endpoint_latency.py --serve --workers 2 $(BENCH_FLAGS) $(if $(QUICK),,--calls 6) \
+	  --output $(BENCH_OUT)/endpoint-local-w2.json
 	$(PY) benchmarks/report.py --results $(BENCH_OUT) --output $(if $(QUICK),$(BENCH_OUT)/README.md,benchmarks/README.md)
 
 clean:  ## remove build outputs (keeps .venv)

@@ -123,6 +123,7 @@ class Fleet:
             peers["onnxruntime_intra_op_threads"] = info["intra_op_threads"]
             peers["onnxruntime_inter_op_threads"] = info["inter_op_threads"]
         settings = common.thread_settings(self.engine.info["threads"], **peers)
+        settings["env"] = self.engine.info["env"]  # what the engine's process ran with
         settings["processes"] = "one per framework (benchmarks/workers.py)"
         return settings
 

@@ -542,20 +542,34 @@ def section_choosing(results):
         "(kogpt2_serving.device). MXNet processes that together run more OpenMP threads than there are cores "
         "slow each other down many times over (the teams spin-wait for cores the other holds), so keep "
         "workers x threads <= cores. Workers share the memory bandwidth that bounds decoding. %s" %
-        _workers_evidence(s))
+        _workers_evidence(results))
     out += ["- " + point for point in points]
     out += ["", "These statements are computed from the result files above; rerun `make bench` on the instance "
             "type you consider to get its own numbers, and add endpoint rows as in section 6."]
     return "\n".join(out)
 
 
-def _workers_evidence(s):
-    rows = [row for levels in (s or {}).get("modes", {}).values() for row in levels if "workers" in row]
-    if not rows:
-        return "This run measured one worker only (section 5)."
-    best = max(rows, key=lambda row: row["tokens_per_s"])
-    return "In section 5 the highest throughput was %s tokens/s with %s worker(s) at concurrency %s." % (
-        f1(best["tokens_per_s"]), best["workers"], best["concurrency"])
+def _workers_evidence(results):
+    s = results.get("server_load") or {}
+    text = []
+    local = sorted((e for e in results["endpoints"] if e.get("args", {}).get("serve") and e.get("seconds_per_token")),
+                   key=lambda e: e["args"].get("workers", 1))
+    if len(local) > 1:
+        first, last = local[0], local[-1]
+        text.append("One request at a time through the serve stack on this machine (section 6): " + ", ".join(
+            "%s worker(s) %s s/token" % (e["args"].get("workers", 1), f3(e["seconds_per_token"]["mean"]))
+            for e in local) + "; %s workers took %sx the time per token of %s (each worker has cores / workers "
+            "threads, and a lone request runs on one worker)." % (
+                last["args"].get("workers"), f2(last["seconds_per_token"]["mean"] / first["seconds_per_token"]["mean"]),
+                first["args"].get("workers", 1)))
+    rows = [row for levels in s.get("modes", {}).values() for row in levels if "workers" in row]
+    if rows:
+        best = max(rows, key=lambda row: row["tokens_per_s"])
+        text.append("Under load (section 5) the highest throughput was %s tokens/s with %s worker(s) at "
+                    "concurrency %s." % (f1(best["tokens_per_s"]), best["workers"], best["concurrency"]))
+    elif s:
+        text.append("The load test (section 5) ran one worker only.")
+    return " ".join(text)
 
 
 # ---- the file ----

@@ -126,7 +126,8 @@ class EngineBackend(Backend):
         import mxnet
 
         c = self.loaded.config
-        return {"threads": self.threads, "mxnet": mxnet.__version__, "step_weight_bytes":
+        env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_PARALLEL_SIZE", "KOGPT2_THREADS")}
+        return {"threads": self.threads, "env": env, "mxnet": mxnet.__version__, "step_weight_bytes":
                 self.common.step_bytes(self.loaded), "params_file": self.loaded.files.params,
                 "config": {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "vocab_size": c.vocab_size}}
 
@@ -138,11 +139,6 @@ class EngineBackend(Backend):
         import peer_models
 
         return peer_models.write_hf_dir(self.loaded.config, peer_models.canonical_params(self.loaded), directory)
-
-    def hf_config_kwargs(self):
-        import peer_models
-
-        return peer_models.hf_config_kwargs(self.loaded.config)
 
     def logits(self, prompt_ids, steps):
         import peer_models
