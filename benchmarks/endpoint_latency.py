@@ -82,6 +82,8 @@ def parameters(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.serve:
+        common.note_busy_machine()
     from kogpt2_serving.aws.invoke import request_body
     from kogpt2_serving.latency import format_report, measure
 

@@ -64,6 +64,7 @@ def strata_steps(n, samples):
 
 def main():
     args = parse_args()
+    common.note_busy_machine()
     with contextlib.ExitStack() as stack:
         fleet = Fleet(args, stack)
         agreement = fleet.check(args.batch) if fleet.peers else {}

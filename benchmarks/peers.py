@@ -75,20 +75,23 @@ class Fleet:
             return
         key = cache_key(self.engine.info["params_file"])
         prune_cache(key)
-        hf_dir = self.engine.call("write_hf_dir", os.path.join(common.HERE, ".cache", "hf-%s" % key))
-        torch_worker = stack.enter_context(Worker("transformers", hf_dir=hf_dir, threads=args.peer_threads))
+        onnx_path = os.path.join(common.HERE, ".cache", "onnx", "gpt2-past-%s.onnx" % key)
+        torch_worker = None
+        if "transformers" in args.peers or not os.path.exists(onnx_path):  # the export needs torch
+            hf_dir = self.engine.call("write_hf_dir", os.path.join(common.HERE, ".cache", "hf-%s" % key))
+            torch_worker = stack.enter_context(Worker("transformers", hf_dir=hf_dir, threads=args.peer_threads))
         if "transformers" in args.peers:
             self.peers["transformers"] = torch_worker
         if "onnxruntime" in args.peers:
-            onnx_path = os.path.join(common.HERE, ".cache", "onnx", "gpt2-past-%s.onnx" % key)
-            os.makedirs(os.path.dirname(onnx_path), exist_ok=True)
-            torch_worker.call("export_onnx", onnx_path)
+            if not os.path.exists(onnx_path):
+                os.makedirs(os.path.dirname(onnx_path), exist_ok=True)
+                torch_worker.call("export_onnx", onnx_path)
             cfg = self.engine.info["config"]
             self.peers["onnxruntime"] = stack.enter_context(Worker(
                 "onnxruntime", onnx_path=onnx_path, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
                 n_embd=cfg["n_embd"], threads=args.peer_threads, fuse=args.ort_graph == "fused"))
-        if "transformers" not in args.peers:
-            torch_worker.close()
+        if torch_worker is not None and "transformers" not in args.peers:
+            torch_worker.close()  # it only exported the graph
 
     def prompt_ids(self):
         return self.engine.call("prompt", self.args.prompt_tokens)[1]
@@ -170,6 +173,7 @@ def prune_cache(key):
 
 def main():
     args = parse_args()
+    common.note_busy_machine()
     with contextlib.ExitStack() as stack:
         fleet = Fleet(args, stack)
         agreement = {"b%d" % b: fleet.check(b) for b in sorted({1, args.batch})} if fleet.peers else {}

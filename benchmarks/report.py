@@ -142,6 +142,10 @@ def section_sources(results):
            "Each row is one result file in `benchmarks/results/`; the JSON also records Python and library "
            "versions, thread settings, every timed repeat and the script's options.", "",
            table(["benchmark", "file", "date", "machine", "command"], rows)]
+    busy = ["%s (%s)" % (r["_file"], _busy_text(r)) for r in _all(results) if _busy_text(r)]
+    if busy:
+        out += ["", "**Warning:** other processes were using the CPU during %s; those timings include their "
+                "interference and are not clean measurements." % "; ".join(busy)]
     quick = [r["_file"] for r in _all(results) if r.get("quick")]
     if quick:
         out += ["", "**Warning:** %s came from `--quick` runs (tiny configurations that check the pipeline); "
@@ -160,6 +164,15 @@ def section_sources(results):
                     t.get("mxnet_omp_threads", "?"), t.get("torch_threads", "-"),
                     t.get("onnxruntime_intra_op_threads", "-"), t.get("onnxruntime_inter_op_threads", "-"))]
     return "\n".join(out)
+
+
+def _busy_text(result):
+    load = result.get("other_cpu_load") or {}
+    seen = {}
+    for when in ("at_start", "at_end"):
+        for b in load.get(when) or []:
+            seen.setdefault(when, []).append("%s %s%% CPU" % (b["name"], b["cpu_percent"]))
+    return "; ".join("%s: %s" % (when.replace("_", " "), ", ".join(v)) for when, v in seen.items())
 
 
 def _all(results):

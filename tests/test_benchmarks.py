@@ -306,7 +306,9 @@ def test_report_shows_the_numbers_of_the_result_files_with_their_provenance(tmp_
 def test_report_keeps_the_hand_written_top_and_flags_quick_runs(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    fake_result(str(results), "peers.json", "peers", peers_data(), quick=True)
+    data = dict(peers_data(), other_cpu_load={"at_start": [{"pid": 7, "name": "python", "cpu_percent": 197.0}],
+                                              "at_end": []})
+    fake_result(str(results), "peers.json", "peers", data, quick=True)
     out = tmp_path / "README.md"
     out.write_text("# Our benchmarks\n\nA note by the lead.\n\n" + report.MARKER + "\n\nold generated text\n",
                    encoding="utf-8")
@@ -315,6 +317,7 @@ def test_report_keeps_the_hand_written_top_and_flags_quick_runs(tmp_path):
     assert text.startswith("# Our benchmarks\n\nA note by the lead.\n") and "old generated text" not in text
     assert text.count(report.MARKER) == 1
     assert "peers.json came from `--quick` runs" in text and "QUICK RUN" in text
+    assert "other processes were using the CPU during peers.json (at start: python 197.0% CPU)" in text
 
 
 def test_report_without_a_marker_keeps_the_existing_file_as_its_top(tmp_path):
@@ -358,3 +361,4 @@ def test_write_result_header(tmp_path):
     assert (r["benchmark"], r["quick"], r["value"], r["args"]) == ("demo", True, 1.5, {"quick": True, "batch": 8})
     assert r["versions"]["torch"] == "2.13.0+cpu" and r["versions"]["mxnet"] and r["date"]
     assert r["command"].startswith("python ") and r["machine"]["cpus"] >= 1
+    assert isinstance(r["other_cpu_load"]["at_end"], list)  # psutil is a test dependency
