@@ -45,21 +45,25 @@ UNUSED = ["<unused{}>".format(i) for i in range(98)]
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join(ROOT, "src", "kogpt2_serving", "demo_model"))
-    p.add_argument("--vocab-size", type=int, default=3000)
+    p.add_argument("--vocab-size", type=int, default=2000)
     p.add_argument("--n-embd", type=int, default=192)
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-positions", type=int, default=256)
     p.add_argument("--window", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--quick", action="store_true", help="a few steps, to check the pipeline")
+    p.add_argument("--rewrite-card", action="store_true",
+                   help="only rewrite --out's README.md from its metrics.json and config.json (no training)")
     return p.parse_args()
 
 
 def main():
     args = parse_args()
+    if args.rewrite_card:
+        return rewrite_card(args.out)
     if args.quick:
         args.steps = 20
     os.environ["MXNET_ENFORCE_DETERMINISM"] = "1"
@@ -264,6 +268,14 @@ def write_metrics(out, config, metrics):
                            os.path.getsize(params)))
 
 
+def rewrite_card(out):
+    from kogpt2_serving.config import read_config_file
+
+    with io.open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    write_metrics(out, read_config_file(os.path.join(out, "config.json")), metrics)
+
+
 def md5_prefix(path):
     with open(path, "rb") as f:
         return hashlib.md5(f.read()).hexdigest()[:10]
@@ -306,6 +318,10 @@ the shipped files.
 ## Greedy samples (40 new tokens, as shipped)
 
 {samples}
+
+Greedy decoding of a model this small falls into loops, as users of the real KoGPT2 reported
+(SKT-AI/KoGPT2 issues #1-#3); ask for `"repetition_penalty": 1.3`, `"no_repeat_ngram_size": 3`
+or sampling (`"do_sample": true, "top_p": 0.9`) instead.
 
 ## Licence status of the data
 

@@ -34,6 +34,7 @@ from typing import NamedTuple
 from . import codec
 from .device import configure_threads, cpu_count
 from .errors import ServingError
+from .model_dir import or_demo_model
 from .params import GenerationParameters
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,9 @@ _models_lock = threading.Lock()
 
 
 def model_fn(model_dir, context=None):
-    """Load (once per process and model directory/device) and warm up."""
+    """Load (once per process and model directory/device) and warm up. A model directory with
+    no model files at all (model.tar.gz with only code/) serves the shipped demo model."""
+    model_dir = or_demo_model(model_dir, log)
     device = _device(context)
     key = (os.path.abspath(model_dir), device)
     with _models_lock:
