@@ -21,8 +21,17 @@ DEFAULT_TOP = """# Benchmarks
 How fast this project decodes KoGPT2 on CPU: against the 2020 walkthrough's handler loop,
 against HuggingFace transformers (PyTorch) and ONNX Runtime running the same weights, against
 the memory-bandwidth floor of a decode step, and behind the real serving stack.
-`make bench` runs every script (about 10 minutes on 2 cores) and regenerates this file;
-each script also runs alone (`python benchmarks/NAME.py --help`).
+`make bench` runs every script (about 10 minutes on 2 cores; run it on a quiet machine) and
+regenerates this file; `make bench QUICK=1` checks the pipeline in minutes and writes to
+`benchmarks/results-quick/` instead. Each script also runs alone with `--quick`, `--device`,
+`--batch`, `--new-tokens` (see `python benchmarks/NAME.py --help`):
+
+- `decode_latency.py`: the walkthrough's loop, our engine (greedy, sampling, beams), GEMV floor
+- `peers.py`: transformers and ONNX Runtime with our weights, logits checked, batch 1 and 8
+- `length_scaling.py`: ms/token at 16 to 768 generated tokens
+- `server_load.py`: the serve stack under concurrent load, batching off and on
+- `endpoint_latency.py`: seconds per token of an endpoint or local server, the walkthrough's way
+- `report.py`: this file and `plots/`, from `results/*.json`
 """
 SCRIPTS = {
     "decode_latency": "python benchmarks/decode_latency.py --output benchmarks/results/decode_latency.json",
