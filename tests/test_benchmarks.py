@@ -300,7 +300,7 @@ def test_report_shows_the_numbers_of_the_result_files_with_their_provenance(tmp_
     assert "32.1 GB/s" in text
     for name in ("decode_latency", "length_scaling", "server_load"):  # not run: say how to run them
         assert "no `%s.json` in the results" % name in text
-    assert "QUICK" not in text
+    assert "QUICK RUN" not in text and "--quick` runs" not in text
 
 
 def test_report_keeps_the_hand_written_top_and_flags_quick_runs(tmp_path):
