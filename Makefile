@@ -35,7 +35,7 @@ lint: install  ## fail on syntax or stdlib newer than Python 3.6 in the runtime 
 
 PORT        ?= 8080
 serve: install  ## start the server on 127.0.0.1:$(PORT) (MODEL_DIR=... for your files; default: the shipped demo model)
-	$(VENV)/bin/kogpt2-serving serve --host 127.0.0.1 --port $(PORT) $(if $(MODEL_DIR),--model-dir $(MODEL_DIR)) $(ARGS)
+	$(VENV)/bin/kogpt2-serving serve --host 127.0.0.1 --port $(PORT) $(if $(filter command line environment,$(origin MODEL_DIR)),--model-dir $(MODEL_DIR)) $(ARGS)
 
 wheel: install  ## build dist/kogpt2_serving-*.whl
 	rm -rf build dist

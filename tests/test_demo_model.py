@@ -101,3 +101,23 @@ def test_handler_serves_the_demo_model_when_the_model_dir_has_only_code(tmp_path
     payload = handler.input_fn('{"inputs": "%s", "parameters": {"max_new_tokens": 40}}' % prompt, "application/json")
     body, content_type = handler.output_fn(handler.predict_fn(payload, model), "application/json")
     assert json.loads(body) == [{"generated_text": metrics["samples"][prompt]}]
+
+
+def test_make_serve_starts_with_no_arguments_and_answers_korean(tmp_path, demo):
+    """The README's main job: `make serve` with no model directory serves the demo model."""
+    from kogpt2_serving.generation import Generator
+    from server_utils import ServeProcess, free_port
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = free_port()
+    command = ["make", "-s", "-C", repo, "serve", "PORT={}".format(port),
+               "ARGS=--log-file {}".format(tmp_path / "mms.log")]
+    prompt = "대한민국의 주권은"
+    with ServeProcess(None, port=port, command=command, env={"SAGEMAKER_BASE_DIR": str(tmp_path)}) as server:
+        status, answer = server.post_json(prompt)  # what the walkthrough's SDK client sends
+        log = server.log_text(cli_only=True)
+    (expected,), = Generator(demo).generate([prompt], parse_parameters({}))
+    assert status == 200
+    assert answer[:2] == [prompt + expected.text, expected.generated_tokens]
+    assert "using the demo model shipped with kogpt2-serving" in log
+    assert "try it: curl -s http://127.0.0.1:{}/invocations".format(port) in log

@@ -243,6 +243,7 @@ class ModelServer:
             log.warning("the handler answered the readiness probe with HTTP %d: %s", status,
                         body.decode("utf-8", "replace")[:200])
         log.info("model ready: POST %s%s", self.url, self.inference_path)
+        log.info("try it: %s", curl_example(self.url + self.inference_path))
         return True
 
     def invoke(self, body, content_type="application/json", accept=None, timeout=120):
@@ -418,6 +419,13 @@ def _check_port_free(host, port):
             s.bind((host, port))
         except OSError as e:
             raise ServerError("cannot listen on {}:{}: {}".format(host, port, e.strerror or e))
+
+
+def curl_example(url, prompt="대한민국은"):
+    """A ready-to-paste request for the log."""
+    body = json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": 32, "no_repeat_ngram_size": 3}},
+                      ensure_ascii=False)
+    return "curl -s {} -H 'Content-Type: application/json' -d '{}'".format(url.replace("0.0.0.0", "127.0.0.1"), body)
 
 
 def _install_requirements(model_dir, env):
