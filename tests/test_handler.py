@@ -245,8 +245,11 @@ def test_handler_service_answers_each_request_of_a_batch_on_its_own(tiny_model_d
 
 
 def test_handler_service_without_a_model_answers_model_error(tmp_path):
+    # A model file that cannot load (an empty directory would serve the shipped demo model):
+    # loading fails, is logged, swallowed.
+    (tmp_path / "broken.params").write_bytes(b"not an NDArray file")
     service = HandlerService()
-    service.initialize(FakeContext(str(tmp_path)))  # empty directory: loading fails, is logged, swallowed
+    service.initialize(FakeContext(str(tmp_path)))
     context = FakeContext(str(tmp_path), [{"Content-Type": "application/json"}])
     answer = service.handle([{"body": b'"a"'}], context)
     assert (context.request_processor[0].status, context.request_processor[0].phrase) == (500, "Internal Server Error")
