@@ -21,6 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 
+from kogpt2_serving.server import free_port  # noqa: E402,F401  (the scripts call common.free_port; no MXNet import)
+
 RESULTS = os.path.join(HERE, "results")
 MODEL_CACHE = os.path.join(HERE, ".cache", "kogpt2-size-seed0")
 PROMPT = "대한민국은 민주공화국이다. 대한민국의 주권은 국민에게 있고, 모든 권력은 국민으로부터 나온다."
@@ -197,22 +199,6 @@ def cpu_cores():
     from kogpt2_serving.device import cpu_count
 
     return cpu_count()
-
-
-def free_port(low=20000, high=32766):
-    """A free loopback port below 32767 (MMS rejects higher ones, kogpt2_serving.server)."""
-    import random
-    import socket
-
-    for _ in range(100):
-        port = random.randint(low, high)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in %d-%d" % (low, high))
 
 
 # ---- timing ----

@@ -23,7 +23,6 @@ import http.client
 import json
 import math
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,6 @@ import common  # noqa: E402  (puts src/ on the path; nothing here imports MXNet 
 
 CONCURRENCY = (1, 2, 4, 8)
 OVERHEAD_REQUESTS = 20
-PORTS = (20000, 32766)
 
 
 def parse_args():
@@ -95,7 +93,7 @@ def request_body(client, n, args):
 
 
 def run_mode(model_dir, batch_size, args, levels):
-    from kogpt2_serving.server import ModelServer, ServerConfig
+    from kogpt2_serving.server import ModelServer, ServerConfig, free_port
 
     log = tempfile.NamedTemporaryFile(prefix="kgs-bench-", suffix=".log", delete=False)
     log.close()
@@ -226,20 +224,6 @@ def pct(sorted_values, q):
         return None
     index = min(len(sorted_values) - 1, max(0, math.ceil(q / 100.0 * len(sorted_values)) - 1))  # nearest rank
     return round(1000 * sorted_values[index], 2)
-
-
-def free_port():
-    import random
-
-    for _ in range(100):
-        port = random.randint(*PORTS)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in {}-{}".format(*PORTS))
 
 
 if __name__ == "__main__":

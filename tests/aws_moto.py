@@ -6,9 +6,7 @@ boto3 reads (AWS_ENDPOINT_URL, credentials, region) pointing at it.
 """
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,24 +14,14 @@ import urllib.request
 
 import pytest
 
+from kogpt2_serving.server import free_port  # noqa: F401  (tests import it from here)
+
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "ap-northeast-2"
 ROLE = "arn:aws:iam::{}:role/kogpt2-sagemaker".format(ACCOUNT)
 REPOSITORY = "kogpt2-serving"
 IMAGE = "{}.dkr.ecr.{}.amazonaws.com/{}:0.1.0-cpu".format(ACCOUNT, REGION, REPOSITORY)
 STARTUP_LIMIT_S = 60  # a bound on waiting for the server, not a timing assertion
-
-
-def free_port():
-    for _ in range(100):
-        port = random.randint(20000, 32766)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32766")
 
 
 class MotoServer:

@@ -20,32 +20,18 @@ anything left is killed and reported as an error. `command` can replace the CLI,
 import http.client
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from kogpt2_serving.server import free_port  # noqa: F401  (tests import it from here)
+
 READY = re.compile(r"serving .* at (http://\S+) \(POST (\S+),")
 MMS_GROUP = re.compile(r"Multi Model Server starting \(pid (\d+)\)")
-PORT_RANGE = (20000, 32766)
-
-
-def free_port(host="127.0.0.1", tries=50):
-    """A port in 20000-32766 that nothing listens on right now."""
-    for _ in range(tries):
-        port = random.randint(*PORT_RANGE)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in {}-{}".format(*PORT_RANGE))
 
 
 class ServeProcess:

@@ -427,6 +427,23 @@ def _check_port_free(host, port):
             raise ServerError("cannot listen on {}:{}: {}".format(host, port, e.strerror or e))
 
 
+def free_port(host="127.0.0.1", low=20000, high=MAX_PORT, tries=100):
+    """A port MMS accepts (< 32767, so outside the OS's ephemeral range) that nothing is bound
+    to right now: for tests and benchmarks that start servers."""
+    import random
+    import socket
+
+    for _ in range(tries):
+        port = random.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in {}-{}".format(low, high))
+
+
 def curl_example(url, prompt="대한민국은"):
     """A ready-to-paste request for the log."""
     body = json.dumps({"inputs": prompt, "parameters": {"max_new_tokens": 32, "no_repeat_ngram_size": 3}},
