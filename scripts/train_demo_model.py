@@ -20,7 +20,6 @@ Usage: python scripts/train_demo_model.py [--out DIR] [--steps N] [--quick]
 """
 import argparse
 import glob
-import hashlib
 import io
 import json
 import math
@@ -239,19 +238,16 @@ def count_parameters(model):
 def write_model_dir(out, model, config, spiece, heldout_lines):
     from kogpt2_serving import checkpoint
     from kogpt2_serving.config import write_config_file
+    from kogpt2_serving.testing import store_with_md5
 
     os.makedirs(out, exist_ok=True)
     for old in glob.glob(os.path.join(out, "*.params")) + glob.glob(os.path.join(out, "*.spiece")):
         os.remove(old)
     tmp = os.path.join(out, ".params.tmp")
     checkpoint.save_params(model, tmp, layout="deduplicated", float16=True)
-    params_name = "mxnet_kogpt2_demo_%s.params" % md5_prefix(tmp)
-    os.rename(tmp, os.path.join(out, params_name))
-    with open(spiece, "rb") as f:
-        data = f.read()
-    spiece_name = "kogpt2_demo_%s.spiece" % hashlib.md5(data).hexdigest()[:10]
-    with open(os.path.join(out, spiece_name), "wb") as f:
-        f.write(data)
+    store_with_md5(tmp, out, "mxnet_kogpt2_demo_{}.params")
+    os.remove(tmp)
+    store_with_md5(spiece, out, "kogpt2_demo_{}.spiece")
     write_config_file(config, os.path.join(out, "config.json"))
     with io.open(os.path.join(out, "heldout.txt"), "w", encoding="utf-8") as f:
         f.write("\n".join(heldout_lines) + "\n")
@@ -274,11 +270,6 @@ def rewrite_card(out):
     with io.open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)
     write_metrics(out, read_config_file(os.path.join(out, "config.json")), metrics)
-
-
-def md5_prefix(path):
-    with open(path, "rb") as f:
-        return hashlib.md5(f.read()).hexdigest()[:10]
 
 
 def model_card(config, m, params_name, spiece_name, params_bytes):

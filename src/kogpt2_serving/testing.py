@@ -7,6 +7,7 @@ first 10 hex digits of their MD5, as the original release did.
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -104,8 +105,8 @@ def make_test_model(directory=None, layout="structural", n_layer=2, n_embd=64, n
     model_path = train_tokenizer(os.path.join(work, "sp"), min(vocab_size, 400), byte_fallback, special_ids)
     if vocab_size > 400:
         grow_vocabulary(model_path, vocab_size)
-    spiece = _store_with_md5(model_path, directory, "kogpt2_news_wiki_ko_cased_{}.spiece")
-    _remove_tree(work)
+    spiece = store_with_md5(model_path, directory, "kogpt2_news_wiki_ko_cased_{}.spiece")
+    shutil.rmtree(work)
 
     import sentencepiece as spm
 
@@ -114,7 +115,7 @@ def make_test_model(directory=None, layout="structural", n_layer=2, n_embd=64, n
                         n_head=n_head or max(1, n_embd // 64), activation_function=activation)
     params_tmp = os.path.join(directory, ".params.tmp")
     checkpoint.save_params(random_params(config, seed), params_tmp, layout=layout, prefix=prefix, float16=float16)
-    _store_with_md5(params_tmp, directory, "mxnet_kogpt2_{}.params")
+    store_with_md5(params_tmp, directory, "mxnet_kogpt2_{}.params")
     os.remove(params_tmp)
     if write_config:
         write_config_file(config, os.path.join(directory, "config.json"))
@@ -128,7 +129,9 @@ def make_kogpt2_size_model(directory=None, seed=0):
                            write_config=False, seed=seed, vocab_size=50000)
 
 
-def _store_with_md5(src, directory, template):
+def store_with_md5(src, directory, template):
+    """Copy `src` into `directory` as template.format(first 10 hex digits of its MD5), the way
+    the original release named its files; returns the new path."""
     with open(src, "rb") as f:
         data = f.read()
     dest = os.path.join(directory, template.format(hashlib.md5(data).hexdigest()[:10]))
@@ -137,10 +140,6 @@ def _store_with_md5(src, directory, template):
     return dest
 
 
-def _remove_tree(path):
-    for name in os.listdir(path):
-        os.remove(os.path.join(path, name))
-    os.rmdir(path)
 
 
 # ---- HuggingFace GPT-2 (KoGPT2 v2 layout) ----
