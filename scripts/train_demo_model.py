@@ -130,12 +130,19 @@ def split_lines(texts):
 
 
 def train_sentencepiece(lines, prefix, vocab_size):
+    """The model file records its model_prefix; a relative one (trained from inside the work
+    directory) keeps a temporary directory's name out of it, so the bytes are reproducible."""
     import sentencepiece as spm
 
-    spm.SentencePieceTrainer.Train(
-        sentence_iterator=iter(lines), model_prefix=prefix, model_type="bpe", vocab_size=vocab_size,
-        character_coverage=1.0, user_defined_symbols=UNUSED, minloglevel=2, num_threads=1,
-        **SPECIALS)
+    here = os.getcwd()
+    os.chdir(os.path.dirname(prefix))
+    try:
+        spm.SentencePieceTrainer.Train(
+            sentence_iterator=iter(lines), model_prefix=os.path.basename(prefix), model_type="bpe",
+            vocab_size=vocab_size, character_coverage=1.0, user_defined_symbols=UNUSED, minloglevel=2,
+            num_threads=1, **SPECIALS)
+    finally:
+        os.chdir(here)
     return prefix + ".model"
 
 
