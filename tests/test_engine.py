@@ -103,3 +103,25 @@ def test_full_length_generation_fills_every_position(generator, tiny_model):
     params = parse_parameters({"max_new_tokens": 96 - len(ids)})
     (seq,), = generator.generate(["대한민국은"], params)
     assert seq.generated_tokens <= 96 - len(ids)
+
+
+def test_step_graphs_per_batch_size_are_bounded_and_rebuilt_alike(tiny_model, monkeypatch):
+    """One step graph per batch size (the attention fixes B); the oldest is dropped past the
+    limit and a rebuilt one gives the same logits."""
+    from kogpt2_serving import engine as engine_module
+
+    engine = tiny_model.engine
+    monkeypatch.setattr(engine_module, "MAX_STEP_GRAPHS", 2)
+    monkeypatch.setattr(engine, "_steps", {})  # the shared fixture's graphs from earlier tests
+    ids = [tiny_model.tokenizer.encode_prompt(p) for p in PROMPTS[:3]]
+
+    def two_steps(prompts):
+        state, logits = engine.start(prompts, 4)
+        return engine.step(state, logits.argmax(-1))
+
+    first = two_steps(ids[:1])
+    for batch in (2, 3):
+        two_steps(ids[:batch])
+    assert len(engine._steps) == 2 and 1 not in engine._steps
+    again = two_steps(ids[:1])
+    assert np.abs(first - again).max() < 1e-6

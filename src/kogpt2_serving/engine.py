@@ -1,9 +1,10 @@
 """The decode engine: prefill a batch of prompts once, then one token per row per step.
 
-The KV cache is one preallocated array per generation, (2L, B, H, C, D) (k0, v0, k1, v1, ...), with capacity C
-rounded up to a multiple of CACHE_BUCKET so that requests of similar length reuse the same
-hybridized graph. A step reads the cache through per-layer views (no copies) and writes the new
-column back with a single slice assignment, so its cost does not grow with a re-copied cache.
+The KV cache is two preallocated arrays per generation, keys (L, B, H, D, C) (each head's keys
+transposed, as the attention reads them) and values (L, B, H, C, D), with capacity C rounded up
+to a multiple of CACHE_BUCKET so that requests of similar length reuse the same hybridized
+graph. A step reads the cache through per-layer views (no copies) and writes the new column
+back with one slice assignment per array, so its cost does not grow with a re-copied cache.
 
 Prompts of different lengths are left-padded: every row writes its next token into the same
 cache slot, pad slots are masked out, and each row's positions start at 0 at its first real
@@ -18,13 +19,15 @@ from .errors import PromptTooLong
 from .model import MASKED, PrefillGraph, StepGraph
 
 CACHE_BUCKET = 64
+MAX_STEP_GRAPHS = 32  # step graphs kept (one per batch size seen; beam search shrinks batches)
 
 
 class DecodeState:
     """The cache and per-row bookkeeping of one batch being decoded."""
 
-    def __init__(self, cache, mask, positions, pads, length):
-        self.cache = cache  # (2L, B, H, C, D): k0, v0, k1, v1, ...
+    def __init__(self, keys, values, mask, positions, pads, length):
+        self.keys = keys  # (L, B, H, D, C)
+        self.values = values  # (L, B, H, C, D)
         self.mask = mask  # (B, C) additive: 0 where a slot holds a real token of that row
         self.positions = positions  # (B, 1) int32: position id of the next token
         self.pads = pads  # (B,) left padding per row
@@ -33,24 +36,28 @@ class DecodeState:
 
     @property
     def batch_size(self):
-        return self.cache.shape[1]
+        return self.values.shape[1]
 
     @property
     def capacity(self):
-        return self.cache.shape[3]
+        return self.values.shape[3]
 
     def layer_views(self):
-        """[k0, v0, k1, v1, ...], each (B, H, C, D), sharing the cache's memory."""
+        """[keys0, values0, keys1, ...] as (1, B*H*D, C) and (1, B*H*C, D), sharing the caches'
+        memory (flattened here, outside the step graph, where a reshape is free)."""
         if self._views is None:
-            self._views = [self.cache[i] for i in range(self.cache.shape[0])]
+            self._views = []
+            for keys, values in zip(self.keys, self.values):
+                self._views += [keys.reshape((1, -1, self.capacity)), values.reshape((1, -1, keys.shape[2]))]
         return self._views
 
     def reorder(self, rows):
         """Keep/duplicate/reorder batch rows (beam search, dropping finished rows)."""
         import mxnet as mx
 
-        index = mx.nd.array(rows, ctx=self.cache.context, dtype="int32")
-        self.cache = self.cache.take(index, axis=1)
+        index = mx.nd.array(rows, ctx=self.values.context, dtype="int32")
+        self.keys = self.keys.take(index, axis=1)
+        self.values = self.values.take(index, axis=1)
         self.mask = self.mask.take(index, axis=0)
         self.positions = self.positions.take(index, axis=0)
         self.pads = self.pads[np.asarray(rows)]
@@ -66,10 +73,9 @@ class Engine:
         self.ctx = ctx
         self.dtype = dtype
         self._prefill = PrefillGraph(model)
-        self._step = StepGraph(model)
+        self._steps = {}  # batch size -> StepGraph
         # Prompt shapes vary per request; step shapes are fixed for a whole generation.
         self._prefill.hybridize(static_alloc=True)
-        self._step.hybridize(static_alloc=True, static_shape=True)
         model.hybridize(static_alloc=True)
 
     @property
@@ -105,13 +111,16 @@ class Engine:
         causal = slots[:, None] >= slots[None, :]  # (T, T)
         mask = np.where(valid[:, None, :] & causal[None], 0.0, MASKED)  # (B, T, T)
 
-        logits, kv = self._prefill(self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
-        layers2, batch, heads, _, head_size = kv.shape
-        cache = mx.nd.zeros((layers2, batch, heads, capacity, head_size), ctx=self.ctx, dtype=self.dtype)
-        cache[:, :, :, :longest, :] = kv
+        logits, new_keys, new_values = self._prefill(
+            self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
+        layers, batch, heads, _, head_size = new_values.shape
+        keys = mx.nd.zeros((layers, batch, heads, head_size, capacity), ctx=self.ctx, dtype=self.dtype)
+        values = mx.nd.zeros((layers, batch, heads, capacity, head_size), ctx=self.ctx, dtype=self.dtype)
+        keys[:, :, :, :, :longest] = new_keys
+        values[:, :, :, :longest, :] = new_values
         cache_mask = np.full((batch, capacity), MASKED)
         cache_mask[:, :longest] = np.where(valid, 0.0, MASKED)
-        state = DecodeState(cache, self._nd(cache_mask), self._nd(np.array(lengths)[:, None] , "int32"),
+        state = DecodeState(keys, values, self._nd(cache_mask), self._nd(np.array(lengths)[:, None], "int32"),
                             pads, longest)
         return state, self._host(logits)
 
@@ -120,13 +129,24 @@ class Engine:
         if state.length >= state.capacity:
             raise RuntimeError("KV cache full: {} slots".format(state.capacity))
         ids = self._nd(np.asarray(tokens).reshape(-1, 1), "int32")
-        logits, kv = self._step(ids, state.positions, state.mask, *state.layer_views())
+        step = self._step_graph(state.batch_size)
+        logits, new_keys, new_values = step(ids, state.positions, state.mask, *state.layer_views())
         t = state.length
-        state.cache[:, :, :, t:t + 1, :] = kv
+        state.keys[:, :, :, :, t:t + 1] = new_keys
+        state.values[:, :, :, t:t + 1, :] = new_values
         state.mask[:, t:t + 1] = 0
         state.positions += 1
         state.length += 1
         return self._host(logits)
+
+    def _step_graph(self, rows):
+        graph = self._steps.get(rows)
+        if graph is None:
+            if len(self._steps) >= MAX_STEP_GRAPHS:
+                self._steps.pop(next(iter(self._steps)))  # the oldest batch size
+            graph = self._steps[rows] = StepGraph(self.model, rows)
+            graph.hybridize(static_alloc=True, static_shape=True)
+        return graph
 
     def full_logits(self, ids):
         """Uncached pass over equal-length rows (B, T) -> logits of every position (B, T, V).
