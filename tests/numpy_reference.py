@@ -27,17 +27,38 @@ def gelu(x, kind):
     return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
-def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf"):
-    """ids (T,) -> logits (T, V). Dense weights are (out, in): y = x W^T + b."""
+def round_to_bfloat16(x):
+    """Round to the nearest bfloat16 (ties to even), returned as float64: bfloat16 is the top
+    half of a float32's bits."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def dense(x, w, b=None):
+    return x @ w.T + (0 if b is None else b)
+
+
+def bfloat16_dense(x, w, b=None):
+    """A product as a bfloat16 kernel runs it: bfloat16 input, weights and bias, float32
+    accumulation (here float64), result rounded to bfloat16."""
+    b = None if b is None else round_to_bfloat16(b)
+    return round_to_bfloat16(dense(round_to_bfloat16(x), round_to_bfloat16(w), b))
+
+
+def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf", linear=dense, table=lambda t: t):
+    """ids (T,) -> logits (T, V). Dense weights are (out, in): y = x W^T + b.
+    `linear` computes every Dense product and `table` transforms embedding tables (e.g.
+    bfloat16_dense and round_to_bfloat16 for a model holding its weights in bfloat16)."""
     T = len(ids)
-    x = p["_embed.weight"][ids] + p["_pos_embed.weight"][np.arange(T)]  # (T, U)
+    x = table(p["_embed.weight"])[ids] + table(p["_pos_embed.weight"])[np.arange(T)]  # (T, U)
     U = x.shape[1]
     D = U // n_head
     causal = np.tril(np.ones((T, T), dtype=bool))
     for i in range(n_layer):
         a = "_self_attention_layers.%d." % i
         h = layer_norm(x, p["_attn_ln.%d.gamma" % i], p["_attn_ln.%d.beta" % i], eps)
-        qkv = h @ p[a + "_multi_head_qkv_proj.weight"].T + p[a + "_multi_head_qkv_proj.bias"]  # (T, 3U)
+        qkv = linear(h, p[a + "_multi_head_qkv_proj.weight"], p[a + "_multi_head_qkv_proj.bias"])  # (T, 3U)
         q, k, v = qkv[:, :U], qkv[:, U:2 * U], qkv[:, 2 * U:]
         heads = []
         for head in range(n_head):
@@ -47,14 +68,14 @@ def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf"):
             w = np.exp(scores - scores.max(-1, keepdims=True))
             w /= w.sum(-1, keepdims=True)
             heads.append(w @ v[:, cols])  # (T, D)
-        attn = np.concatenate(heads, axis=1) @ p[a + "_out_proj.weight"].T + p[a + "_out_proj.bias"]
+        attn = linear(np.concatenate(heads, axis=1), p[a + "_out_proj.weight"], p[a + "_out_proj.bias"])
         x = x + attn
         f = "_ffn_layers.%d." % i
         h = layer_norm(x, p["_ffn_ln.%d.gamma" % i], p["_ffn_ln.%d.beta" % i], eps)
-        h = gelu(h @ p[f + "_hidden_map.weight"].T + p[f + "_hidden_map.bias"], act)
-        x = x + h @ p[f + "_out_map.weight"].T + p[f + "_out_map.bias"]
+        h = gelu(linear(h, p[f + "_hidden_map.weight"], p[f + "_hidden_map.bias"]), act)
+        x = x + linear(h, p[f + "_out_map.weight"], p[f + "_out_map.bias"])
     x = layer_norm(x, p["_final_ln.gamma"], p["_final_ln.beta"], eps)
-    return x @ p["_embed.weight"].T  # tied head, no bias
+    return linear(x, p["_embed.weight"])  # tied head, no bias
 
 
 def greedy(p, ids, steps, n_layer, n_head, act="erf", eos_id=None):

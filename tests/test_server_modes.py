@@ -122,3 +122,28 @@ def test_sigint_stops_the_server_cleanly(tiny_model_dir):
 def test_ports_mms_rejects_are_refused_with_a_clear_message(tiny_model_dir, capsys, port, text):
     assert main(["serve", "--model-dir", tiny_model_dir, "--port", str(port)]) == 1
     assert text in capsys.readouterr().err
+
+
+def test_dtype_bfloat16_reaches_the_workers(tiny_model_dir):
+    """--dtype travels to each worker (KOGPT2_DTYPE): the answer is the bfloat16 model's."""
+    from kogpt2_serving.generation import Generator
+    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.params import parse_parameters
+
+    prompt, raw = "아기 공룡 둘리는 희동이와", {"max_new_tokens": 8, "details": True}
+    expected = {}
+    for dtype in ("float32", "bfloat16"):
+        generator = Generator(load_model(tiny_model_dir, device="cpu", dtype=dtype))
+        sequence = generator.generate([prompt], parse_parameters(raw))[0][0]
+        expected[dtype] = [(t.id, t.logprob) for t in sequence.tokens]
+    assert expected["float32"] != expected["bfloat16"]  # else this test could not tell them apart
+    with ServeProcess(tiny_model_dir, extra_args=["--dtype", "bfloat16"]) as server:
+        status, answer = server.post_json({"inputs": prompt, "parameters": raw})
+    assert status == 200
+    tokens = answer[0]["details"]["tokens"]
+    assert [(t["id"], t["logprob"]) for t in tokens] == expected["bfloat16"]
+
+
+def test_unknown_dtype_is_refused_before_starting(tiny_model_dir, capsys):
+    assert main(["serve", "--model-dir", tiny_model_dir, "--dtype", "int8"]) == 1
+    assert "--dtype must be one of float32, float16, bfloat16, got 'int8'" in capsys.readouterr().err

@@ -87,10 +87,32 @@ def choose_context(spec="auto"):
     return mx.gpu(index)
 
 
+DTYPES = ("float32", "float16", "bfloat16")
+
+
 def choose_dtype(ctx, dtype="float32"):
-    """float32 everywhere; float16 only on a GPU (CPU kernels for it are slow or missing)."""
-    if dtype not in ("float32", "float16"):
-        raise ValueError("dtype must be float32 or float16, got {!r}".format(dtype))
+    """float32 everywhere; float16 only on a GPU (CPU kernels for it are slow or missing);
+    bfloat16 weights only on a CPU whose MXNet runs bfloat16 products (oneDNN, MXNet >= 1.8)."""
+    if dtype not in DTYPES:
+        raise ValueError("dtype must be one of {}, got {!r}".format(", ".join(DTYPES), dtype))
     if dtype == "float16" and ctx.device_type != "gpu":
-        raise ModelLoadError("float16 is only supported on a GPU; use float32 on {}".format(ctx))
+        raise ModelLoadError("float16 is only supported on a GPU; use float32 or bfloat16 on {}".format(ctx))
+    if dtype == "bfloat16":
+        if ctx.device_type != "cpu":
+            raise ModelLoadError("bfloat16 weights are only supported on a CPU; use float16 on {}".format(ctx))
+        problem = _bfloat16_problem()
+        if problem:
+            raise ModelLoadError("bfloat16 weights need MXNet's oneDNN bfloat16 kernels: {}".format(problem))
     return dtype
+
+
+def _bfloat16_problem():
+    """Why this MXNet cannot multiply in bfloat16 (None if it can): try one tiny product."""
+    import mxnet as mx
+
+    try:
+        x = mx.nd.amp_cast(mx.nd.ones((1, 2)), dtype="bfloat16")
+        mx.nd.FullyConnected(x, x, no_bias=True, num_hidden=1).wait_to_read()
+    except Exception as e:  # noqa: BLE001  (MXNet raises MXNetError, AttributeError or TypeError here)
+        return "MXNet {} failed a bfloat16 product ({})".format(mx.__version__, str(e).strip().splitlines()[-1][:120])
+    return None

@@ -18,7 +18,8 @@ For the stock MXNet toolkit (which wants ``model_fn`` + ``transform_fn`` in one 
 :mod:`kogpt2_serving.mxnet_entry`.
 
 Worker settings come from the environment (the server sets them; names below):
-``KOGPT2_DEVICE`` (auto | cpu | gpu | gpu:N), ``SAGEMAKER_MODEL_SERVER_WORKERS`` (threads
+``KOGPT2_DEVICE`` (auto | cpu | gpu | gpu:N), ``KOGPT2_DTYPE`` (float32 | float16 on a GPU |
+bfloat16 weights on a CPU), ``SAGEMAKER_MODEL_SERVER_WORKERS`` (threads
 per worker = cores // workers; default one worker per core, as in SageMaker),
 ``KOGPT2_THREADS`` (explicit threads per worker), ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``.
 The MMS worker sets ``OMP_NUM_THREADS=1`` when it is unset, which then reads as an explicit
@@ -40,6 +41,7 @@ from .params import GenerationParameters
 log = logging.getLogger(__name__)
 
 DEVICE_ENV = "KOGPT2_DEVICE"
+DTYPE_ENV = "KOGPT2_DTYPE"
 WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
 DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
 MAX_BATCH_ROWS = 16  # decode rows per shared batch: bounds KV-cache memory (~75 MB/row at 1024 positions)
@@ -74,10 +76,11 @@ def model_fn(model_dir, context=None):
     no model files at all (model.tar.gz with only code/) serves the shipped demo model."""
     model_dir = or_demo_model(model_dir, log)
     device = _device(context)
-    key = (os.path.abspath(model_dir), device)
+    dtype = os.environ.get(DTYPE_ENV) or "float32"
+    key = (os.path.abspath(model_dir), device, dtype)
     with _models_lock:
         if key not in _models:
-            _models[key] = _load(model_dir, device)
+            _models[key] = _load(model_dir, device, dtype)
         return _models[key]
 
 
@@ -174,13 +177,13 @@ def _gpu_id(context):
     return gpu_id if isinstance(gpu_id, int) and gpu_id >= 0 else None
 
 
-def _load(model_dir, device):
+def _load(model_dir, device, dtype):
     if "mxnet" not in sys.modules:  # whoever imports MXNet first in a process chooses its threads
         configure_threads(workers_from_env())
     from .generation import Generator
     from .loader import load_model
 
-    loaded = load_model(model_dir, device=device)
+    loaded = load_model(model_dir, device=device, dtype=dtype)
     model = ServingModel(Generator(loaded), loaded)
     started = time.time()
     model.generator.generate([WARMUP_PROMPT], GenerationParameters(max_new_tokens=4))

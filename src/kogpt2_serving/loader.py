@@ -33,7 +33,7 @@ def load_model(model_dir, device="auto", dtype="float32"):
     import mxnet as mx  # noqa: F401  (fail here, not mid-load, when MXNet is missing)
 
     from .engine import Engine
-    from .model import GPT2Model
+    from .model import GPT2Model, store_weights_in_bfloat16
 
     started = time.time()
     files = find_model_files(model_dir)
@@ -44,8 +44,12 @@ def load_model(model_dir, device="auto", dtype="float32"):
     ctx = choose_context(device)
     dtype = choose_dtype(ctx, dtype)
     model = GPT2Model(config)
-    checkpoint.load_into(model, params, ctx, dtype)
-    engine = Engine(model, ctx, dtype)
+    # bfloat16 is a storage format for the weights; activations and the cache stay float32.
+    compute_dtype = "float32" if dtype == "bfloat16" else dtype
+    checkpoint.load_into(model, params, ctx, compute_dtype)
+    if dtype == "bfloat16":
+        store_weights_in_bfloat16(model)
+    engine = Engine(model, ctx, compute_dtype)
     log.info("loaded %s (%d layers, %d units, vocab %d) on %s as %s in %.1f s", files.params, config.n_layer,
              config.n_embd, config.vocab_size, ctx, dtype, time.time() - started)
     return LoadedModel(files, config, tokenizer, engine, ctx, dtype)

@@ -55,7 +55,7 @@ from urllib.request import Request, urlopen
 
 from .device import cpu_count, threads_per_worker
 from .errors import ServingError
-from .handler import DEVICE_ENV, WORKERS_ENV
+from .handler import DEVICE_ENV, DTYPE_ENV, WORKERS_ENV
 from .model_dir import find_model_files
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class ServerConfig(NamedTuple):
     port: int = 8080
     workers: int = 1
     device: str = "auto"
+    dtype: str = "float32"  # float16 (GPU) or bfloat16 (CPU weights) also
     batch_size: int = 1  # > 1: MMS batching (registered through the management API)
     max_batch_delay: int = 50  # ms MMS waits to fill a batch
     log_file: Optional[str] = None  # None: MMS logs to this process's stdout
@@ -205,6 +206,7 @@ class ModelServer:
             "PYTHONPATH": code_dir + os.pathsep + env.get("PYTHONPATH", ""),  # as the toolkit does
             WORKERS_ENV: str(config.workers),  # model_fn sizes each worker's threads from it
             DEVICE_ENV: config.device,
+            DTYPE_ENV: config.dtype,
             "SAGEMAKER_BIND_TO_PORT": str(config.port),
         })
         if not (env.get(THREADS_ENV) or env.get("OMP_NUM_THREADS")):

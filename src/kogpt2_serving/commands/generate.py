@@ -17,7 +17,8 @@ def add_arguments(parser):
                         "/ HF GPT-2 one (default: the SageMaker model directory if it holds a model, else the "
                         "shipped demo model)")
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default: auto)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="float16: GPU only")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="float16: GPU only; bfloat16: weights in bfloat16 on a CPU")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     parser.add_argument("--parameters", default="{}",
                         help="generation parameters as JSON, e.g. '{\"max_new_tokens\": 32, \"do_sample\": true}' "

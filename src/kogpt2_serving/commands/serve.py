@@ -8,8 +8,9 @@ every worker holds its own model copy and each gets cores // workers threads.
 import logging
 import os
 
-from ..device import parse_device
+from ..device import DTYPES, parse_device
 from ..errors import ServingError
+from ..handler import DTYPE_ENV
 from ..model_dir import resolve_model_dir
 from ..server import MAX_PORT, ServerConfig, in_sagemaker_container, serve
 
@@ -32,6 +33,9 @@ def add_arguments(parser):
                         help="worker processes, each with its own model copy (default "
                              "$SAGEMAKER_MODEL_SERVER_WORKERS or 1)")
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default auto)")
+    parser.add_argument("--dtype", default=None,
+                        help="float32 | float16 (GPU) | bfloat16 (CPU: weights in bfloat16, ~1.4x faster decoding, "
+                             "logits within ~1%%) (default ${} or float32)".format(DTYPE_ENV))
     parser.add_argument("--batch-size", type=int, default=None,
                         help="MMS batching: up to N concurrent requests share decode steps; the model is "
                              "then served at /predictions/model, not plain /invocations (so not for SageMaker "
@@ -55,6 +59,7 @@ def config_from_args(args):
         port=args.port if args.port is not None else _env_int("SAGEMAKER_BIND_TO_PORT", 8080),
         workers=workers,
         device=args.device,
+        dtype=args.dtype or os.environ.get(DTYPE_ENV) or "float32",
         batch_size=args.batch_size if args.batch_size is not None else _env_int(BATCH_SIZE_ENV, 1),
         max_batch_delay=args.max_batch_delay if args.max_batch_delay is not None else _env_int(BATCH_DELAY_ENV, 50),
         log_file=args.log_file,
@@ -63,6 +68,8 @@ def config_from_args(args):
     for name in ("workers", "batch_size"):
         if getattr(config, name) < 1:
             raise ServingError("--{} must be >= 1, got {}".format(name.replace("_", "-"), getattr(config, name)))
+    if config.dtype not in DTYPES:
+        raise ServingError("--dtype must be one of {}, got {!r}".format(", ".join(DTYPES), config.dtype))
     try:
         parse_device(config.device)
     except ValueError as e:

@@ -1,0 +1,90 @@
+"""bfloat16 weights on a CPU: what is stored in bfloat16, how close the logits stay, and the
+errors for the combinations that cannot run."""
+import glob
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from kogpt2_serving.device import choose_dtype
+from kogpt2_serving.errors import ModelLoadError
+from kogpt2_serving.generation import Generator
+from kogpt2_serving.loader import load_model
+from kogpt2_serving.model import BFLOAT16, Linear, store_weights_in_bfloat16
+from kogpt2_serving.params import parse_parameters
+from kogpt2_serving.testing import make_test_model
+from numpy_reference import bfloat16_dense, forward, load_numpy_params, round_to_bfloat16
+
+PROMPTS = ["대한민국은 민주공화국이다.", "아기 공룡 둘리는 희동이와"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return make_test_model(str(tmp_path_factory.mktemp("bf16")), n_embd=64, n_head=4, n_layer=3, seed=7)
+
+
+@pytest.fixture(scope="module")
+def bf16_model(model_dir):
+    return load_model(model_dir, device="cpu", dtype="bfloat16")
+
+
+def test_one_linear_is_exactly_a_bfloat16_product():
+    """Independent check of the kernel path: bfloat16 input, weights and bias, float32
+    accumulation, bfloat16 result, handed back as float32."""
+    rng = np.random.RandomState(0)
+    x, w, b = rng.randn(5, 64), rng.randn(48, 64) * 0.1, rng.randn(48) * 0.1
+    layer = Linear(48, in_units=64)
+    layer.initialize()
+    layer.weight.set_data(mx.nd.array(w))
+    layer.bias.set_data(mx.nd.array(b))
+    store_weights_in_bfloat16(layer)
+    out = layer(mx.nd.array(x))
+    assert out.dtype == np.float32
+    assert np.array_equal(out.asnumpy(), bfloat16_dense(x.astype(np.float32), w.astype(np.float32),
+                                                        b.astype(np.float32)))
+
+
+def test_weights_are_stored_in_bfloat16_and_layer_norms_in_float32(bf16_model):
+    params = bf16_model.engine.model._collect_params_with_prefix()
+    for name, param in params.items():
+        expected = np.float32 if name.endswith(("gamma", "beta")) else BFLOAT16
+        assert param.data().dtype == expected, name
+    assert params["_logits_proj.weight"] is params["_embed.weight"]  # still tied: one table
+    assert bf16_model.dtype == "bfloat16"
+
+
+def test_logits_equal_a_bfloat16_numpy_reference(bf16_model, model_dir):
+    """The NumPy reference with every product rounded as a bfloat16 kernel rounds it gives
+    the same logits (bit for bit here; 1e-5 leaves room for a different summation order),
+    and those are within bfloat16 noise of the float32 model's."""
+    p = load_numpy_params(glob.glob(os.path.join(model_dir, "*.params"))[0])
+    for prompt in PROMPTS:
+        ids = bf16_model.tokenizer.encode_prompt(prompt)
+        ours = bf16_model.engine.full_logits([ids])[0]
+        emulated = forward(p, np.array(ids), n_layer=3, n_head=4, linear=bfloat16_dense, table=round_to_bfloat16)
+        assert np.abs(ours - emulated).max() <= 1e-5
+        _, last = bf16_model.engine.start([ids], 4)  # the cached path agrees with the full pass
+        assert np.abs(last[0] - emulated[-1]).max() <= 1e-5
+        ref = forward(p, np.array(ids), n_layer=3, n_head=4)
+        assert 1e-3 < np.abs(ours - ref).max() < 0.05  # logits span about +-10
+
+
+def test_generation_runs_every_strategy(bf16_model):
+    generator = Generator(bf16_model)
+    for raw in ({"max_new_tokens": 12, "min_new_tokens": 12},
+                {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": True, "seed": 3, "top_p": 0.9},
+                {"max_new_tokens": 12, "min_new_tokens": 12, "num_beams": 3, "num_return_sequences": 2}):
+        per_prompt = generator.generate(PROMPTS, parse_parameters(raw))
+        assert len(per_prompt) == len(PROMPTS)
+        for sequences in per_prompt:
+            assert [len(s.token_ids) for s in sequences] == [12] * raw.get("num_return_sequences", 1), raw
+
+
+def test_unsupported_combinations_name_the_alternative():
+    with pytest.raises(ModelLoadError, match=r"^bfloat16 weights are only supported on a CPU; use float16 on gpu\(0\)$"):
+        choose_dtype(mx.gpu(0), "bfloat16")
+    with pytest.raises(ModelLoadError, match=r"^float16 is only supported on a GPU; use float32 or bfloat16 on cpu\(0\)$"):
+        choose_dtype(mx.cpu(), "float16")
+    with pytest.raises(ValueError, match=r"^dtype must be one of float32, float16, bfloat16, got 'int8'$"):
+        choose_dtype(mx.cpu(), "int8")
