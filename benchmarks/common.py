@@ -79,12 +79,12 @@ def model_dir_or_cached(directory=None):
     return MODEL_CACHE
 
 
-def load(args):
+def load(args, dtype="float32"):
     """(LoadedModel, Generator) in this process (MXNet is imported here)."""
     from kogpt2_serving.generation import Generator
     from kogpt2_serving.loader import load_model
 
-    loaded = load_model(model_dir(args), device=args.device)
+    loaded = load_model(model_dir(args), device=args.device, dtype=dtype)
     return loaded, Generator(loaded)
 
 
@@ -145,11 +145,13 @@ def floor_step(loaded, batch, steps):
     class Chain(gluon.HybridBlock):
         def hybrid_forward(self, F, *inputs):
             half = len(inputs) // 2
-            sums = [F.sum(F.FullyConnected(x, w, no_bias=True, num_hidden=shape[0]))
-                    for x, w, shape in zip(inputs[:half], inputs[half:], shapes)]
+            sums = [F.sum(F.amp_cast(F.FullyConnected(x, w, no_bias=True, num_hidden=shape[0]), dtype="float32"))
+                    for x, w, shape in zip(inputs[:half], inputs[half:], shapes)]  # (sum has no bfloat16 kernel)
             return F.add_n(*sums)
 
-    xs = [mx.nd.ones((batch, w.shape[1]), ctx=loaded.ctx, dtype=loaded.dtype) for w in weights]
+    xs = [mx.nd.ones((batch, w.shape[1]), ctx=loaded.ctx, dtype=loaded.engine.dtype) for w in weights]
+    if loaded.dtype == "bfloat16":  # bfloat16 weights: the products' inputs are bfloat16 too
+        xs = [mx.nd.amp_cast(x, dtype="bfloat16") for x in xs]
     chain = Chain()
     chain.hybridize(static_alloc=True, static_shape=True)
 

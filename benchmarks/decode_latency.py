@@ -9,6 +9,7 @@ comparable even when absolute numbers drift between runs:
   engine       this package: greedy through Generator (prefill once, KV cache, one token/step)
   sampling     the same with do_sample, top_k 50, top_p 0.95
   beam4        beam search with 4 beams (ms per generated token of the returned sequence)
+  engine_bf16  the engine with its weights held in bfloat16 (--dtype bfloat16)
   floor        every weight matrix of one decode step (qkv, out, ffn in/out per layer, tied
                head once) through FullyConnected as a matrix-vector product chain in one
                hybridized graph: the memory-bandwidth floor for a step in this process
@@ -37,6 +38,7 @@ def main():
         args.new_tokens, args.repeats = 16, 1
     threads = common.setup_threads(args)
     loaded, generator = common.load(args)
+    loaded_bf16, generator_bf16 = common.load(args, dtype="bfloat16")
     prompt = common.prompt_of(loaded.tokenizer, args.prompt_tokens)
     n = args.new_tokens
 
@@ -46,8 +48,12 @@ def main():
         "sampling": lambda: common.generate(generator, [prompt], n, {"do_sample": True, "top_k": 50, "top_p": 0.95,
                                                                     "seed": 1}),
         "floor": common.floor_step(loaded, batch=1, steps=n),
+        "engine_bf16": lambda: common.generate(generator_bf16, [prompt], n),
+        "floor_bf16": common.floor_step(loaded_bf16, batch=1, steps=n),
         "engine_b%d" % args.batch: lambda: common.generate(generator, [prompt] * args.batch, n),
         "floor_b%d" % args.batch: common.floor_step(loaded, batch=args.batch, steps=n),
+        "engine_bf16_b%d" % args.batch: lambda: common.generate(generator_bf16, [prompt] * args.batch, n),
+        "floor_bf16_b%d" % args.batch: common.floor_step(loaded_bf16, batch=args.batch, steps=n),
     }
     if not args.quick:
         variants["beam4"] = lambda: common.generate(generator, [prompt], n, {"num_beams": 4})
@@ -67,8 +73,12 @@ def report(samples, args, threads, loaded):
     if "beam4" in med:
         rows.append(("engine beam search, 4 beams", med["beam4"], "1"))
     rows += [("GEMV floor (weights of one step)", med["floor"], "1"),
+             ("engine greedy, bfloat16 weights", med["engine_bf16"], "1"),
+             ("GEMV floor, bfloat16 weights", med["floor_bf16"], "1"),
              ("engine greedy, batch %d" % b, med["engine_b%d" % b], str(b)),
-             ("GEMV floor, batch %d" % b, med["floor_b%d" % b], str(b))]
+             ("GEMV floor, batch %d" % b, med["floor_b%d" % b], str(b)),
+             ("engine greedy, bfloat16 weights, batch %d" % b, med["engine_bf16_b%d" % b], str(b)),
+             ("GEMV floor, bfloat16 weights, batch %d" % b, med["floor_bf16_b%d" % b], str(b))]
     print("\nKoGPT2-size decode, %d-token prompt, %d new tokens, %d thread(s), %d repeat(s), median" % (
         args.prompt_tokens, args.new_tokens, threads, args.repeats))
     print("%-50s %10s %10s" % ("variant", "ms/token", "tokens/s"))
@@ -79,6 +89,9 @@ def report(samples, args, threads, loaded):
         "engine / floor": med["engine"] / med["floor"],
         "sampling / greedy": med["sampling"] / med["engine"],
         "engine b%d / floor b%d" % (b, b): med["engine_b%d" % b] / med["floor_b%d" % b],
+        "engine / engine bf16": med["engine"] / med["engine_bf16"],
+        "engine b%d / engine bf16 b%d" % (b, b): med["engine_b%d" % b] / med["engine_bf16_b%d" % b],
+        "engine bf16 / floor bf16": med["engine_bf16"] / med["floor_bf16"],
     }
     if "beam4" in med:
         ratios["beam4 / greedy"] = med["beam4"] / med["engine"]

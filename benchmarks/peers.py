@@ -9,12 +9,16 @@ same argmax everywhere); the run stops otherwise.
 Variants, each decoding exactly --new-tokens greedy tokens from the same --prompt-tokens
 prompt, at batch 1 and at --batch, all run in turn once per repeat after a warm-up:
 
-  engine        this package's Generator (prefill once, fixed-size KV cache)
+  engine        this package's Generator (prefill once, fixed-size KV cache), float32
+  engine_bf16   the same with its weights held in bfloat16 (--dtype bfloat16); its logits
+                are compared with the float32 engine's and reported, not required to match
   transformers  GPT2LMHeadModel.generate(use_cache=True, do_sample=False), sdpa attention
   onnxruntime   the exported graph after ONNX Runtime's GPT-2 fusions, prompt then one token
                 per step, presents fed back as pasts through IOBinding
-  floor         every weight matrix of one step through MXNet FullyConnected (GEMV chain)
-  bandwidth     one step's weight bytes read by NumPy in as many threads as cores
+  floor         every weight matrix of one step through MXNet FullyConnected (GEMV chain);
+                floor_bf16 the same over the bfloat16 weights
+  bandwidth     one step's weight bytes read by NumPy in as many threads as cores;
+                bandwidth_bf16 the bfloat16 weights' (half the bytes)
 
 Each framework runs in its own process (see benchmarks/workers.py for why). Threads: our
 engine uses every core (kogpt2_serving.device); torch and ONNX Runtime get the same budget,
@@ -24,6 +28,7 @@ Usage: python benchmarks/peers.py [--quick] [--batch 8] [--new-tokens 64] [--out
 import contextlib
 import hashlib
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -43,6 +48,8 @@ def add_peer_options(p):
                         "(fused) or as exported; both get ORT's session-level optimizations (default: %(default)s)")
     p.add_argument("--peer-threads", type=int, default=common.PEER_THREADS,
                    help="torch / ONNX Runtime intra-op threads (default: %(default)s)")
+    p.add_argument("--no-bfloat16", dest="bfloat16", action="store_false",
+                   help="skip the engine_bf16 variant (bfloat16 weights)")
 
 
 def check_peer_options(p, args):
@@ -70,6 +77,10 @@ class Fleet:
         self.args = args
         self.engine = stack.enter_context(Worker("engine", model_dir=args.model_dir, device=args.device,
                                                  threads=args.threads))
+        self.engines = {"engine": self.engine}
+        if args.bfloat16:
+            self.engines["engine_bf16"] = stack.enter_context(Worker(
+                "engine", model_dir=args.model_dir, device=args.device, threads=args.threads, dtype="bfloat16"))
         self.peers = {}
         if not args.peers:
             return
@@ -104,18 +115,25 @@ class Fleet:
                    for name, worker in self.peers.items()}
         return peer_models.check_agreement(results)
 
+    def bfloat16_agreement(self, batch, steps=CHECK_STEPS):
+        """How far the bfloat16 engine's logits are from the float32 engine's (reported only)."""
+        prompt = [self.prompt_ids()] * batch
+        ours, fed = self.engine.call("logits", prompt, steps)
+        theirs, _ = self.engines["engine_bf16"].call("logits", prompt, steps, fed)
+        return peer_models.agreement(ours, theirs)
+
     def generate_variant(self, name, batch, n):
         """Prepare `name`_b`batch` in its worker; returns the runner."""
-        worker = self.engine if name == "engine" else self.peers[name]
+        worker = self.engines.get(name) or self.peers[name]
         key = "%s_b%d@%d" % (name, batch, n)
         worker.call("prepare", key, {"kind": "generate", "batch": batch, "n": n, "prompt_tokens":
                                      self.args.prompt_tokens, "prompt_ids": self.prompt_ids()})
         return worker.runner(key)
 
-    def engine_variant(self, key, spec):
+    def engine_variant(self, key, spec, engine="engine"):
         spec = dict(spec, name=key, prompt_tokens=self.args.prompt_tokens)
-        self.engine.call("prepare", key, spec)
-        return self.engine.runner(key)
+        self.engines[engine].call("prepare", key, spec)
+        return self.engines[engine].runner(key)
 
     def thread_settings(self):
         peers = {}
@@ -176,20 +194,26 @@ def main():
     common.note_busy_machine()
     with contextlib.ExitStack() as stack:
         fleet = Fleet(args, stack)
-        agreement = {"b%d" % b: fleet.check(b) for b in sorted({1, args.batch})} if fleet.peers else {}
+        batches = sorted({1, args.batch})
+        agreement = {"b%d" % b: fleet.check(b) for b in batches} if fleet.peers else {}
         print_agreement(agreement)
-        n, names = args.new_tokens, ["engine"] + list(fleet.peers)
+        bf16_agreement = {"b%d" % b: fleet.bfloat16_agreement(b) for b in batches} if args.bfloat16 else {}
+        print_agreement({b: {"engine_bf16": r} for b, r in bf16_agreement.items()}, "float32 engine")
+        n, names = args.new_tokens, list(fleet.engines) + list(fleet.peers)
         variants = {}
-        for batch in sorted({1, args.batch}):
+        for batch in batches:
             for name in names:
                 variants["%s_b%d" % (name, batch)] = fleet.generate_variant(name, batch, n)
-            variants["floor_b%d" % batch] = fleet.engine_variant("floor_b%d" % batch, {
-                "kind": "floor", "batch": batch, "steps": n})
-        variants["bandwidth"] = fleet.engine_variant("bandwidth", {"kind": "bandwidth", "steps": n})
+            for engine in fleet.engines:
+                floor = "%s_b%d" % (floor_of(engine), batch)
+                variants[floor] = fleet.engine_variant(floor, {"kind": "floor", "batch": batch, "steps": n}, engine)
+        for engine in fleet.engines:
+            bandwidth = bandwidth_of(engine)
+            variants[bandwidth] = fleet.engine_variant(bandwidth, {"kind": "bandwidth", "steps": n}, engine)
         seconds = common.interleaved(variants, args.repeats)
         bandwidth = fleet.engine.call("record", "bandwidth")
         result = summarize(seconds, args, names, bandwidth["bytes_per_step"])
-        result.update(agreement=agreement, peer_details=fleet.peer_details(),
+        result.update(agreement=agreement, bfloat16_agreement=bf16_agreement, peer_details=fleet.peer_details(),
                       model={"step_weight_bytes": fleet.engine.info["step_weight_bytes"],
                              "config": fleet.engine.info["config"], "random_weights": not args.model_dir},
                       bandwidth_threads=bandwidth["threads"])
@@ -199,40 +223,53 @@ def main():
                                 versions=fleet.versions())
 
 
+def floor_of(name):
+    """The GEMV-floor variant over the same weights as `name`."""
+    return "floor_bf16" if name == "engine_bf16" else "floor"
+
+
+def bandwidth_of(name):
+    return "bandwidth_bf16" if name in ("engine_bf16", "floor_bf16") else "bandwidth"
+
+
 def summarize(seconds, args, names, read_bytes):
     n, b = args.new_tokens, args.batch
     batches = sorted({1, b})
     ms = {k: [s * 1000 / n for s in v] for k, v in seconds.items()}  # per step = per token of each row
     med = {k: common.median(v) for k, v in ms.items()}
-    tokens_per_s = {k: int(k.rsplit("_b", 1)[1]) * 1000 / v for k, v in med.items() if "_b" in k}
+    floors_bf16 = ["floor_bf16"] if "engine_bf16" in names else []
+    tokens_per_s = {k: int(k.rsplit("_b", 1)[1]) * 1000 / v for k, v in med.items() if re.search(r"_b\d+$", k)}
     result = {"new_tokens": n, "batches": batches, "variants": names, "ms_per_token_median": med,
               "samples_ms_per_token": ms, "tokens_per_s_median": tokens_per_s,
               "read_bandwidth_gb_s": read_bytes / (med["bandwidth"] / 1000) / 1e9,
-              "x_gemv_floor": {"%s_b%d" % (name, batch): med["%s_b%d" % (name, batch)] / med["floor_b%d" % batch]
-                               for batch in batches for name in names},
-              "x_bandwidth_floor": {"%s_b%d" % (name, batch): med["%s_b%d" % (name, batch)] / med["bandwidth"]
-                                    for batch in batches for name in names + ["floor"]}}
-    peers = [p for p in names if p != "engine"]
+              "x_gemv_floor": {"%s_b%d" % (name, batch): med["%s_b%d" % (name, batch)] /
+                               med["%s_b%d" % (floor_of(name), batch)] for batch in batches for name in names},
+              "x_bandwidth_floor": {"%s_b%d" % (name, batch): med["%s_b%d" % (name, batch)] / med[bandwidth_of(name)]
+                                    for batch in batches for name in names + ["floor"] + floors_bf16}}
+    engines = [e for e in ("engine", "engine_bf16") if e in names]
+    peers = [p for p in names if p not in engines]
     if peers:
         fastest_b1 = min(peers, key=lambda p: med["%s_b1" % p])
         fastest_bb = max(peers, key=lambda p: tokens_per_s["%s_b%d" % (p, b)])
-        result["ratios"] = {"engine_b1 ms / %s_b1 ms" % p: med["engine_b1"] / med["%s_b1" % p] for p in peers}
-        result["ratios"].update({"engine_b%d tok/s / %s_b%d tok/s" % (b, p, b):
-                                 tokens_per_s["engine_b%d" % b] / tokens_per_s["%s_b%d" % (p, b)] for p in peers})
-        result["targets"] = {
-            "b1 ms/token <= fastest peer's": {
-                "peer": fastest_b1, "engine": med["engine_b1"], "peer_value": med["%s_b1" % fastest_b1],
-                "met": med["engine_b1"] <= med["%s_b1" % fastest_b1]},
-            "b%d tokens/s >= fastest peer's" % b: {
-                "peer": fastest_bb, "engine": tokens_per_s["engine_b%d" % b],
+        result["ratios"], result["targets"] = {}, {}
+        for e in engines:
+            result["ratios"].update({"%s_b1 ms / %s_b1 ms" % (e, p): med["%s_b1" % e] / med["%s_b1" % p]
+                                     for p in peers})
+            result["ratios"].update({"%s_b%d tok/s / %s_b%d tok/s" % (e, b, p, b):
+                                     tokens_per_s["%s_b%d" % (e, b)] / tokens_per_s["%s_b%d" % (p, b)] for p in peers})
+            weights = "float32" if e == "engine" else "bfloat16 weights"
+            result["targets"]["b1 ms/token <= fastest peer's (%s)" % weights] = {
+                "peer": fastest_b1, "variant": e, "engine": med["%s_b1" % e], "peer_value": med["%s_b1" % fastest_b1],
+                "met": med["%s_b1" % e] <= med["%s_b1" % fastest_b1]}
+            result["targets"]["b%d tokens/s >= fastest peer's (%s)" % (b, weights)] = {
+                "peer": fastest_bb, "variant": e, "engine": tokens_per_s["%s_b%d" % (e, b)],
                 "peer_value": tokens_per_s["%s_b%d" % (fastest_bb, b)],
-                "met": tokens_per_s["engine_b%d" % b] >= tokens_per_s["%s_b%d" % (fastest_bb, b)]},
-        }
+                "met": tokens_per_s["%s_b%d" % (e, b)] >= tokens_per_s["%s_b%d" % (fastest_bb, b)]}
     return result
 
 
-def print_agreement(agreement):
-    print("\nlogits agreement before timing (prompt + %d cached steps)" % CHECK_STEPS)
+def print_agreement(agreement, against="our engine"):
+    print("\nlogits agreement with %s before timing (prompt + %d cached steps)" % (against, CHECK_STEPS))
     for batch, peers in agreement.items():
         for peer, r in peers.items():
             print("  %-4s %-13s max |diff| %.2e of max |logit| %.2f, same argmax: %s" % (
@@ -245,10 +282,13 @@ def print_table(result, args, threads):
           "%d repeat(s), median" % (args.prompt_tokens, args.new_tokens, threads, args.peer_threads, args.repeats))
     print("%-20s %10s %10s %10s" % ("variant", "ms/token", "tokens/s", "x floor"))
     for batch in result["batches"]:
-        for name in result["variants"] + ["floor"]:
+        for name in result["variants"] + ["floor"] + (["floor_bf16"] if "engine_bf16" in result["variants"] else []):
             key = "%s_b%d" % (name, batch)
-            print("%-20s %10.2f %10.1f %10.2f" % (key, med[key], tps[key], med[key] / med["floor_b%d" % batch]))
+            floor = med["%s_b%d" % ("floor" if name.startswith("floor") else floor_of(name), batch)]
+            print("%-20s %10.2f %10.1f %10.2f" % (key, med[key], tps[key], med[key] / floor))
     print("%-20s %10.2f   (%.1f GB/s read)" % ("bandwidth floor", med["bandwidth"], result["read_bandwidth_gb_s"]))
+    if "bandwidth_bf16" in med:
+        print("%-20s %10.2f   (bfloat16 weights: half the bytes)" % ("bandwidth floor bf16", med["bandwidth_bf16"]))
     for name, value in result.get("ratios", {}).items():
         print("  %-42s %6.2fx" % (name, value))
     for name, t in result.get("targets", {}).items():

@@ -198,8 +198,12 @@ def section_targets(results):
         unit = "ms/token" if "ms/token" in name else "tokens/s"
         rows.append([name, t["peer"], "%s %s" % (f2(t["peer_value"]), unit), "%s %s" % (f2(t["engine"]), unit),
                      "**met**" if t["met"] else "**not met**"])
-    return "\n".join(out + ["", table(["target", "fastest peer", "peer", "our engine", ""], rows), "",
-                            "_%s_" % provenance(peers)])
+    notes = ["", "The peers run float32. `bfloat16 weights` is our engine with `--dtype bfloat16`: its "
+             "weights are rounded to bfloat16 (activations, cache and sums stay float32), so its logits differ "
+             "from the float32 model's by bfloat16 rounding (section 2 gives how much)."]
+    return "\n".join(out + ["", table(["target", "fastest peer", "peer", "our engine", ""], rows)]
+                     + (notes if any("bfloat16" in n for n in peers["targets"]) else []) + ["",
+                     "_%s_" % provenance(peers)])
 
 
 def section_decode(results, plots):
@@ -214,8 +218,12 @@ def section_decode(results, plots):
               ("sampling", "engine sampling top_k 50 top_p 0.95", 1),
               ("beam4", "engine beam search, 4 beams", 1),
               ("floor", "GEMV floor (weights of one step)", 1),
+              ("engine_bf16", "engine greedy, bfloat16 weights", 1),
+              ("floor_bf16", "GEMV floor, bfloat16 weights", 1),
               ("engine_b%d" % b, "engine greedy, batch %d" % b, b),
-              ("floor_b%d" % b, "GEMV floor, batch %d" % b, b)]
+              ("floor_b%d" % b, "GEMV floor, batch %d" % b, b),
+              ("engine_bf16_b%d" % b, "engine greedy, bfloat16 weights, batch %d" % b, b),
+              ("floor_bf16_b%d" % b, "GEMV floor, bfloat16 weights, batch %d" % b, b)]
     rows = [[label, batch, f2(med[key]), f1(batch * 1000 / med[key])] for key, label, batch in labels if key in med]
     out += ["", "%s-token prompt, %s new tokens, %s repeats (median), interleaved." % (
         args.get("prompt_tokens"), args.get("new_tokens"), args.get("repeats")), "",
@@ -238,11 +246,17 @@ def section_peers(results, plots):
     rows = [[batch, peer, "%.2e" % a["max_abs_diff"], f2(a["logit_scale"]), "yes" if a["same_argmax"] else "NO"]
             for batch, peers in r.get("agreement", {}).items() for peer, a in peers.items()]
     out += [table(["batch", "peer", "max abs logit diff", "largest abs logit", "same argmax"], rows), ""]
+    bf16 = r.get("bfloat16_agreement")
+    if bf16:
+        out += ["Our engine with bfloat16 weights against our float32 engine, same prompt and fed tokens: " + "; ".join(
+            "%s max abs logit diff %s of largest %s, same argmax %s" % (
+                batch, f3(a["max_abs_diff"]), f2(a["logit_scale"]), "yes" if a["same_argmax"] else "no")
+            for batch, a in bf16.items()) + ".", ""]
     out += ["Greedy decoding of %s new tokens from a %s-token prompt, %s repeats (median), all variants "
             "interleaved:" % (r["new_tokens"], args.get("prompt_tokens"), args.get("repeats")), ""]
     rows = []
     for batch in r["batches"]:
-        for name in r["variants"] + ["floor"]:
+        for name in r["variants"] + ["floor"] + (["floor_bf16"] if "engine_bf16" in r["variants"] else []):
             key = "%s_b%d" % (name, batch)
             rows.append([name, batch, f2(med[key]), f1(tps[key]), f2(r["x_gemv_floor"].get(key, 1.0)),
                          f2(r["x_bandwidth_floor"].get(key))])
@@ -270,12 +284,15 @@ def _first(mapping):
     return {}
 
 
+ENGINE_COLORS = {"engine": "#1f77b4", "engine_bf16": "#2ca02c"}
+
+
 def _draw_peers(fig, r):
     med, tps, b = r["ms_per_token_median"], r["tokens_per_s_median"], max(r["batches"])
     names = r["variants"]
     ax = fig.add_subplot(1, 2, 1)
     values = [med["%s_b1" % n] for n in names]
-    ax.bar(names, values, color=["#1f77b4" if n == "engine" else "#999999" for n in names])
+    ax.bar(names, values, color=[ENGINE_COLORS.get(n, "#999999") for n in names])
     ax.axhline(med["floor_b1"], color="#d62728", linestyle="--", label="GEMV floor %.1f" % med["floor_b1"])
     ax.axhline(med["bandwidth"], color="#ff7f0e", linestyle=":", label="bandwidth floor %.1f" % med["bandwidth"])
     ax.set_ylabel("ms/token (lower is better)")
@@ -283,7 +300,7 @@ def _draw_peers(fig, r):
     ax.legend(fontsize=8)
     ax = fig.add_subplot(1, 2, 2)
     values = [tps["%s_b%d" % (n, b)] for n in names]
-    ax.bar(names, values, color=["#1f77b4" if n == "engine" else "#999999" for n in names])
+    ax.bar(names, values, color=[ENGINE_COLORS.get(n, "#999999") for n in names])
     ax.axhline(tps["floor_b%d" % b], color="#d62728", linestyle="--",
                label="GEMV floor %.0f" % tps["floor_b%d" % b])
     ax.set_ylabel("tokens/s (higher is better)")
@@ -383,6 +400,11 @@ def section_floor(results):
             "a GEMV chain took %s ms at batch 1 and %s ms at batch %d (the GEMV floor: no attention, norms or "
             "Python)." % (step_mb, r.get("bandwidth_threads", "?"), f2(med["bandwidth"]), r["read_bandwidth_gb_s"],
                           f2(med["floor_b1"]), f2(med.get("floor_b%d" % max(r["batches"]))), max(r["batches"])), ""]
+    if "bandwidth_bf16" in med:
+        out += ["With the weights in bfloat16 a step reads half the bytes: %s ms (bandwidth floor), %s ms at batch 1 "
+                "and %s ms at batch %d (GEMV floor). `engine_bf16` rows are measured against these." % (
+                    f2(med["bandwidth_bf16"]), f2(med.get("floor_bf16_b1")),
+                    f2(med.get("floor_bf16_b%d" % max(r["batches"]))), max(r["batches"])), ""]
     rows = []
     for batch in r["batches"]:
         for name in r["variants"]:

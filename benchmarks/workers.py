@@ -107,7 +107,7 @@ class Backend:
 
 
 class EngineBackend(Backend):
-    def __init__(self, model_dir=None, device="cpu", threads=None):
+    def __init__(self, model_dir=None, device="cpu", threads=None, dtype="float32"):
         super().__init__()
         import common
 
@@ -118,7 +118,7 @@ class EngineBackend(Backend):
         from kogpt2_serving.loader import load_model
 
         self.common = common
-        self.loaded = load_model(common.model_dir_or_cached(model_dir), device=device)
+        self.loaded = load_model(common.model_dir_or_cached(model_dir), device=device, dtype=dtype)
         self.generator = Generator(self.loaded)
         self.records = {}
 
@@ -140,10 +140,10 @@ class EngineBackend(Backend):
 
         return peer_models.write_hf_dir(self.loaded.config, peer_models.canonical_params(self.loaded), directory)
 
-    def logits(self, prompt_ids, steps):
+    def logits(self, prompt_ids, steps, fed=None):
         import peer_models
 
-        return peer_models.engine_logits(self.loaded, prompt_ids, steps)
+        return peer_models.engine_logits(self.loaded, prompt_ids, steps, fed)
 
     def greedy_tokens(self, prompt_tokens, n):
         text, _ = self.prompt(prompt_tokens)
