@@ -426,14 +426,14 @@ def section_server(results, plots):
     if not r:
         return "\n".join(out + ["", missing("server_load")])
     args = r.get("args", {})
-    out += ["", "Multi Model Server + our handler over loopback HTTP, %s worker(s), sampling requests of up to %s "
-            "new tokens, %s requests per client; batching on = MMS batch size %s, max delay %s ms." % (
-                args.get("workers", 1), args.get("new_tokens"), args.get("requests_per_client"),
+    out += ["", "Multi Model Server + our handler over loopback HTTP, sampling requests of up to %s "
+            "new tokens, %s requests per client; batching on = MMS batch size %s, max delay %s ms. Each worker "
+            "gets cores / workers OpenMP threads." % (args.get("new_tokens"), args.get("requests_per_client"),
                 args.get("batch_size"), args.get("max_batch_delay")), ""]
     rows = []
     for mode, levels in r.get("modes", {}).items():
         for row in levels:
-            rows.append([mode, row.get("workers", args.get("workers", 1)), row["concurrency"], row["requests"],
+            rows.append([mode.split("-w")[0], row.get("workers", 1), row["concurrency"], row["requests"],
                          row["errors"], f1(row["p50_ms"]), f1(row["p95_ms"]), f1(row["p99_ms"]),
                          f2(row["requests_per_s"]), f1(row["tokens_per_s"])])
     out += [table(["batching", "workers", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms",
@@ -443,6 +443,11 @@ def section_server(results, plots):
         out += ["Server overhead (HTTP latency minus in-process generation, %s one-token requests): p50 %s ms, "
                 "p95 %s ms, mean %s ms." % (overhead.get("requests"), f2(overhead.get("p50")), f2(overhead.get("p95")),
                                             f2(overhead.get("mean"))), ""]
+        idle = overhead.get("after_idle")
+        if idle:
+            out += ["The same with a %s s pause before each request (idle threads must wake up): p50 %s ms, p95 %s ms "
+                    "(HTTP latency p50 %s ms)." % (idle["gap_s"], f2(idle["p50"]), f2(idle["p95"]),
+                                                   f2(idle["http_p50"])), ""]
     if "load_average" in r:
         out += ["Load average at the end of the run: %s." % ", ".join(f2(x) for x in r["load_average"]), ""]
     has_workers = any("workers" in row for levels in r.get("modes", {}).values() for row in levels)
@@ -460,7 +465,7 @@ def _draw_server(fig, r):
         for row in levels:
             groups.setdefault(row.get("workers"), []).append(row)
         for workers, rows in groups.items():
-            label = "batching %s" % mode + ("" if workers is None else ", %s worker(s)" % workers)
+            label = "batching %s" % mode.split("-w")[0] + ("" if workers is None else ", %s worker(s)" % workers)
             xs = [row["concurrency"] for row in rows]
             line = left.plot(xs, [row["p50_ms"] for row in rows], "o-", label=label + " p50")[0]
             left.plot(xs, [row["p99_ms"] for row in rows], "s--", color=line.get_color(), label=label + " p99")

@@ -1,20 +1,21 @@
 """Load on a real `serve` stack: Multi Model Server + our handler, over loopback HTTP.
 
-For each mode (batching off, then MMS batching on with --batch-size) the script starts its own
-server (kogpt2_serving.server.ModelServer: own session, temp dir, free port), sends concurrent
+For each mode (batching off, then MMS batching on with --batch-size, each with 1 worker; then
+batching off with each further --workers count) the script starts its own server (kogpt2_serving.server.ModelServer: own session, temp dir, free port), sends concurrent
 requests from 1, 2, 4 and 8 client threads (persistent connections, distinct prompts and
 seeds, HF-style JSON with details for the token count) and reports latency p50/p95/p99,
 requests/s, generated tokens/s and errors (anything but HTTP 200). It stops every server it
 started (process group), also on Ctrl-C.
 
 Server overhead: after the load, 20 short requests (1 new token, so generation noise does not
-hide milliseconds) go to the "off" server one at a time, each followed by the same request
-generated in this process (same model, parameters and thread count; interleaved so both see
-the same machine load); each request's HTTP latency minus its in-process time is reported
-(target: p50 < 5 ms).
+hide milliseconds) go to the 1-worker "off" server one at a time, each followed by the same
+request generated in this process (same model, parameters and thread count; interleaved so
+both see the same machine load); each request's HTTP latency minus its in-process time is
+reported (target: p50 < 5 ms). Then the same again with a 0.25 s pause before each request
+and each in-process run: real traffic has pauses, and idle threads must wake up.
 
 Usage: python benchmarks/server_load.py [--model-dir DIR | --kogpt2-size] [--batch-size 8]
-       [--max-batch-delay 10] [--requests-per-client 6] [--new-tokens 32] [--output FILE.json]
+       [--max-batch-delay 10] [--workers 1,2] [--requests-per-client 6] [--new-tokens 32] [--output FILE.json]
 Without a model it builds a tiny random model (seconds); --kogpt2-size uses the cached random
 model at KoGPT2 size (benchmarks/.cache, as the other benchmarks).
 """
@@ -35,6 +36,7 @@ import common  # noqa: E402  (puts src/ on the path; nothing here imports MXNet 
 
 CONCURRENCY = (1, 2, 4, 8)
 OVERHEAD_REQUESTS = 20
+IDLE_GAP = 0.25  # s before each request in the second overhead measurement
 
 
 def parse_args():
@@ -47,6 +49,9 @@ def parse_args():
     p.add_argument("--requests-per-client", type=int, default=6)
     p.add_argument("--new-tokens", type=int, default=32, help="max_new_tokens per request (default 32)")
     p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="default 1,2,4,8")
+    p.add_argument("--workers", default="1,2",
+                   help="worker counts to load with batching off (default 1,2; each worker gets cores / workers "
+                        "threads); batching on and the overhead use 1 worker")
     p.add_argument("--output", help="write the results as JSON here")
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -57,12 +62,14 @@ def main():
     levels = [int(c) for c in args.concurrency.split(",")]
     threads = common.setup_threads(args)  # the in-process baseline uses what a single worker gets
     model_dir, cleanup = pick_model(args)
-    modes = [("off", 1)] + ([("on", args.batch_size)] if args.batch_size > 1 else [])
+    modes = [("off", 1, 1)] + ([("on", args.batch_size, 1)] if args.batch_size > 1 else [])
+    modes += [("off-w%d" % w, 1, w) for w in sorted({int(w) for w in args.workers.split(",")} - {1})]
     results = {}
     try:
-        for name, batch_size in modes:
-            print("== batching {} (batch_size {}) ==".format(name, batch_size), file=sys.stderr, flush=True)
-            results[name] = run_mode(model_dir, batch_size, args, levels)
+        for name, batch_size, workers in modes:
+            print("== batching {} (batch_size {}), {} worker(s) ==".format(name, batch_size, workers),
+                  file=sys.stderr, flush=True)
+            results[name] = run_mode(model_dir, batch_size, workers, args, levels)
         overhead = results["off"]["overhead"]
     finally:
         if cleanup:
@@ -70,7 +77,8 @@ def main():
     report(results, overhead, levels)
     if args.output:
         common.write_result(args.output, "server_load", args, {"mxnet_omp_threads": threads},
-                            {"modes": {k: v["table"] for k, v in results.items()}, "overhead_ms": overhead,
+                            {"modes": {k: v["table"] for k, v in results.items()},
+                             "workers": {k: v["workers"] for k, v in results.items()}, "overhead_ms": overhead,
                              "load_average": os.getloadavg()})
 
 
@@ -92,36 +100,50 @@ def request_body(client, n, args):
         "details": True}}, ensure_ascii=False).encode("utf-8")
 
 
-def run_mode(model_dir, batch_size, args, levels):
+def run_mode(model_dir, batch_size, workers, args, levels):
     from kogpt2_serving.server import ModelServer, ServerConfig, free_port
 
     log = tempfile.NamedTemporaryFile(prefix="kgs-bench-", suffix=".log", delete=False)
     log.close()
-    config = ServerConfig(model_dir=model_dir, port=free_port(), workers=1, device="cpu", batch_size=batch_size,
+    config = ServerConfig(model_dir=model_dir, port=free_port(), workers=workers, device="cpu", batch_size=batch_size,
                           max_batch_delay=args.max_batch_delay, log_file=log.name)
     server = ModelServer(config)
     try:
         server.start()
         server.wait_ready()
         path = server.inference_path
-        for n in range(3):  # warm-up: graphs for these shapes
-            post(http.client.HTTPConnection("127.0.0.1", config.port, timeout=600), path, request_body(99, n, args))
+        warm_up(config.port, path, workers, args)
         table, samples = [], {}
         for level in levels:
-            row, latencies = run_level(config.port, path, level, args)
+            row, latencies = run_level(config.port, path, level, workers, args)
             table.append(row)
             samples[level] = latencies
             print("  concurrency {}: {}".format(level, row), file=sys.stderr, flush=True)
-        overhead = measure_overhead(model_dir, config.port, path) if batch_size == 1 else None
+        overhead = measure_overhead(model_dir, config.port, path) if batch_size == 1 and workers == 1 else None
         died = sum(1 for line in open(log.name, encoding="utf-8", errors="replace") if "Worker died" in line
                    or "Backend worker process died" in line)
-        return {"table": table, "samples": samples, "worker_deaths": died, "overhead": overhead}
+        return {"table": table, "samples": samples, "worker_deaths": died, "overhead": overhead, "workers": workers}
     finally:
         server.stop()
         os.remove(log.name)
 
 
-def run_level(port, path, level, args):
+def warm_up(port, path, workers, args):
+    """Three requests from as many clients as workers, so every worker builds its graphs."""
+    def client(c):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        for n in range(3):
+            post(conn, path, request_body(90 + c, n, args))
+        conn.close()
+
+    clients = [threading.Thread(target=client, args=(c,)) for c in range(workers)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
+
+
+def run_level(port, path, level, workers, args):
     results = []  # (client, n, seconds, status, generated tokens)
     lock = threading.Lock()
 
@@ -139,16 +161,16 @@ def run_level(port, path, level, args):
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         conn.close()
 
-    workers = [threading.Thread(target=client, args=(c,)) for c in range(level)]
+    clients = [threading.Thread(target=client, args=(c,)) for c in range(level)]
     started = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join()
     wall = time.perf_counter() - started
     ok = [r for r in results if r[3] == 200]
     latencies = sorted(r[2] for r in ok)
-    row = {"concurrency": level, "requests": len(results), "errors": len(results) - len(ok),
+    row = {"concurrency": level, "workers": workers, "requests": len(results), "errors": len(results) - len(ok),
            "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99),
            "requests_per_s": round(len(ok) / wall, 2), "tokens_per_s": round(sum(r[4] for r in ok) / wall, 1)}
     return row, {(c, n): s for c, n, s, status, _ in results if status == 200}
@@ -187,17 +209,24 @@ def measure_overhead(model_dir, port, path):
     for n in range(OVERHEAD_REQUESTS):  # warm-up: every prompt shape once, both ways
         post(conn, path, probe_body(n))
         in_process(n)
-    differences = []
-    for n in range(OVERHEAD_REQUESTS):
-        started = time.perf_counter()
-        status, _ = post(conn, path, probe_body(n))
-        over_http = time.perf_counter() - started
-        if status == 200:
-            differences.append(over_http - in_process(n))
+    measured = {}
+    for gap in (0.0, IDLE_GAP):
+        differences, http_times = [], []
+        for n in range(OVERHEAD_REQUESTS):
+            time.sleep(gap)
+            started = time.perf_counter()
+            status, _ = post(conn, path, probe_body(n))
+            over_http = time.perf_counter() - started
+            time.sleep(gap)
+            if status == 200:
+                differences.append(over_http - in_process(n))
+                http_times.append(over_http)
+        differences.sort()
+        http_times.sort()
+        measured[gap] = {"requests": len(differences), "p50": pct(differences, 50), "p95": pct(differences, 95),
+                         "mean": round(1000 * statistics.mean(differences), 2), "http_p50": pct(http_times, 50)}
     conn.close()
-    differences.sort()
-    return {"requests": len(differences), "p50": pct(differences, 50), "p95": pct(differences, 95),
-            "mean": round(1000 * statistics.mean(differences), 2)}
+    return dict(measured[0.0], after_idle=dict(measured[IDLE_GAP], gap_s=IDLE_GAP))
 
 
 def report(results, overhead, levels):
@@ -212,10 +241,17 @@ def report(results, overhead, levels):
         print("\nbatching on / off, requests/s:  " + "  ".join(
             "c{}: {:.2f}x".format(a["concurrency"], b["requests_per_s"] / a["requests_per_s"])
             for a, b in zip(results["off"]["table"], results["on"]["table"]) if a["requests_per_s"]))
+    for name in (n for n in results if n.startswith("off-w")):
+        print("\n{} workers / 1 worker (batching off), requests/s:  ".format(results[name]["workers"]) + "  ".join(
+            "c{}: {:.2f}x".format(a["concurrency"], b["requests_per_s"] / a["requests_per_s"])
+            for a, b in zip(results["off"]["table"], results[name]["table"]) if a["requests_per_s"]))
     if overhead:
         print("server overhead (HTTP latency - in-process generation, {} one-token requests, one at a time): "
               "p50 {} ms, p95 {} ms, mean {} ms (target p50 < 5 ms)".format(
                   overhead["requests"], overhead["p50"], overhead["p95"], overhead["mean"]))
+        idle = overhead["after_idle"]
+        print("  the same with {} s pauses: p50 {} ms, p95 {} ms, mean {} ms (HTTP p50 {} ms)".format(
+            idle["gap_s"], idle["p50"], idle["p95"], idle["mean"], idle["http_p50"]))
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f} on {} core(s)".format(*os.getloadavg(), common.cpu_cores()))
 
 
