@@ -108,8 +108,15 @@ def run_mode(model_dir, batch_size, workers, args, levels):
     config = ServerConfig(model_dir=model_dir, port=free_port(), workers=workers, device="cpu", batch_size=batch_size,
                           max_batch_delay=args.max_batch_delay, log_file=log.name)
     server = ModelServer(config)
+    # This process set OMP_NUM_THREADS for its own in-process baseline; the server must size
+    # its workers' threads itself (cores / workers), as it does when started by `serve`.
+    own_threads = os.environ.pop("OMP_NUM_THREADS", None)
     try:
-        server.start()
+        try:
+            server.start()
+        finally:
+            if own_threads is not None:
+                os.environ["OMP_NUM_THREADS"] = own_threads
         server.wait_ready()
         path = server.inference_path
         warm_up(config.port, path, workers, args)

@@ -88,3 +88,13 @@ def test_unsupported_combinations_name_the_alternative():
         choose_dtype(mx.cpu(), "float16")
     with pytest.raises(ValueError, match=r"^dtype must be one of float32, float16, bfloat16, got 'int8'$"):
         choose_dtype(mx.cpu(), "int8")
+
+
+def test_an_mxnet_without_bfloat16_kernels_is_refused_at_load(monkeypatch):
+    from kogpt2_serving import device
+
+    monkeypatch.setattr(device, "_bfloat16_problem", lambda: "MXNet 1.6.0 failed a bfloat16 product (no kernel)")
+    with pytest.raises(ModelLoadError, match=r"^bfloat16 weights need MXNet's oneDNN bfloat16 kernels: MXNet 1.6.0 "
+                                             r"failed a bfloat16 product \(no kernel\)$"):
+        choose_dtype(mx.cpu(), "bfloat16")
+

@@ -208,10 +208,16 @@ class ModelServer:
             DTYPE_ENV: config.dtype,
             "SAGEMAKER_BIND_TO_PORT": str(config.port),
         })
-        if not (env.get(THREADS_ENV) or env.get("OMP_NUM_THREADS")):
+        explicit = env.get(THREADS_ENV) or env.get("OMP_NUM_THREADS")
+        if not explicit:
             # The MMS worker sets OMP_NUM_THREADS=1 when it is unset, which model_fn could not
             # tell from an operator's choice: pass cores // workers explicitly.
             env[THREADS_ENV] = str(threads_per_worker(config.workers))
+        elif explicit.isdigit() and int(explicit) * config.workers > cpu_count():
+            log.warning("%s workers x %s threads (%s) exceed the %d cores: OpenMP teams that share cores "
+                        "slow each other down many times over (measured 40x); unset it or lower --workers",
+                        config.workers, explicit, THREADS_ENV if env.get(THREADS_ENV) else "OMP_NUM_THREADS",
+                        cpu_count())
         # libgomp's spin before idle threads sleep is left at its default: a short spin
         # (GOMP_SPINCOUNT=5000) saved ~2 ms per request sent back to back, but made every
         # request after a pause of 0.2 s take 72 instead of 43 ms (1 new token, KoGPT2 size,
