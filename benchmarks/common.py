@@ -151,7 +151,9 @@ def floor_step(loaded, batch, steps):
 
     xs = [mx.nd.ones((batch, w.shape[1]), ctx=loaded.ctx, dtype=loaded.engine.dtype) for w in weights]
     if loaded.dtype == "bfloat16":  # bfloat16 weights: the products' inputs are bfloat16 too
-        xs = [mx.nd.amp_cast(x, dtype="bfloat16") for x in xs]
+        from kogpt2_serving.model import BFLOAT16  # (a NumPy dtype MXNet knows without ml_dtypes)
+
+        xs = [mx.nd.amp_cast(x, dtype=BFLOAT16) for x in xs]
     chain = Chain()
     chain.hybridize(static_alloc=True, static_shape=True)
 

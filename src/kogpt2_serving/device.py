@@ -110,8 +110,10 @@ def _bfloat16_problem():
     """Why this MXNet cannot multiply in bfloat16 (None if it can): try one tiny product."""
     import mxnet as mx
 
+    from .model import BFLOAT16
+
     try:
-        x = mx.nd.amp_cast(mx.nd.ones((1, 2)), dtype="bfloat16")
+        x = mx.nd.amp_cast(mx.nd.ones((1, 2)), dtype=BFLOAT16)
         mx.nd.FullyConnected(x, x, no_bias=True, num_hidden=1).wait_to_read()
     except Exception as e:  # noqa: BLE001  (MXNet raises MXNetError, AttributeError or TypeError here)
         return "MXNet {} failed a bfloat16 product ({})".format(mx.__version__, str(e).strip().splitlines()[-1][:120])

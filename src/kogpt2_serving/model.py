@@ -23,7 +23,9 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 MASKED = -1e4  # additive score for masked slots; finite and representable in float16
-BFLOAT16 = np.dtype([("bfloat16", np.uint16)])  # how MXNet spells bfloat16 as a NumPy dtype
+# How MXNet spells bfloat16 as a NumPy dtype; the string "bfloat16" only works where
+# ml_dtypes has registered one with NumPy.
+BFLOAT16 = np.dtype([("bfloat16", np.uint16)])
 
 
 class Linear(nn.Dense):
@@ -39,7 +41,7 @@ class Linear(nn.Dense):
     def hybrid_forward(self, F, x, weight, bias=None):
         if not self.bfloat16:
             return super().hybrid_forward(F, x, weight, bias)
-        out = super().hybrid_forward(F, F.amp_cast(x, dtype="bfloat16"), weight, bias)
+        out = super().hybrid_forward(F, F.amp_cast(x, dtype=BFLOAT16), weight, bias)
         return F.amp_cast(out, dtype="float32")
 
 
@@ -72,7 +74,7 @@ def _round_to_bfloat16(param):
     towards zero that doubles the rounding error."""
     from mxnet import nd
 
-    rounded = nd.amp_cast(param.data(), dtype="bfloat16")
+    rounded = nd.amp_cast(param.data(), dtype=BFLOAT16)
     param.cast(BFLOAT16)
     param.set_data(rounded)
 
