@@ -90,11 +90,17 @@ def choose_context(spec="auto"):
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+def check_dtype(dtype):
+    """A known dtype name, whatever the device (what `serve` checks before starting)."""
+    if dtype not in DTYPES:
+        raise ValueError("dtype must be one of {}, got {!r}".format(", ".join(DTYPES), dtype))
+    return dtype
+
+
 def choose_dtype(ctx, dtype="float32"):
     """float32 everywhere; float16 only on a GPU (CPU kernels for it are slow or missing);
     bfloat16 weights only on a CPU whose MXNet runs bfloat16 products (oneDNN, MXNet >= 1.8)."""
-    if dtype not in DTYPES:
-        raise ValueError("dtype must be one of {}, got {!r}".format(", ".join(DTYPES), dtype))
+    check_dtype(dtype)
     if dtype == "float16" and ctx.device_type != "gpu":
         raise ModelLoadError("float16 is only supported on a GPU; use float32 or bfloat16 on {}".format(ctx))
     if dtype == "bfloat16":

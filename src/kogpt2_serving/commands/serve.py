@@ -8,7 +8,7 @@ every worker holds its own model copy and each gets cores // workers threads.
 import logging
 import os
 
-from ..device import DTYPES, parse_device
+from ..device import check_dtype, parse_device
 from ..errors import ServingError
 from ..handler import DTYPE_ENV
 from ..model_dir import resolve_model_dir
@@ -68,8 +68,10 @@ def config_from_args(args):
     for name in ("workers", "batch_size"):
         if getattr(config, name) < 1:
             raise ServingError("--{} must be >= 1, got {}".format(name.replace("_", "-"), getattr(config, name)))
-    if config.dtype not in DTYPES:
-        raise ServingError("--dtype must be one of {}, got {!r}".format(", ".join(DTYPES), config.dtype))
+    try:
+        check_dtype(config.dtype)
+    except ValueError as e:
+        raise ServingError("--" + str(e))
     try:
         parse_device(config.device)
     except ValueError as e:
