@@ -187,6 +187,7 @@ class ModelServer:
                                       stderr=subprocess.STDOUT if self._log else None, start_new_session=True)
         log.info("Multi Model Server starting (pid %d) for %s on %s, %d worker(s), %s", self._proc.pid,
                  config.model_dir, self.url, config.workers, _threads_note(config.workers))
+        _warn_if_oversubscribed(config.workers)
         if config.batch_size > 1:
             log.warning("MMS batching (batch_size %d) is experimental: the model is served at %s, not plain "
                         "/invocations, and MMS 1.1 can drop a worker's connection when a multi-request response "
@@ -208,16 +209,10 @@ class ModelServer:
             DTYPE_ENV: config.dtype,
             "SAGEMAKER_BIND_TO_PORT": str(config.port),
         })
-        explicit = env.get(THREADS_ENV) or env.get("OMP_NUM_THREADS")
-        if not explicit:
+        if not (env.get(THREADS_ENV) or env.get("OMP_NUM_THREADS")):
             # The MMS worker sets OMP_NUM_THREADS=1 when it is unset, which model_fn could not
             # tell from an operator's choice: pass cores // workers explicitly.
             env[THREADS_ENV] = str(threads_per_worker(config.workers))
-        elif explicit.isdigit() and int(explicit) * config.workers > cpu_count():
-            log.warning("%s workers x %s threads (%s) exceed the %d cores: OpenMP teams that share cores "
-                        "slow each other down many times over (measured 40x); unset it or lower --workers",
-                        config.workers, explicit, THREADS_ENV if env.get(THREADS_ENV) else "OMP_NUM_THREADS",
-                        cpu_count())
         # libgomp's spin before idle threads sleep is left at its default: a short spin
         # (GOMP_SPINCOUNT=5000) saved ~2 ms per request sent back to back, but made every
         # request after a pause of 0.2 s take 72 instead of 43 ms (1 new token, KoGPT2 size,
@@ -482,11 +477,22 @@ def _toolkit_startup_timeout():
     return environment.Environment().startup_timeout
 
 
-def _threads_note(workers):
+def _threads_per_worker_set(workers):
+    """Each worker's OpenMP threads as _environment passes them (None if not a plain count)."""
     explicit = os.environ.get(THREADS_ENV) or os.environ.get("OMP_NUM_THREADS")
-    threads = int(explicit) if explicit else threads_per_worker(workers)
-    cores = cpu_count()
-    note = "{} CPU thread(s) per worker on {} core(s)".format(threads, cores)
-    if workers * threads > cores:
-        note += " (workers x threads = {} > cores: expect contention)".format(workers * threads)
-    return note
+    if not explicit:
+        return threads_per_worker(workers)
+    return int(explicit) if explicit.isdigit() else None
+
+
+def _threads_note(workers):
+    threads = _threads_per_worker_set(workers)
+    return "{} CPU thread(s) per worker on {} core(s)".format(threads or "?", cpu_count())
+
+
+def _warn_if_oversubscribed(workers):
+    threads, cores = _threads_per_worker_set(workers), cpu_count()
+    if threads and workers * threads > cores:
+        log.warning("%d workers x %d threads (%s / OMP_NUM_THREADS) exceed the %d cores: OpenMP teams that share "
+                    "cores slow each other down many times over (measured 40x); unset it or lower --workers",
+                    workers, threads, THREADS_ENV, cores)
