@@ -293,12 +293,12 @@ class OrtGreedy:
 # Each framework runs in its own process during a benchmark, so the logits are computed where
 # the model lives and compared in the coordinating process.
 
-def engine_logits(loaded, prompt_ids, steps, fed=None):
+def engine_logits(loaded, prompt_ids, steps, given=None):
     """Our engine's logits for the prompt batch and `steps` cached steps, feeding its own greedy
-    tokens or the given `fed` ones -> (logits list of (B, V), fed tokens list of (B,))."""
+    tokens or the `given` ones -> (logits list of (B, V), fed tokens list of (B,))."""
     engine = loaded.engine
     state, logits = engine.start([list(p) for p in prompt_ids], steps + 1)
-    ours, given, fed = [logits], fed, []
+    ours, fed = [logits], []
     for step in range(steps):
         token = logits.argmax(axis=-1) if given is None else np.asarray(given[step])
         fed.append(token)

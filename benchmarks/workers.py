@@ -140,10 +140,10 @@ class EngineBackend(Backend):
 
         return peer_models.write_hf_dir(self.loaded.config, peer_models.canonical_params(self.loaded), directory)
 
-    def logits(self, prompt_ids, steps, fed=None):
+    def logits(self, prompt_ids, steps, given=None):
         import peer_models
 
-        return peer_models.engine_logits(self.loaded, prompt_ids, steps, fed)
+        return peer_models.engine_logits(self.loaded, prompt_ids, steps, given)
 
     def greedy_tokens(self, prompt_tokens, n):
         text, _ = self.prompt(prompt_tokens)
