@@ -131,25 +131,26 @@ def floor_step(loaded, batch, steps):
     """A callable running `steps` GEMV chains over one decode step's weights.
 
     Every weight matrix of a step (qkv, out, ffn in/out per layer, the tied head once) goes
-    through FullyConnected against a (batch, in) input, all in one hybridized graph: the
-    memory-bandwidth floor for one decode step in this process, with no attention, norms or
-    per-op Python."""
+    through the product a decode step uses (a 1x1 convolution over the engine's step kernels,
+    `Linear.step`) against `batch` columns, all in one hybridized graph: the memory-bandwidth
+    floor for one decode step in this process, with no attention, norms or per-op Python."""
     import mxnet as mx
     from mxnet import gluon
 
     params = loaded.engine.model._collect_params_with_prefix()
-    weights = [p.data() for n, p in params.items() if n.endswith(".weight") and n.startswith(("_self", "_ffn"))]
-    weights.append(params["_embed.weight"].data())
-    shapes = [w.shape for w in weights]
+    kernels = [p.data() for n, p in params.items() if n.endswith(".step_weight") and n.startswith(("_self", "_ffn"))]
+    kernels.append(params["_logits_proj.step_weight"].data())
+    shapes = [k.shape for k in kernels]
 
     class Chain(gluon.HybridBlock):
         def hybrid_forward(self, F, *inputs):
             half = len(inputs) // 2
-            sums = [F.sum(F.amp_cast(F.FullyConnected(x, w, no_bias=True, num_hidden=shape[0]), dtype="float32"))
-                    for x, w, shape in zip(inputs[:half], inputs[half:], shapes)]  # (sum has no bfloat16 kernel)
+            sums = [F.sum(F.amp_cast(F.Convolution(x, k, kernel=(1,), num_filter=shape[0], no_bias=True),
+                                     dtype="float32"))
+                    for x, k, shape in zip(inputs[:half], inputs[half:], shapes)]  # (sum has no bfloat16 kernel)
             return F.add_n(*sums)
 
-    xs = [mx.nd.ones((batch, w.shape[1]), ctx=loaded.ctx, dtype=loaded.engine.dtype) for w in weights]
+    xs = [mx.nd.ones((1, k.shape[1], batch), ctx=loaded.ctx, dtype=loaded.engine.dtype) for k in kernels]
     if loaded.dtype == "bfloat16":  # bfloat16 weights: the products' inputs are bfloat16 too
         from kogpt2_serving.model import BFLOAT16  # (a NumPy dtype MXNet knows without ml_dtypes)
 
@@ -159,7 +160,7 @@ def floor_step(loaded, batch, steps):
 
     def run():
         for _ in range(steps):
-            chain(*(xs + weights)).wait_to_read()
+            chain(*(xs + kernels)).wait_to_read()
 
     return run
 
@@ -169,7 +170,7 @@ def step_bytes(loaded):
     one row of the position table is negligible)."""
     import numpy as np
 
-    params = loaded.engine.model._collect_params_with_prefix()
+    params = loaded.engine.model.named_weights()
     return sum(p.data().size * np.dtype(p.data().dtype).itemsize for n, p in params.items()
                if n != "_logits_proj.weight" and n != "_pos_embed.weight")
 

@@ -11,7 +11,7 @@ comparable even when absolute numbers drift between runs:
   beam4        beam search with 4 beams (ms per generated token of the returned sequence)
   engine_bf16  the engine with its weights held in bfloat16 (--dtype bfloat16)
   floor        every weight matrix of one decode step (qkv, out, ffn in/out per layer, tied
-               head once) through FullyConnected as a matrix-vector product chain in one
+               head once) through the 1x1 convolution decode steps use, as a product chain in one
                hybridized graph: the memory-bandwidth floor for a step in this process
 
 All generation variants produce exactly --new-tokens tokens (min_new_tokens suppresses </s>).

@@ -50,7 +50,7 @@ def hf_state_dict(params, n_layer):
 
 def canonical_params(loaded):
     """The engine's own parameters, as loaded (what it decodes with)."""
-    return {n: p.data() for n, p in loaded.engine.model._collect_params_with_prefix().items()}
+    return {n: p.data() for n, p in loaded.engine.model.named_weights().items()}
 
 
 def write_hf_dir(config, params, directory):

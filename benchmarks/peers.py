@@ -15,7 +15,7 @@ prompt, at batch 1 and at --batch, all run in turn once per repeat after a warm-
   transformers  GPT2LMHeadModel.generate(use_cache=True, do_sample=False), sdpa attention
   onnxruntime   the exported graph after ONNX Runtime's GPT-2 fusions, prompt then one token
                 per step, presents fed back as pasts through IOBinding
-  floor         every weight matrix of one step through MXNet FullyConnected (GEMV chain);
+  floor         every weight matrix of one step through the 1x1 convolution decode steps use (GEMV chain);
                 floor_bf16 the same over the bfloat16 weights
   bandwidth     one step's weight bytes read by NumPy in as many threads as cores;
                 bandwidth_bf16 the bfloat16 weights' (half the bytes)

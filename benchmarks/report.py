@@ -396,7 +396,7 @@ def section_floor(results):
     step_mb = r.get("model", {}).get("step_weight_bytes", 0) / 1e6
     out += ["", "A decode step must read every weight once (%.1f MB in float32, the tied head counted once). "
             "Measured in the same run as section 2: NumPy reading that many bytes in %s threads took %s ms "
-            "(%.1f GB/s, the bandwidth floor); every weight matrix of a step through MXNet's FullyConnected as "
+            "(%.1f GB/s, the bandwidth floor); every weight matrix of a step through the 1x1 convolution decode steps use, as "
             "a GEMV chain took %s ms at batch 1 and %s ms at batch %d (the GEMV floor: no attention, norms or "
             "Python)." % (step_mb, r.get("bandwidth_threads", "?"), f2(med["bandwidth"]), r["read_bandwidth_gb_s"],
                           f2(med["floor_b1"]), f2(med.get("floor_b%d" % max(r["batches"]))), max(r["batches"])), ""]

@@ -45,8 +45,27 @@ def test_one_linear_is_exactly_a_bfloat16_product():
                                                         b.astype(np.float32)))
 
 
+def test_one_linear_step_is_the_same_bfloat16_product():
+    """Decode steps run the product as a 1x1 convolution over the step kernel: same rounding."""
+    from kogpt2_serving.model import fill_step_weights
+
+    rng = np.random.RandomState(1)
+    x, w, b = rng.randn(3, 64), rng.randn(48, 64) * 0.1, rng.randn(48) * 0.1
+    layer = Linear(48, in_units=64)
+    layer.initialize()
+    layer.weight.set_data(mx.nd.array(w))
+    layer.bias.set_data(mx.nd.array(b))
+    store_weights_in_bfloat16(layer)
+    fill_step_weights(layer)
+    assert layer.step_weight.data().dtype == BFLOAT16
+    out = layer.step(mx.nd, mx.nd.array(x), rows=3)
+    assert out.dtype == np.float32
+    assert np.array_equal(out.asnumpy(), bfloat16_dense(x.astype(np.float32), w.astype(np.float32),
+                                                        b.astype(np.float32)))
+
+
 def test_weights_are_stored_in_bfloat16_and_layer_norms_in_float32(bf16_model):
-    params = bf16_model.engine.model._collect_params_with_prefix()
+    params = bf16_model.engine.model.named_weights()
     for name, param in params.items():
         expected = np.float32 if name.endswith(("gamma", "beta")) else BFLOAT16
         assert param.data().dtype == expected, name
@@ -64,8 +83,14 @@ def test_logits_equal_a_bfloat16_numpy_reference(bf16_model, model_dir):
         ours = bf16_model.engine.full_logits([ids])[0]
         emulated = forward(p, np.array(ids), n_layer=3, n_head=4, linear=bfloat16_dense, table=round_to_bfloat16)
         assert np.abs(ours - emulated).max() <= 1e-5
-        _, last = bf16_model.engine.start([ids], 4)  # the cached path agrees with the full pass
+        state, last = bf16_model.engine.start([ids], 4)  # the cached path agrees with the full pass
         assert np.abs(last[0] - emulated[-1]).max() <= 1e-5
+        fed = list(ids)
+        for token in (5, 77):  # and so do steps, whose products are convolutions
+            fed.append(token)
+            last = bf16_model.engine.step(state, [token])
+            stepped = forward(p, np.array(fed), n_layer=3, n_head=4, linear=bfloat16_dense, table=round_to_bfloat16)
+            assert np.abs(last[0] - stepped[-1]).max() <= 1e-5
         ref = forward(p, np.array(ids), n_layer=3, n_head=4)
         assert 1e-3 < np.abs(ours - ref).max() < 0.05  # logits span about +-10
 

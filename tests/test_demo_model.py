@@ -60,7 +60,7 @@ def test_heldout_perplexity_beats_unigram_by_the_promised_margin(demo, metrics):
     ids = []
     for line in lines:
         ids += [tok.bos_id] + tok.encode(line) + [tok.eos_id]
-    nll, targets = model_nll(demo.engine.model, ids, metrics["window"])
+    nll, targets = model_nll(demo.engine, ids, metrics["window"])
     unigram = unigram_nll(metrics["unigram_counts"], ids)
     assert targets == metrics["scored_tokens"]
     assert abs(np.exp(nll) - metrics["heldout_perplexity"]) < 0.01 * metrics["heldout_perplexity"]

@@ -125,3 +125,35 @@ def test_step_graphs_per_batch_size_are_bounded_and_rebuilt_alike(tiny_model, mo
     assert len(engine._steps) == 2 and 1 not in engine._steps
     again = two_steps(ids[:1])
     assert np.abs(first - again).max() < 1e-6
+
+
+def test_steps_past_the_convolution_limit_use_fullyconnected_alike(tiny_model):
+    """Up to MAX_CONV_ROWS rows a step's products are convolutions over the step kernels;
+    past it they are FullyConnected over the weights. Either way a row's logits are its own."""
+    from kogpt2_serving.model import MAX_CONV_ROWS
+
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    prompts = [tok.encode_prompt(PROMPTS[i % len(PROMPTS)]) + [5 + i] for i in range(MAX_CONV_ROWS + 1)]
+    state, logits = engine.start(prompts, 4)
+    wide = engine.step(state, logits.argmax(-1))  # (MAX_CONV_ROWS + 1, V)
+    for row in (0, 1, MAX_CONV_ROWS):
+        state, logits = engine.start([prompts[row]], 4)
+        assert np.abs(engine.step(state, logits.argmax(-1))[0] - wide[row]).max() < 1e-5
+
+
+def test_step_kernels_are_copies_of_the_weights_and_not_saved(tiny_model, tmp_path):
+    import mxnet as mx
+
+    from kogpt2_serving.checkpoint import save_params
+    from kogpt2_serving.model import Linear
+
+    model = tiny_model.engine.model
+    linears = [b for b in model._children["_self_attention_layers"]._children["0"]._children.values()]
+    assert all(isinstance(b, Linear) for b in linears) and linears
+    for linear in linears + [model._logits_proj]:
+        weight, kernel = linear.weight.data().asnumpy(), linear.step_weight.data().asnumpy()
+        assert kernel.shape == weight.shape + (1,) and np.array_equal(kernel[:, :, 0], weight)
+    save_params(model, str(tmp_path / "saved.params"))
+    saved = mx.nd.load(str(tmp_path / "saved.params"))
+    assert not [k for k in saved if "step" in k]
+    assert set(saved) == set(model.named_weights())

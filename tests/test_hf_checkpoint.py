@@ -133,7 +133,7 @@ def test_float16_safetensors_load_as_their_float32_values(tmp_path):
     path = os.path.join(d, "model.safetensors")
     half = {k: v.astype(np.float16) for k, v in load_file(path).items()}
     save_file(half, path, metadata={"format": "pt"})
-    params = load_model(d, device="cpu").engine.model._collect_params_with_prefix()
+    params = load_model(d, device="cpu").engine.model.named_weights()
     np.testing.assert_array_equal(params["_embed.weight"].data().asnumpy(),
                                   half["transformer.wte.weight"].astype(np.float32))
     # Conv1D (in, out) -> Dense (out, in)

@@ -53,7 +53,7 @@ def test_generator_eos_finish(tiny_model):
     shutil.copytree(tiny_model.files.directory, d)
     loaded = load_model(d, device="cpu")
     eos = loaded.tokenizer.eos_id
-    params = loaded.engine.model._collect_params_with_prefix()
+    params = loaded.engine.model.named_weights()
     w = params["_final_ln.beta"].data()
     params["_final_ln.beta"].set_data(w * 0 + params["_embed.weight"].data()[eos] * 50)
     (seq,), = Generator(loaded).generate(["대한민국은"], parse_parameters({}))

@@ -163,7 +163,7 @@ def load_into(model, params, ctx, dtype):
     """Copy checked canonical params into a model's parameters, casting to dtype on ctx."""
     if dtype != "float32":
         model.cast(dtype)
-    own = model._collect_params_with_prefix()
+    own = model.named_weights()
     for name, value in params.items():
         own[name]._load_init(value.astype(dtype, copy=False), ctx)
 
@@ -189,7 +189,7 @@ def _canonical_arrays(model_or_params):
     if isinstance(model_or_params, dict):
         params = dict(model_or_params)
     else:
-        params = {k: p.data() for k, p in model_or_params._collect_params_with_prefix().items()}
+        params = {k: p.data() for k, p in model_or_params.named_weights().items()}
     params.pop(TIED[1], None)
     return params
 

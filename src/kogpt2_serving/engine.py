@@ -13,10 +13,12 @@ token, so a row's result does not depend on what it is batched with.
 Logits leave the device as float32 NumPy (B, V) once per step; token choice happens on the
 host (see :mod:`kogpt2_serving.generation`).
 """
+import warnings
+
 import numpy as np
 
 from .errors import PromptTooLong
-from .model import MASKED, PrefillGraph, StepGraph
+from .model import MASKED, PrefillGraph, StepGraph, fill_step_weights
 
 CACHE_BUCKET = 64
 MAX_STEP_GRAPHS = 32  # step graphs kept (one per batch size seen; beam search shrinks batches)
@@ -74,6 +76,7 @@ class Engine:
         self.dtype = dtype
         self._prefill = PrefillGraph(model)
         self._steps = {}  # batch size -> StepGraph
+        fill_step_weights(model)
         # Prompt shapes vary per request; step shapes are fixed for a whole generation.
         self._prefill.hybridize(static_alloc=True)
         model.hybridize(static_alloc=True)
@@ -111,8 +114,8 @@ class Engine:
         causal = slots[:, None] >= slots[None, :]  # (T, T)
         mask = np.where(valid[:, None, :] & causal[None], 0.0, MASKED)  # (B, T, T)
 
-        logits, new_keys, new_values = self._prefill(
-            self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
+        logits, new_keys, new_values = _run(
+            self._prefill, self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
         layers, batch, heads, _, head_size = new_values.shape
         keys = mx.nd.zeros((layers, batch, heads, head_size, capacity), ctx=self.ctx, dtype=self.dtype)
         values = mx.nd.zeros((layers, batch, heads, capacity, head_size), ctx=self.ctx, dtype=self.dtype)
@@ -130,7 +133,7 @@ class Engine:
             raise RuntimeError("KV cache full: {} slots".format(state.capacity))
         ids = self._nd(np.asarray(tokens).reshape(-1, 1), "int32")
         step = self._step_graph(state.batch_size)
-        logits, new_keys, new_values = step(ids, state.positions, state.mask, *state.layer_views())
+        logits, new_keys, new_values = _run(step, ids, state.positions, state.mask, *state.layer_views())
         t = state.length
         state.keys[:, :, :, :, t:t + 1] = new_keys
         state.values[:, :, :, t:t + 1, :] = new_values
@@ -156,7 +159,7 @@ class Engine:
         positions = np.broadcast_to(np.arange(length), (batch, length))
         causal = np.arange(length)[:, None] >= np.arange(length)[None, :]
         mask = np.broadcast_to(np.where(causal, 0.0, MASKED), (batch, length, length))
-        return self._host(self.model(self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask)))
+        return self._host(_run(self.model, self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask)))
 
     def _nd(self, array, dtype=None):
         import mxnet as mx
@@ -166,6 +169,14 @@ class Engine:
     @staticmethod
     def _host(logits):
         return logits.astype("float32", copy=False).asnumpy()
+
+
+def _run(graph, *inputs):
+    """Call a graph. Steps use the step kernels and not the weights they were copied from,
+    full passes the other way round; Gluon warns about the unused copy when it builds a graph."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Parameter .* is not used by any computation")
+        return graph(*inputs)
 
 
 def _round_up(n, multiple):

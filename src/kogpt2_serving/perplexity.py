@@ -5,26 +5,19 @@ the stream in consecutive windows (positions restart at 0 in each), as it was tr
 """
 import numpy as np
 
-from .model import MASKED
 
-
-def model_nll(model, ids, window):
+def model_nll(engine, ids, window):
     """Mean negative log-likelihood (nats) of ids[1:] and the number of targets."""
-    import mxnet as mx
-
     ids = np.asarray(ids, dtype="int32")
     total, count = 0.0, 0
     for start in range(0, len(ids) - 1, window):
         chunk = ids[start:start + window + 1]
         inputs, targets = chunk[:-1], chunk[1:]
-        T = len(inputs)
-        mask = np.where(np.tril(np.ones((T, T), dtype=bool)), 0.0, MASKED)[None]  # (1, T, T)
-        logits = model(mx.nd.array(inputs[None], dtype="int32"), mx.nd.array(np.arange(T)[None], dtype="int32"),
-                       mx.nd.array(mask)).asnumpy()[0].astype(np.float64)  # (T, V)
+        logits = engine.full_logits([inputs])[0].astype(np.float64)  # (T, V)
         top = logits.max(-1, keepdims=True)
         log_probs = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
-        total -= log_probs[np.arange(T), targets].sum()
-        count += T
+        total -= log_probs[np.arange(len(inputs)), targets].sum()
+        count += len(inputs)
     return total / count, count
 
 
