@@ -79,32 +79,6 @@ class Linear(nn.Dense):
         return F.transpose(out.reshape((self._units, rows)))  # (B, N)
 
 
-def _value(F, param):
-    """A parameter inside a graph being traced (its symbol) or run eagerly (its array): for
-    calling a block's parameters from a method other than hybrid_forward."""
-    return param.var() if F is symbol else param.data()
-
-
-def fill_step_weights(model):
-    """Copy every Linear's weight into its step kernel (as stored: bfloat16 stays bfloat16).
-    Call after the weights are final; a later change to `weight` is not seen by steps."""
-    for linear in _blocks(model, Linear):
-        weight = linear.weight.data()  # (N, K)
-        kernel = weight.reshape((weight.shape[0], weight.shape[1], 1)).copy()
-        linear.step_weight.cast(weight.dtype)
-        linear.step_weight._load_init(kernel, weight.context)
-
-
-def _blocks(model, kind):
-    blocks, found = [model], []
-    while blocks:
-        block = blocks.pop()
-        blocks.extend(block._children.values())
-        if isinstance(block, kind):
-            found.append(block)
-    return found
-
-
 class Lookup(nn.Embedding):
     """nn.Embedding whose table may be held in bfloat16; rows come back as float32."""
 
@@ -133,6 +107,32 @@ def _round_to_bfloat16(param):
     rounded = nd.amp_cast(param.data(), dtype=BFLOAT16)
     param.cast(BFLOAT16)
     param.set_data(rounded)
+
+
+def _value(F, param):
+    """A parameter inside a graph being traced (its symbol) or run eagerly (its array): for
+    calling a block's parameters from a method other than hybrid_forward."""
+    return param.var() if F is symbol else param.data()
+
+
+def fill_step_weights(model):
+    """Copy every Linear's weight into its step kernel (as stored: bfloat16 stays bfloat16).
+    Call after the weights are final; a later change to `weight` is not seen by steps."""
+    for linear in _blocks(model, Linear):
+        weight = linear.weight.data()  # (N, K)
+        kernel = weight.reshape((weight.shape[0], weight.shape[1], 1)).copy()
+        linear.step_weight.cast(weight.dtype)
+        linear.step_weight._load_init(kernel, weight.context)
+
+
+def _blocks(model, kind):
+    blocks, found = [model], []
+    while blocks:
+        block = blocks.pop()
+        blocks.extend(block._children.values())
+        if isinstance(block, kind):
+            found.append(block)
+    return found
 
 
 class SelfAttention(gluon.HybridBlock):
