@@ -29,39 +29,39 @@ def bf16_model(model_dir):
     return load_model(model_dir, device="cpu", dtype="bfloat16")
 
 
-def test_one_linear_is_exactly_a_bfloat16_product():
-    """Independent check of the kernel path: bfloat16 input, weights and bias, float32
-    accumulation, bfloat16 result, handed back as float32."""
-    rng = np.random.RandomState(0)
-    x, w, b = rng.randn(5, 64), rng.randn(48, 64) * 0.1, rng.randn(48) * 0.1
-    layer = Linear(48, in_units=64)
-    layer.initialize()
-    layer.weight.set_data(mx.nd.array(w))
-    layer.bias.set_data(mx.nd.array(b))
-    store_weights_in_bfloat16(layer)
-    out = layer(mx.nd.array(x))
-    assert out.dtype == np.float32
-    assert np.array_equal(out.asnumpy(), bfloat16_dense(x.astype(np.float32), w.astype(np.float32),
-                                                        b.astype(np.float32)))
-
-
-def test_one_linear_step_is_the_same_bfloat16_product():
-    """Decode steps run the product as a 1x1 convolution over the step kernel: same rounding."""
+def bfloat16_linear(rows, seed):
+    """A Linear (64 -> 48) with bfloat16 weights and its step kernels, an input of `rows` rows,
+    and the emulated bfloat16 product the layer must return."""
     from kogpt2_serving.model import fill_step_weights
 
-    rng = np.random.RandomState(1)
-    x, w, b = rng.randn(3, 64), rng.randn(48, 64) * 0.1, rng.randn(48) * 0.1
+    rng = np.random.RandomState(seed)
+    x, w, b = rng.randn(rows, 64), rng.randn(48, 64) * 0.1, rng.randn(48) * 0.1
     layer = Linear(48, in_units=64)
     layer.initialize()
     layer.weight.set_data(mx.nd.array(w))
     layer.bias.set_data(mx.nd.array(b))
     store_weights_in_bfloat16(layer)
     fill_step_weights(layer)
-    assert layer.step_weight.data().dtype == BFLOAT16
-    out = layer.step(mx.nd, mx.nd.array(x), rows=3)
+    expected = bfloat16_dense(x.astype(np.float32), w.astype(np.float32), b.astype(np.float32))
+    return layer, mx.nd.array(x), expected
+
+
+def test_one_linear_is_exactly_a_bfloat16_product():
+    """Independent check of the kernel path: bfloat16 input, weights and bias, float32
+    accumulation, bfloat16 result, handed back as float32."""
+    layer, x, expected = bfloat16_linear(rows=5, seed=0)
+    out = layer(x)
     assert out.dtype == np.float32
-    assert np.array_equal(out.asnumpy(), bfloat16_dense(x.astype(np.float32), w.astype(np.float32),
-                                                        b.astype(np.float32)))
+    assert np.array_equal(out.asnumpy(), expected)
+
+
+def test_one_linear_step_is_the_same_bfloat16_product():
+    """Decode steps run the product as a 1x1 convolution over the step kernel: same rounding."""
+    layer, x, expected = bfloat16_linear(rows=3, seed=1)
+    assert layer.step_weight.data().dtype == BFLOAT16
+    out = layer.step(mx.nd, x, rows=3)
+    assert out.dtype == np.float32
+    assert np.array_equal(out.asnumpy(), expected)
 
 
 def test_weights_are_stored_in_bfloat16_and_layer_norms_in_float32(bf16_model):
