@@ -120,9 +120,9 @@ def fill_step_weights(model):
     Call after the weights are final; a later change to `weight` is not seen by steps."""
     for linear in _blocks(model, Linear):
         weight = linear.weight.data()  # (N, K)
-        kernel = weight.reshape((weight.shape[0], weight.shape[1], 1)).copy()
         linear.step_weight.cast(weight.dtype)
-        linear.step_weight._load_init(kernel, weight.context)
+        # _load_init copies the (N, K, 1) view into the kernel's own array.
+        linear.step_weight._load_init(weight.reshape((weight.shape[0], weight.shape[1], 1)), weight.context)
 
 
 def _blocks(model, kind):
