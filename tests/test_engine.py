@@ -145,12 +145,10 @@ def test_step_kernels_are_copies_of_the_weights_and_not_saved(tiny_model, tmp_pa
     import mxnet as mx
 
     from kogpt2_serving.checkpoint import save_params
-    from kogpt2_serving.model import Linear
 
     model = tiny_model.engine.model
-    linears = [b for b in model._children["_self_attention_layers"]._children["0"]._children.values()]
-    assert all(isinstance(b, Linear) for b in linears) and linears
-    for linear in linears + [model._logits_proj]:
+    attention, ffn = model._self_attention_layers[0], model._ffn_layers[0]
+    for linear in (attention._multi_head_qkv_proj, attention._out_proj, ffn._hidden_map, model._logits_proj):
         weight, kernel = linear.weight.data().asnumpy(), linear.step_weight.data().asnumpy()
         assert kernel.shape == weight.shape + (1,) and np.array_equal(kernel[:, :, 0], weight)
     save_params(model, str(tmp_path / "saved.params"))
