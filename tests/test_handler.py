@@ -8,8 +8,9 @@ import textwrap
 import pytest
 
 from kogpt2_serving import codec, handler, handler_functions, mxnet_entry
-from kogpt2_serving.errors import (BadRequest, InvalidParameter, PromptTooLong, UnsupportedAccept,
-                                   UnsupportedContentType)
+from kogpt2_serving.errors import (BadRequest, InvalidParameter, PromptTooLong, RequestTooCostly, ServingError,
+                                   UnsupportedAccept, UnsupportedContentType)
+from kogpt2_serving.settings import RequestLimits, SettingError, request_limits
 from kogpt2_serving.handler_service import HandlerService
 from kogpt2_serving.params import GenerationParameters
 
@@ -99,8 +100,11 @@ def test_jsonlines_skips_blank_lines_and_keeps_order():
      "inputs must be a string or a non-empty list of strings, got an empty list"),
     (b'{"parameters": {}}', "application/json", InvalidParameter,
      'the request object needs "inputs": a string or a list of strings'),
-    (b'{"inputs": "a", "stream": true}', "application/json", BadRequest,
-     "unknown field 'stream' in the request object; allowed: inputs, parameters"),
+    (b'{"inputs": "a", "details": true}', "application/json", BadRequest,
+     "unknown field 'details' in the request object; allowed: inputs, parameters, stream"),
+    (b'{"inputs": "a", "stream": true}', "application/json", InvalidParameter,
+     'streaming is not supported by this server (Multi Model Server answers each request in one response): '
+     'send "stream": false or leave it out'),
     (b'{"inputs": ["a", " "]}', "application/json", InvalidParameter,
      "inputs[1] must be a non-empty prompt, got ' '"),
     (b'""', "application/json", InvalidParameter, "the JSON string must be a non-empty prompt, got ''"),
@@ -336,3 +340,88 @@ def test_mxnet_entry_errors_with_and_without_a_context(model):
         mxnet_entry.transform_fn(model, '"a"', "application/json", "image/png")
     assert (e.value.status_code, e.value.phrase) == (406, "Not Acceptable")
     assert json.loads(e.value.message)["error_type"] == "unsupported_accept"
+
+
+# --- the per-request budget -------------------------------------------------------------------
+
+def _hf(inputs, **parameters):
+    return json.dumps({"inputs": inputs, "parameters": parameters})
+
+
+@pytest.mark.parametrize("body, rows, tokens", [
+    (_hf(["a"] * 4, max_new_tokens=16), 4, 64),  # one row per prompt
+    (_hf(["a"] * 2, do_sample=True, num_return_sequences=3, max_new_tokens=10), 6, 60),
+    (_hf("a", num_beams=4, num_return_sequences=2, max_new_tokens=8), 4, 32),  # beams decode num_beams rows
+])
+def test_the_budget_counts_decode_rows_and_new_tokens(body, rows, tokens):
+    at_limit = RequestLimits(max_rows=rows, max_new_tokens=tokens)
+    codec.decode_payload(body, "application/json", at_limit)  # exactly at the limits: accepted
+    for over in (at_limit._replace(max_rows=rows - 1), at_limit._replace(max_new_tokens=tokens - 1)):
+        with pytest.raises(RequestTooCostly) as e:
+            codec.decode_payload(body, "application/json", over)
+        assert (e.value.status, e.value.kind) == (400, "request_too_large")
+        assert e.value.message.startswith("this request needs {} decode rows and {} new tokens".format(rows, tokens))
+        assert "allows at most {} rows and {} new tokens per request".format(*over) in e.value.message
+
+
+def test_the_budget_sums_jsonlines_lines_and_comes_from_the_environment(monkeypatch):
+    body = '"a"\n{}\n'.format(_hf(["b", "c"], max_new_tokens=100))  # 64 + 2 x 100 tokens, 3 rows
+    assert len(codec.decode_payload(body, "application/jsonlines").prompts) == 3  # defaults: 64 rows, 4096
+    monkeypatch.setenv("KOGPT2_MAX_REQUEST_TOKENS", "263")
+    with pytest.raises(RequestTooCostly, match="needs 3 decode rows and 264 new tokens over 3 prompt"):
+        codec.decode_payload(body, "application/jsonlines")
+    monkeypatch.setenv("KOGPT2_MAX_REQUEST_TOKENS", "264")
+    monkeypatch.setenv("KOGPT2_MAX_REQUEST_ROWS", "2")
+    with pytest.raises(RequestTooCostly, match="allows at most 2 rows and 264 new tokens"):
+        codec.decode_payload(body, "application/jsonlines")
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many", "1.5"])
+def test_a_bad_budget_setting_names_the_variable(value):
+    with pytest.raises(SettingError) as e:
+        request_limits({"KOGPT2_MAX_REQUEST_ROWS": value})
+    assert e.value.message == "KOGPT2_MAX_REQUEST_ROWS must be a positive integer, got {!r}".format(value)
+    assert request_limits({}) == RequestLimits(64, 4096)
+
+
+def test_serve_refuses_a_bad_budget_setting_before_starting(tiny_model_dir, monkeypatch, capsys):
+    from kogpt2_serving.cli import main
+
+    monkeypatch.setenv("KOGPT2_MAX_REQUEST_TOKENS", "lots")
+    assert main(["serve", "--model-dir", tiny_model_dir]) == 1
+    assert "error: KOGPT2_MAX_REQUEST_TOKENS must be a positive integer, got 'lots'" in capsys.readouterr().err
+
+
+# --- edges of the body: nesting, surrogates, charsets -------------------------------------------
+
+@pytest.mark.parametrize("depth, ok", [(16, True), (17, False), (100000, False)])
+def test_json_nesting_is_bounded_without_exhausting_the_stack(depth, ok):
+    body = '{"inputs": "a", "parameters": {"stop": ' + "[" * (depth - 2) + "]" * (depth - 2) + "}}"
+    with pytest.raises(ServingError) as e:
+        codec.decode_payload(body, "application/json")
+    if ok:  # 16 levels parse; the parameter check then refuses the nested list itself
+        assert (type(e.value), e.value.message[:31]) == (InvalidParameter, "stop must be a string or a list")
+    else:
+        assert (type(e.value), e.value.message) == (
+            BadRequest, "body nests JSON arrays or objects deeper than 16 levels (a request needs 3)")
+
+
+@pytest.mark.parametrize("charset", ["euc-kr", "cp949", "utf-16", "UTF-8", "latin-1", "utf-7"])
+def test_text_charsets_decode(charset):
+    text = "한글 abc" if charset not in ("latin-1",) else "abc"
+    payload = codec.decode_payload(('"{}"'.format(text)).encode(charset), "application/json; charset=" + charset)
+    assert payload.prompts[0].text == text
+
+
+@pytest.mark.parametrize("charset", ["rot13", "rot_13", "base64", "hex", "zip", "bz2", "uu", "quopri", "punycode",
+                                     "idna", "unicode_escape", "raw_unicode_escape", "undefined"])
+def test_codecs_that_are_not_text_charsets_get_415(charset):
+    with pytest.raises(UnsupportedContentType) as e:
+        codec.decode_payload(b'"a"', "application/json; charset=" + charset)
+    assert e.value.message == "charset {!r} is not a text encoding; send UTF-8".format(charset)
+
+
+def test_error_bodies_survive_a_lone_surrogate_in_the_message():
+    error = ServingError("bad \ud800 value")
+    assert json.loads(codec.error_body(error).decode("ascii")) == {"error": "bad \ud800 value",
+                                                                   "error_type": "internal_error"}

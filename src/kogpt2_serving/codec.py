@@ -26,8 +26,10 @@ import codecs
 import json
 from typing import List, NamedTuple, Tuple
 
-from .errors import BadRequest, InvalidParameter, ServingError, UnsupportedAccept, UnsupportedContentType
-from .params import GenerationParameters, parse_parameters
+from .errors import (BadRequest, InvalidParameter, RequestTooCostly, ServingError, UnsupportedAccept,
+                     UnsupportedContentType)
+from .params import GenerationParameters, check_text, parse_parameters
+from .settings import request_limits
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -37,7 +39,12 @@ ANY = "*/*"
 SDK, HF, PLAIN = "sdk", "hf", "text"  # request shapes (see the module docstring)
 
 MAX_PROMPTS = 64  # prompts per HTTP request, all inputs and jsonlines lines together
-REQUEST_KEYS = ("inputs", "parameters")
+MAX_JSON_DEPTH = 16  # a valid request nests 3 deep ({"parameters": {"stop": [...]}})
+REQUEST_KEYS = ("inputs", "parameters", "stream")
+# Codecs Python can look up that are not charsets of a text body: str-to-str or bytes-to-bytes
+# transforms (rot13, base64, zip, ...) fail codecs' text-encoding flag; these pass it but
+# encode host names or Python literals, not documents.
+NOT_CHARSETS = ("punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined")
 
 
 class Prompt(NamedTuple):
@@ -141,8 +148,9 @@ def check_accept(payload, accept, default=JSON):
 
 # --- request bodies --------------------------------------------------------------------------
 
-def decode_payload(body, content_type):
-    """A request body (str or bytes) and its Content-Type -> Payload, or a 4xx error."""
+def decode_payload(body, content_type, limits=None):
+    """A request body (str or bytes) and its Content-Type -> Payload, or a 4xx error.
+    `limits`: a settings.RequestLimits (default: from the environment)."""
     media, charset = request_media_type(content_type)
     text = body_text(body, charset)
     payload = DECODERS[media](text)
@@ -150,7 +158,24 @@ def decode_payload(body, content_type):
     if count > MAX_PROMPTS:
         raise BadRequest("a request holds at most {} prompts (inputs and jsonlines lines together), got {}"
                          .format(MAX_PROMPTS, count))
+    check_budget(payload, limits or request_limits())
     return payload
+
+
+def check_budget(payload, limits):
+    """Refuse (400) a request whose decoding would cost more than the per-request budget."""
+    rows = sum(_rows(prompt.params) for prompt in payload.prompts)
+    tokens = sum(_rows(prompt.params) * prompt.params.max_new_tokens for prompt in payload.prompts)
+    if rows > limits.max_rows or tokens > limits.max_new_tokens:
+        raise RequestTooCostly(
+            "this request needs {} decode rows and {} new tokens over {} prompt(s) (a prompt decodes num_beams "
+            "rows with beam search, else num_return_sequences rows, each up to max_new_tokens); this server allows "
+            "at most {} rows and {} new tokens per request: send fewer prompts or sequences, or a smaller "
+            "max_new_tokens".format(rows, tokens, len(payload.prompts), limits.max_rows, limits.max_new_tokens))
+
+
+def _rows(params):
+    return params.num_beams if params.uses_beams else params.num_return_sequences
 
 
 def body_text(body, charset=None):
@@ -159,19 +184,27 @@ def body_text(body, charset=None):
         body = b""
     if isinstance(body, str):
         return body
-    name = (charset or "utf-8").lower()
-    try:
-        name = codecs.lookup(name).name
-    except LookupError:
-        raise UnsupportedContentType("unsupported charset {!r}; send UTF-8".format(_ascii(charset)))
-    if name == "utf-8":
-        name = "utf-8-sig"
+    name = _charset(charset)
     try:
         return bytes(body).decode(name)
     except UnicodeDecodeError as e:
         bad = bytes(body)[e.start:e.start + 1]
         raise BadRequest("body is not valid {}: {} (byte 0x{} at offset {})".format(
             name.replace("-sig", ""), e.reason, bad.hex(), e.start))
+    except (UnicodeError, ValueError) as e:  # a codec's own error type
+        raise BadRequest("body is not valid {}: {}".format(name, _ascii(e)))
+
+
+def _charset(charset):
+    """The codec for a charset parameter (UTF-8 by default, a BOM tolerated); 415 for a name
+    Python does not know or a codec that does not turn bytes into text."""
+    try:
+        info = codecs.lookup((charset or "utf-8").strip().lower())
+    except LookupError:
+        raise UnsupportedContentType("unsupported charset {!r}; send UTF-8".format(_ascii(charset)))
+    if not getattr(info, "_is_text_encoding", True) or info.name in NOT_CHARSETS:
+        raise UnsupportedContentType("charset {!r} is not a text encoding; send UTF-8".format(_ascii(charset)))
+    return "utf-8-sig" if info.name == "utf-8" else info.name
 
 
 def _from_json(text):
@@ -213,7 +246,8 @@ def _hf_request(value):
     unknown = sorted(set(value) - set(REQUEST_KEYS))
     if unknown:
         raise BadRequest("unknown field {!r} in the request object; allowed: {}".format(
-            unknown[0], ", ".join(REQUEST_KEYS)))
+            _ascii(unknown[0]), ", ".join(REQUEST_KEYS)))
+    _check_stream(value.get("stream", False))
     if "inputs" not in value:
         raise InvalidParameter("inputs", 'the request object needs "inputs": a string or a list of strings')
     inputs = value["inputs"]
@@ -232,17 +266,48 @@ def _hf_request(value):
     return Request(HF, tuple(Prompt(text, params) for text in texts))
 
 
+def _check_stream(stream):
+    """TGI clients send "stream": false; streaming itself needs a frontend that can stream."""
+    if not isinstance(stream, bool):
+        raise InvalidParameter("stream", "stream must be true or false, got {}".format(_json_type(stream)))
+    if stream:
+        raise InvalidParameter("stream", 'streaming is not supported by this server (Multi Model Server answers '
+                                         'each request in one response): send "stream": false or leave it out')
+
+
 def _check_prompt(text, name):
+    check_text(text, name, "inputs")
     if not text.strip():
         raise InvalidParameter("inputs", "{} must be a non-empty prompt, got {!r}".format(name, text[:20]))
 
 
 def _parse_json(text, where):
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except ValueError as e:  # json.JSONDecodeError, or a constant we refuse
         detail = "{} at line {} column {}".format(e.msg, e.lineno, e.colno) if hasattr(e, "msg") else str(e)
         raise BadRequest("{} is not valid JSON: {}".format(where, detail))
+    except RecursionError:  # the parser recurses once per nesting level
+        raise _too_deep(where)
+    if _depth_exceeds(value, MAX_JSON_DEPTH):  # or later code (repr in a message) could exhaust the stack
+        raise _too_deep(where)
+    return value
+
+
+def _depth_exceeds(value, limit):
+    """Whether arrays/objects nest deeper than `limit` (iterative: no recursion to exhaust)."""
+    level = [value] if isinstance(value, (list, dict)) else []  # the containers at depth 1, 2, ...
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, (list, dict))]
+    return bool(level)
+
+
+def _too_deep(where):
+    return BadRequest("{} nests JSON arrays or objects deeper than {} levels (a request needs 3)".format(
+        where, MAX_JSON_DEPTH))
 
 
 def _reject_constant(name):
@@ -323,7 +388,10 @@ def error_body(error):
 
 
 def _dumps(value):
-    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (e.g. echoed in a message): \u-escape it instead
+        return json.dumps(value).encode("ascii")
 
 
 def _one_text_message(count):
@@ -355,10 +423,3 @@ ENCODERS = {JSON: _as_json, TEXT: _as_text, JSONLINES: _as_jsonlines}
 RENDERERS = {SDK: _sdk_value, HF: _hf_value, PLAIN: _hf_value}
 ALIASES = {"application/x-jsonlines": JSONLINES, "application/jsonl": JSONLINES, "application/x-ndjson": JSONLINES}
 WILDCARDS = {"application/*": JSON, "text/*": TEXT}
-
-
-def describe(payload):
-    """A short log line for a payload (no prompt text)."""
-    return "{} request(s), {} prompt(s), {} output(s){}".format(
-        len(payload.requests), len(payload.prompts), payload.outputs, " (jsonlines)" if payload.lines else "")
-

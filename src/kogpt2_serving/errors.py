@@ -33,6 +33,12 @@ class InvalidParameter(BadRequest):
         self.parameter = name
 
 
+class RequestTooCostly(BadRequest):
+    """The request's rows or new tokens exceed the per-request budget (settings.RequestLimits)."""
+
+    kind = "request_too_large"
+
+
 class PromptTooLong(ServingError):
     status = 413
     kind = "prompt_too_long"
@@ -52,3 +58,22 @@ class ModelLoadError(ServingError):
     """The model directory, checkpoint, tokenizer or config cannot be used."""
 
     kind = "model_error"
+
+
+def cause_of(error):
+    """The line of an exception's text that says what went wrong, for a one-line message.
+
+    MXNet 1.9 puts a C++ traceback first and the cause last (``MXNetError: Check failed:
+    ...``); MXNet 1.6 puts the cause first and ``Stack trace:`` after it; most others have one
+    line.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("MXNetError:"):
+            return line[len("MXNetError:"):].strip()
+    for line in lines:
+        if line.startswith("Stack trace"):
+            break
+        if not line.startswith(("Traceback (most recent call last)", "File ")):
+            return line
+    return type(error).__name__

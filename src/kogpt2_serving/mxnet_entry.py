@@ -23,7 +23,7 @@ from http.client import responses
 
 from . import codec
 from .errors import ServingError
-from .handler import input_fn, model_fn, output_fn, predict_fn
+from .handler import default_accept, input_fn, model_fn, output_fn, predict_fn
 
 __all__ = ["model_fn", "transform_fn"]
 
@@ -32,7 +32,7 @@ def transform_fn(model, request_body, content_type, accept, context=None):
     """Body -> (response body, content type): input_fn, predict_fn and output_fn in one."""
     try:
         payload = input_fn(request_body, content_type)
-        codec.check_accept(payload, accept)
+        codec.check_accept(payload, accept, default_accept())  # as output_fn will choose
         return output_fn(predict_fn(payload, model), accept)
     except ServingError as e:
         if context is None:

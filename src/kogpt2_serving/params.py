@@ -157,7 +157,19 @@ def _stop_list(value):
         raise InvalidParameter("stop", "stop must be a string or a list of strings, got {}".format(_show(value)))
     if any(s == "" for s in value):
         raise InvalidParameter("stop", "stop strings must not be empty")
+    for i, text in enumerate(value):
+        check_text(text, "stop[{}]".format(i), "stop")
     return tuple(value)
+
+
+def check_text(text, name, parameter):
+    """400 for a string that is not Unicode text: JSON's \\uD800 escapes can give a lone
+    surrogate, which no tokenizer or UTF-8 encoder takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidParameter(parameter, "{} is not valid Unicode text: a lone surrogate {} at character {}".format(
+            name, text[e.start].encode("unicode-escape").decode("ascii"), e.start))
 
 
 def _range(name, value, lo, hi, hi_name=None):

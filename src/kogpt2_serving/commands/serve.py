@@ -13,6 +13,7 @@ from ..errors import ServingError
 from ..handler import DTYPE_ENV
 from ..model_dir import resolve_model_dir
 from ..server import MAX_PORT, ServerConfig, in_sagemaker_container, serve
+from ..settings import request_limits
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def config_from_args(args):
         raise ServingError(str(e))
     if config.max_batch_delay < 0:
         raise ServingError("--max-batch-delay must be >= 0 ms, got {}".format(config.max_batch_delay))
+    limits = request_limits()  # the workers read them per request: refuse a bad value now
+    log.info("per-request budget: %d decode rows, %d new tokens", limits.max_rows, limits.max_new_tokens)
     return config
 
 

@@ -1,0 +1,49 @@
+"""Request limits from the environment: one place for their names, defaults and checks.
+
+One HTTP request may carry up to 64 prompts, each with up to 16 returned sequences (or beams)
+and up to 1024 new tokens: without a budget a single request could hold a worker for minutes.
+The budget counts what decoding really costs: rows (a prompt decodes ``num_beams`` rows with
+beam search, else ``num_return_sequences``) and new tokens (rows x ``max_new_tokens``), summed
+over every prompt of the request (all inputs and jsonlines lines together).
+
+Defaults: 64 rows and 4096 new tokens per request. At KoGPT2 size on 2 CPU cores that is at
+most about half a minute of decoding, inside SageMaker's 60 s per request (see
+docs/serving.md, "Limits"); raise them on faster instances.
+"""
+import os
+from typing import Mapping, NamedTuple, Optional
+
+from .errors import ServingError
+
+MAX_REQUEST_ROWS_ENV = "KOGPT2_MAX_REQUEST_ROWS"
+MAX_REQUEST_TOKENS_ENV = "KOGPT2_MAX_REQUEST_TOKENS"
+
+
+class SettingError(ServingError):
+    """An environment variable holds a value this package cannot use (a start-up error)."""
+
+    kind = "setting_error"
+
+
+class RequestLimits(NamedTuple):
+    max_rows: int = 64  # decode rows per request
+    max_new_tokens: int = 4096  # rows x max_new_tokens, summed over the request
+
+
+def request_limits(environ: Optional[Mapping[str, str]] = None) -> RequestLimits:
+    """The limits set in the environment (or `environ`), each a positive integer."""
+    env = os.environ if environ is None else environ
+    defaults = RequestLimits()
+    return RequestLimits(
+        max_rows=_positive_int(env, MAX_REQUEST_ROWS_ENV, defaults.max_rows),
+        max_new_tokens=_positive_int(env, MAX_REQUEST_TOKENS_ENV, defaults.max_new_tokens),
+    )
+
+
+def _positive_int(env, name, default):
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise SettingError("{} must be a positive integer, got {!r}".format(name, value[:40]))
+    return int(value)
