@@ -28,10 +28,12 @@ import sys
 import tempfile
 import time
 
+from kogpt2_serving import local_http
 from kogpt2_serving.server import free_port  # noqa: F401  (tests import it from here)
 
 READY = re.compile(r"serving .* at (http://\S+) \(POST (\S+),")
 MMS_GROUP = re.compile(r"Multi Model Server starting \(pid (\d+)\)")
+MANAGEMENT = re.compile(r"\(management API: (\S+)\)")
 
 
 class ServeProcess:
@@ -45,7 +47,8 @@ class ServeProcess:
         self.work_dir = None
         self.proc = None
         self.mms_group = None
-        self.inference_path = "/invocations"  # from the readiness line (/predictions/model when batching)
+        self.inference_path = "/invocations"  # from the readiness line
+        self.management_socket = None  # MMS's management API: a unix socket, from the log
         self.returncode = None
 
     # --- life cycle --------------------------------------------------------------------------
@@ -79,6 +82,8 @@ class ServeProcess:
             text = self.log_text(cli_only=True)
             if self.mms_group is None and MMS_GROUP.search(text):
                 self.mms_group = int(MMS_GROUP.search(text).group(1))
+            if self.management_socket is None and MANAGEMENT.search(text):
+                self.management_socket = MANAGEMENT.search(text).group(1)
             if READY.search(text):
                 self.inference_path = READY.search(text).group(2)
                 return
@@ -152,11 +157,20 @@ class ServeProcess:
         status, _, _, body = self.post(json.dumps(value, ensure_ascii=False), "application/json", accept)
         return status, json.loads(body.decode("utf-8"))
 
+    def management(self, method, path):
+        """MMS's management API, on its unix socket -> (status, body)."""
+        return local_http.request(local_http.UNIX + self.management_socket, method, path)
+
+    def described_model(self):
+        """The management API's description of the model (batch size, workers, ...)."""
+        status, body = self.management("GET", "/models/model")
+        assert status == 200, (status, body)
+        described = json.loads(body.decode("utf-8"))
+        return described[0] if isinstance(described, list) else described
+
     def workers(self):
         """(id, start time, status) of each MMS worker: a restarted worker gets a new id/start time."""
-        _, _, _, body = self.request("GET", "/models/model")
-        described = json.loads(body.decode("utf-8"))
-        described = described[0] if isinstance(described, list) else described
+        described = self.described_model()
         return sorted((w.get("id"), w.get("startTime"), w.get("status")) for w in described.get("workers", []))
 
     # --- logs --------------------------------------------------------------------------------

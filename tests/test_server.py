@@ -4,6 +4,7 @@ process behind (checked when the fixture ends)."""
 import http.client
 import json
 import re
+import socket
 import threading
 
 import pytest
@@ -117,8 +118,33 @@ BAD = [  # (name, body, content type, accept, status, error_type, text in the me
     ("inputs not a string", b'{"inputs": {"a": 1}}', "application/json", None, 400, "invalid_parameter",
      "inputs must be a string or a non-empty list of strings, got an object"),
     ("missing inputs", b'{"parameters": {}}', "application/json", None, 400, "invalid_parameter", '"inputs"'),
-    ("unknown field", b'{"inputs": "a", "stream": true}', "application/json", None, 400, "bad_request",
-     "unknown field 'stream'"),
+    ("unknown field", b'{"inputs": "a", "options": {}}', "application/json", None, 400, "bad_request",
+     "unknown field 'options'"),
+    ("stream true", b'{"inputs": "a", "stream": true}', "application/json", None, 400, "invalid_parameter",
+     'streaming is not supported by this server'),
+    ("stream not a boolean", b'{"inputs": "a", "stream": "yes"}', "application/json", None, 400,
+     "invalid_parameter", "stream must be true or false, got a string"),
+    ("10,000-deep arrays", b"[" * 10000 + b"]" * 10000, "application/json", None, 400, "bad_request",
+     "body nests JSON arrays or objects deeper than 16 levels"),
+    ("10,000-deep objects", b'{"a":' * 10000 + b"1" + b"}" * 10000, "application/json", None, 400, "bad_request",
+     "body nests JSON arrays or objects deeper than 16 levels"),
+    ("deep jsonlines line", b'"a"\n' + b"[" * 5000 + b"]" * 5000, "application/jsonlines", None, 400, "bad_request",
+     "line 2 nests JSON arrays or objects deeper than 16 levels"),
+    ("lone surrogate in the prompt", b'{"inputs": "abc\\ud800"}', "application/json", None, 400, "invalid_parameter",
+     "inputs is not valid Unicode text: a lone surrogate \\ud800 at character 3"),
+    ("lone surrogate in a stop string", b'{"inputs": "a", "parameters": {"stop": ["\\udc00"]}}', "application/json",
+     None, 400, "invalid_parameter", "stop[0] is not valid Unicode text: a lone surrogate \\udc00"),
+    ("charset rot13", b'"a"', "application/json; charset=rot13", None, 415, "unsupported_content_type",
+     "charset 'rot13' is not a text encoding"),
+    ("charset base64", b'"a"', "application/json; charset=base64", None, 415, "unsupported_content_type",
+     "charset 'base64' is not a text encoding"),
+    ("charset zip", b'"a"', "text/plain; charset=zip", None, 415, "unsupported_content_type",
+     "charset 'zip' is not a text encoding"),
+    ("charset punycode", b'"a"', "application/json; charset=punycode", None, 415, "unsupported_content_type",
+     "charset 'punycode' is not a text encoding"),
+    ("over the request budget", json.dumps({"inputs": ["a"] * 64, "parameters": {
+        "do_sample": True, "num_return_sequences": 16, "max_new_tokens": 32}}).encode(), "application/json", None,
+     400, "request_too_large", "needs 1024 decode rows and 32768 new tokens over 64 prompt(s)"),
     ("unknown parameter", b'{"inputs": "a", "parameters": {"max_tokens": 5}}', "application/json", None, 400,
      "invalid_parameter", "unknown parameter 'max_tokens'"),
     ("parameters not an object", b'{"inputs": "a", "parameters": [1]}', "application/json", None, 400,
@@ -174,10 +200,139 @@ def test_bad_input_gets_its_status_and_a_json_error_and_the_worker_survives(
     assert json.loads(ok_body.decode("utf-8"))[0]["generated_text"].startswith("좋은 요청")
 
 
-def test_a_body_over_the_mms_limit_is_refused_by_mms_and_the_server_keeps_serving(server):
-    status, _, _, _ = server.post(b'"' + b"a" * 7_000_000 + b'"', "application/json")
-    assert status == 413  # MMS's own limit (6.25 MiB by default): its answer, not our JSON
+def test_a_body_over_the_payload_limit_is_refused_before_it_is_read(server):
+    status, _, headers, body = server.post(b'"' + b"a" * 7_000_000 + b'"', "application/json")
+    assert (status, headers["content-type"], headers["connection"]) == (413, "application/json", "close")
+    assert json.loads(body.decode("utf-8")) == {
+        "error": "the request body has 7000002 bytes; this server takes at most 6553500 (SAGEMAKER_MAX_PAYLOAD_IN_MB)",
+        "error_type": "payload_too_large"}
     assert server.post(GOOD, "application/json")[0] == 200
+
+
+def test_stream_false_is_accepted_as_tgi_clients_send_it(server, generator):
+    status, answer = server.post_json({"inputs": "흐르는 강물", "stream": False, "parameters": {"max_new_tokens": 4}})
+    want = expected(generator, "흐르는 강물", max_new_tokens=4)[0].text
+    assert (status, answer) == (200, [{"generated_text": "흐르는 강물" + want}])
+
+
+@pytest.mark.parametrize("method, path, allow", [
+    ("GET", "/invocations", "POST"), ("PUT", "/invocations", "POST"), ("DELETE", "/invocations", "POST"),
+    ("PATCH", "/invocations", "POST"), ("POST", "/ping", "GET, HEAD"), ("DELETE", "/ping", "GET, HEAD"),
+])
+def test_other_methods_get_405_with_allow_and_nothing_is_generated(server, method, path, allow):
+    status, reason, headers, body = server.request(method, path, GOOD.encode("utf-8"),
+                                                   {"Content-Type": "application/json"})
+    assert (status, reason, headers["allow"], headers["content-type"]) == (
+        405, "Method Not Allowed", allow, "application/json")
+    assert json.loads(body.decode("utf-8")) == {
+        "error": "{} {} is not supported; use {}".format(method, path, allow), "error_type": "method_not_allowed"}
+
+
+def test_ping_answers_get_and_head(server):
+    assert server.request("GET", "/ping")[0] == 200
+    status, _, headers, body = server.request("HEAD", "/ping")
+    assert (status, body) == (200, b"") and int(headers["content-length"]) > 0
+
+
+EVIL_HANDLER = '''
+import os
+
+
+class Evil(object):
+    def initialize(self, context):
+        open(os.path.join(os.path.dirname(__file__), "ran"), "w").close()
+
+    def handle(self, data, context):
+        return ["evil"]
+'''
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/models?url={evil}&model_name=evil&handler=evil_service&initial_workers=1&synchronous=true"),
+    ("POST", "/models?url=http://127.0.0.1:1/evil.mar&model_name=evil"),
+    ("DELETE", "/models/model"),
+    ("PUT", "/models/model?min_worker=0&max_worker=0&synchronous=true"),
+    ("GET", "/models"),
+    ("GET", "/models/model"),
+    ("POST", "/predictions/model"),
+    ("POST", "/models/model/invoke"),
+    ("POST", "/model/predict"),
+    ("GET", "/api-description"),
+    ("OPTIONS", "/"),
+    ("OPTIONS", "/invocations"),
+])
+def test_management_and_other_mms_routes_are_not_served_and_the_model_stays(server, tmp_path, method, path):
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "evil_service.py").write_text(EVIL_HANDLER)
+    status, _, headers, body = server.request(method, path.format(evil=evil), b'"a"',
+                                              {"Content-Type": "application/json"})
+    error = json.loads(body.decode("utf-8"))
+    if path == "/invocations":
+        assert (status, headers["allow"], error["error_type"]) == (405, "POST", "method_not_allowed")
+    else:
+        route = path.split("?")[0]
+        assert (status, error) == (404, {"error": "no route {}; this server answers POST /invocations and GET /ping"
+                                         .format(route), "error_type": "not_found"})
+    assert not (evil / "ran").exists()
+    status, listed = server.management("GET", "/models")
+    assert status == 200 and [m["modelName"] for m in json.loads(listed.decode("utf-8"))["models"]] == ["model"]
+    assert server.post(GOOD, "application/json")[0] == 200
+
+
+def test_http_edges_chunked_bodies_expect_continue_keep_alive_and_malformed_requests(server, generator):
+    want = expected(generator, "가자", max_new_tokens=2)[0].text
+    body = json.dumps({"inputs": "가자", "parameters": {"max_new_tokens": 2}}, ensure_ascii=False).encode("utf-8")
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answers = raw_exchange(server.port, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n")
+    assert answers.startswith(b"HTTP/1.1 200 OK\r\n") and ("가자" + want).encode("utf-8") in answers
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:  # Expect: 100-continue
+        sock.sendall(head + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert read_until_body(sock).startswith(b"HTTP/1.1 200 OK\r\n")
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)  # keep-alive: one connection
+    for _ in range(3):
+        connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read().decode("utf-8"))) == (
+            200, [{"generated_text": "가자" + want}])
+    connection.close()
+    for raw, status in [(b"GARBAGE\r\n\r\n", 400), (b"POST /invocations HTTP/2.0\r\n\r\n", 505),
+                        (head + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400),
+                        (head + b"Content-Length: -1\r\n\r\n", 400),
+                        (head + b"Transfer-Encoding: gzip\r\n\r\n", 501),
+                        (b"GET /ping HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", 431)]:
+        answer = raw_exchange(server.port, raw)
+        assert answer.startswith("HTTP/1.1 {} ".format(status).encode("ascii")), (raw[:40], answer[:200])
+        assert b'"error_type": ' in answer
+    assert server.post(GOOD, "application/json")[0] == 200
+
+
+def raw_exchange(port, data):
+    """Send raw bytes, read until the server closes or answers once."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(data)
+        return read_until_body(sock)
+
+
+def read_until_body(sock):
+    """One HTTP answer (head + Content-Length body) from a socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def test_eight_concurrent_clients_get_what_each_request_gives_alone(server):

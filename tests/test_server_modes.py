@@ -2,8 +2,10 @@
 MMS batching, a user's inference.py overriding handler functions, a model that fails to
 load, and the refused port range."""
 import json
+import re
 import shutil
 import signal
+import time
 
 import pytest
 
@@ -22,10 +24,8 @@ def test_batching_registers_the_model_with_its_batch_size_and_serves_it(batching
     # several batched requests reaches it in pieces (see docs/serving.md), so concurrent
     # batches are exercised in-process (test_handler) and measured by benchmarks/server_load.py.
     server = batching_server
-    _, _, _, described = server.request("GET", "/models/model")
-    described = json.loads(described.decode("utf-8"))
-    described = described[0] if isinstance(described, list) else described
-    assert (described["batchSize"], described["maxBatchDelay"], server.inference_path) == (4, 20, "/predictions/model")
+    described = server.described_model()
+    assert (described["batchSize"], described["maxBatchDelay"], server.inference_path) == (4, 20, "/invocations")
     params = {"max_new_tokens": 5, "do_sample": True, "seed": 21}
     status, answer = server.post_json({"inputs": "배치 요청", "parameters": params})
     want = generator.generate(["배치 요청"], generator_params(**params))[0][0].text
@@ -35,12 +35,14 @@ def test_batching_registers_the_model_with_its_batch_size_and_serves_it(batching
     assert "experimental" in server.log_text(cli_only=True)
 
 
-def test_plain_invocations_is_not_routed_to_a_batched_model_by_mms(batching_server):
-    status, _, _, body = batching_server.request("POST", "/invocations", b'"a"', {"Content-Type": "application/json"})
-    assert status == 400 and b"model_name is required" in body  # documented MMS 1.1 limitation
-    status, _, _, body = batching_server.request("POST", "/invocations?model_name=model", b'"a"',
-                                                 {"Content-Type": "application/json"})
-    assert status == 200 and json.loads(body.decode("utf-8"))[0].startswith("a")
+def test_the_gateway_routes_plain_invocations_to_the_batched_model(batching_server):
+    # MMS 1.1 itself answers plain /invocations 400 "model_name is required" for a model registered
+    # with a batch size; the gateway forwards it to MMS's /predictions/model instead.
+    for path in ("/invocations", "/invocations?model_name=other"):  # a query string is not passed on
+        status, _, _, body = batching_server.request("POST", path, b'"a"', {"Content-Type": "application/json"})
+        assert status == 200 and json.loads(body.decode("utf-8"))[0].startswith("a"), body
+    status, _, _, _ = batching_server.request("POST", "/predictions/model", b'"a"', {"Content-Type": "application/json"})
+    assert status == 404
 
 
 USER_CODE = '''
@@ -103,7 +105,9 @@ def test_a_model_that_fails_to_load_ends_start_up_with_an_error(tiny_model_dir, 
             pass
     message = str(e.value)
     assert "serve exited with 1 before it was ready" in message
-    assert "error: the model failed to load in the worker" in message
+    cause = re.search(r"error: the model failed to load in the worker: (.*?)(; last lines of|$)", message).group(1)
+    assert cause.startswith("cannot read checkpoint {}".format(next(model_dir.glob("*.params"))))
+    assert cause.endswith("Invalid NDArray file format") and "Traceback" not in cause  # the cause, not a header
     assert server.proc is None  # stopped; stop() checked that nothing was left running
 
 
@@ -147,3 +151,48 @@ def test_dtype_bfloat16_reaches_the_workers(tiny_model_dir):
 def test_unknown_dtype_is_refused_before_starting(tiny_model_dir, capsys):
     assert main(["serve", "--model-dir", tiny_model_dir, "--dtype", "int8"]) == 1
     assert "--dtype must be one of float32, float16, bfloat16, got 'int8'" in capsys.readouterr().err
+
+
+FAULTY_CODE = '''
+import os
+import time
+
+from kogpt2_serving.handler import input_fn as package_input_fn
+
+
+def input_fn(body, content_type):
+    text = body if isinstance(body, str) else bytes(body).decode("utf-8")
+    if "die now" in text:
+        os._exit(3)  # the worker process dies mid-request
+    if "take your time" in text:
+        time.sleep(30)  # longer than the response timeout below
+    return package_input_fn(body, content_type)
+'''
+
+
+def test_worker_death_and_timeout_answer_in_the_package_error_schema(tiny_model_dir, tmp_path):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, str(model_dir))
+    (model_dir / "code").mkdir()
+    (model_dir / "code" / "inference.py").write_text(FAULTY_CODE, encoding="utf-8")
+    with ServeProcess(str(model_dir), env={"SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": "3"}) as server:
+        for body in ('"die now"', '"take your time"'):
+            started = time.time()
+            status, reason, headers, raw = server.post(body, "application/json")
+            assert (status, headers["content-type"]) == (500, "application/json"), raw
+            assert json.loads(raw.decode("utf-8")) == {
+                "error": "the worker handling this request died or did not answer within the response timeout; "
+                         "it is being restarted, retry the request", "error_type": "worker_died"}
+            assert time.time() - started < 25  # the timeout (3 s) ended it, not the 30 s sleep
+            assert wait_for_ok(server), server.log_text()[-3000:]
+
+
+def wait_for_ok(server, seconds=60):
+    """MMS restarts a dead worker after a back-off: True once a good request is answered."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status, _, _, _ = server.post(b'{"inputs": "a", "parameters": {"max_new_tokens": 1}}', "application/json")
+        if status == 200:
+            return True
+        time.sleep(0.5)
+    return False

@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from .config import HEAD_SIZE, GPT2Config
-from .errors import ModelLoadError
+from .errors import ModelLoadError, cause_of
 
 LAYOUTS = ("structural", "deduplicated", "legacy")
 TIED = ("_embed.weight", "_logits_proj.weight")
@@ -61,7 +61,7 @@ def read_params(path):
     try:
         raw = mx.nd.load(path)
     except Exception as e:  # MXNetError, OSError: the file is not an NDArray dict
-        raise ModelLoadError("cannot read checkpoint {}: {}".format(path, _first_line(e)))
+        raise ModelLoadError("cannot read checkpoint {}: {}".format(path, cause_of(e)))
     if not isinstance(raw, dict) or not raw:
         raise ModelLoadError("checkpoint {} holds no named parameters".format(path))
     # Module-style checkpoints prefix names with arg:/aux:.
@@ -192,7 +192,3 @@ def _canonical_arrays(model_or_params):
         params = {k: p.data() for k, p in model_or_params.named_weights().items()}
     params.pop(TIED[1], None)
     return params
-
-
-def _first_line(e):
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -22,6 +22,7 @@ Which functions run follows the toolkit's rule (:mod:`kogpt2_serving.handler_fun
 Keep exactly one class in this module: MMS refuses a service module with more.
 """
 import logging
+import os
 from http.client import responses
 
 from . import codec, handler
@@ -41,6 +42,8 @@ class HandlerService(object):
 
     def initialize(self, context):
         model_dir = context.system_properties.get("model_dir")
+        if model_dir:  # `serve` registers the model store's "." (MMS passes "<store>/.")
+            model_dir = os.path.normpath(model_dir)
         try:
             add_code_dir(model_dir)
             functions = resolve()
@@ -49,8 +52,11 @@ class HandlerService(object):
             model = call(functions.model_fn, (model_dir,), context)
             if functions.model_warmup_fn is not None:
                 call(functions.model_warmup_fn, (model_dir, model), context)
-        except Exception:  # noqa: B902 -- logged in full; clients get a plain model_error
-            log.exception("loading the model from %s failed", model_dir)
+        except Exception as e:  # noqa: B902 -- logged; clients get a plain model_error
+            # One line with the cause first: `serve` reads it for its start-up error.
+            log.error("loading the model from %s failed: %s", model_dir, _cause(e))
+            if not isinstance(e, ServingError):  # a bug (ours or a user's model_fn): its traceback too
+                log.error("traceback of the load failure", exc_info=e)
             self._load_error = ModelLoadError("the model failed to load; see the server log")
             return
         self._functions, self._model = functions, model
@@ -114,6 +120,13 @@ class HandlerService(object):
         if len(incoming) > 1:
             log.info("batch of %d request(s): %d decoded together", len(incoming), len(pending))
         return answers
+
+
+def _cause(error):
+    if isinstance(error, ServingError):
+        return error.message
+    lines = str(error).strip().splitlines()
+    return "{}: {}".format(type(error).__name__, lines[-1] if lines else "")
 
 
 def _incoming(item, context, i):

@@ -14,7 +14,7 @@ import numpy as np
 
 from .checkpoint import expected_shapes
 from .config import config_from_dict, read_json_file
-from .errors import ModelLoadError
+from .errors import ModelLoadError, cause_of
 
 SAFETENSORS, TORCH_BIN = "model.safetensors", "pytorch_model.bin"
 WEIGHT_FILES = (SAFETENSORS, TORCH_BIN)  # in order of preference, as transformers does
@@ -152,7 +152,7 @@ def _read_safetensors(path):
         raise
     except Exception as e:  # SafetensorError, OSError, or a dtype NumPy lacks (bfloat16)
         hint = "; NumPy has no bfloat16: save the weights as float32 or float16" if "bfloat16" in str(e) else ""
-        raise ModelLoadError("cannot read {}: {}{}".format(path, _first_line(e), hint))
+        raise ModelLoadError("cannot read {}: {}{}".format(path, cause_of(e), hint))
     return arrays
 
 
@@ -166,7 +166,7 @@ def _read_torch_bin(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError, OSError: not a plain state dict
-        raise ModelLoadError("cannot read {} as a PyTorch state dict: {}".format(path, _first_line(e)))
+        raise ModelLoadError("cannot read {} as a PyTorch state dict: {}".format(path, cause_of(e)))
     if not isinstance(state, dict) or not state:
         raise ModelLoadError("{} holds no state dict of named tensors".format(path))
     arrays = {}
@@ -187,8 +187,3 @@ def _as_float32(array, key, path):
         raise ModelLoadError("checkpoint {}: parameter {} has dtype {}, expected floating point".format(
             path, key, array.dtype))
     return array.astype(np.float32, copy=False)
-
-
-def _first_line(e):
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

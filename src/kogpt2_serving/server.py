@@ -26,12 +26,16 @@ and the same command line, but:
   :meth:`ModelServer.wait_ready` waits until every worker is READY in the management API
   and a real one-token generation through ``/invocations`` succeeds; a worker whose model
   failed to load answers 500 ``model_error``, which ends start-up with that error.
+- **MMS listens only on unix sockets in that directory** (0700): inference and management
+  each on its own. Clients reach :class:`~kogpt2_serving.gateway.Gateway` on host:port, which
+  answers only ``GET /ping`` and ``POST /invocations`` and puts MMS's own errors in our
+  schema. The management API (which registers any directory or URL as a model and runs its
+  code) is reachable by nobody but this process's user, and the model store is the model's
+  own directory.
 - With ``batch_size`` > 1 the model is not loaded from the command line (MMS gives such
   models batch size 1) but registered through the management API with ``batch_size`` and
-  ``max_batch_delay``, so MMS hands the handler several requests at once. MMS 1.1 routes a
-  plain ``/invocations`` only to a model loaded at start-up, so a batched model is served at
-  ``/predictions/model`` (or ``/invocations?model_name=model``): a local / self-hosted
-  option, not one for SageMaker endpoints, which always call plain ``/invocations``.
+  ``max_batch_delay``, so MMS hands the handler several requests at once. MMS serves such a
+  model at ``/predictions/model`` only; the gateway forwards ``/invocations`` there.
 
 MMS rejects ports >= 32767 (and so the OS's ephemeral range); :func:`check_port` says so
 before starting. ``SAGEMAKER_*`` variables keep their meaning (timeouts, payload size,
@@ -48,13 +52,14 @@ import sys
 import tempfile
 import threading
 import time
+import re
 from typing import NamedTuple, Optional
-from urllib.error import HTTPError, URLError
 from urllib.parse import urlencode
-from urllib.request import Request, urlopen
 
+from . import local_http
 from .device import cpu_count, threads_per_worker
 from .errors import ServingError
+from .gateway import Gateway
 from .handler import DEVICE_ENV, DTYPE_ENV, WORKERS_ENV
 from .model_dir import find_model_files
 
@@ -68,6 +73,8 @@ PROBE = {"inputs": "안녕", "parameters": {"max_new_tokens": 1}}
 NOT_READY = (404, 500, 502, 503, 504, 507)  # MMS: model or worker not there (yet)
 EXTRA_VMARGS = "-XX:-UsePerfData"  # no hsperfdata files in /tmp
 THREADS_ENV = "KOGPT2_THREADS"
+MMS_MAX_REQUEST_SIZE = 6553500  # bytes: MMS's default max_request_size
+LOAD_FAILED = re.compile(r"loading the model from .*? failed: (.*)$")  # handler_service's log line
 
 
 class ServerError(ServingError):
@@ -99,23 +106,35 @@ def check_port(port):
                           "and above); pick e.g. 8080 or one in 20000-{}".format(port, MAX_PORT, MAX_PORT))
 
 
-def mms_properties(config, environment=None):
-    """The MMS properties text: the toolkit's defaults + the same keys it writes."""
+class Sockets(NamedTuple):
+    """Where MMS listens: unix socket paths (in the server's private directory)."""
+
+    inference: str
+    management: str
+
+    @classmethod
+    def in_dir(cls, run_dir):
+        return cls(os.path.join(run_dir, "inference.sock"), os.path.join(run_dir, "management.sock"))
+
+
+def mms_properties(config, sockets, environment=None):
+    """The MMS properties text: the toolkit's defaults + the keys it writes, with both APIs
+    on unix sockets instead of the public address (the gateway owns that)."""
     from sagemaker_inference import environment as toolkit_environment
 
     env = environment or toolkit_environment.Environment()
     with open(_toolkit_file("default-mms.properties")) as f:
         text = f.read()
-    if config.batch_size > 1:  # registered later with batch_size; "ALL" would scan the model store "/"
+    if config.batch_size > 1:  # registered later with batch_size; "ALL" would load whatever the store holds
         text = text.replace("load_models=ALL", "load_models=")
-    address = "http://{}:{}".format(config.host, config.port)
     values = [
         ("default_response_timeout", env.model_server_timeout),
         ("default_workers_per_model", config.workers),
-        ("inference_address", address),
-        ("management_address", address),
+        ("inference_address", local_http.UNIX + sockets.inference),
+        ("management_address", local_http.UNIX + sockets.management),
+        ("use_native_io", "true"),  # unix sockets need it (MMS's default, stated)
         ("vmargs", " ".join(filter(None, [env.vmargs, EXTRA_VMARGS]))),
-        ("max_request_size", getattr(env, "max_request_size", None)),
+        ("max_request_size", max_request_size(env)),
         ("default_service_handler", SERVICE),
         ("default_response_timeout_seconds", getattr(env, "model_server_timeout_seconds", None)),
     ]
@@ -123,12 +142,25 @@ def mms_properties(config, environment=None):
 
 
 def mms_command(config, properties_file):
-    """The toolkit's multi-model-server command, run by this interpreter, in the foreground."""
-    command = [sys.executable, "-m", "mms.model_server", "--start", "--foreground", "--model-store", "/",
+    """The toolkit's multi-model-server command, run by this interpreter, in the foreground.
+    The model store is the model directory itself (the toolkit uses "/"), the model its "."."""
+    command = [sys.executable, "-m", "mms.model_server", "--start", "--foreground",
+               "--model-store", os.path.abspath(config.model_dir),
                "--mms-config", properties_file, "--log-config", _toolkit_file("log4j2.xml")]
     if config.batch_size <= 1:
-        command += ["--models", "{}={}".format(MODEL_NAME, os.path.abspath(config.model_dir))]
+        command += ["--models", "{}=.".format(MODEL_NAME)]
     return command
+
+
+def max_request_size(env):
+    """Bytes a request body may have: SAGEMAKER_MAX_PAYLOAD_IN_MB, else MMS's default."""
+    return getattr(env, "max_request_size", None) or MMS_MAX_REQUEST_SIZE
+
+
+def response_timeout(env):
+    """Seconds MMS waits for a worker's answer (it reads SAGEMAKER_MODEL_SERVER_TIMEOUT in minutes)."""
+    seconds = getattr(env, "model_server_timeout_seconds", None)
+    return float(seconds if seconds is not None else env.model_server_timeout * 60)
 
 
 class ModelServer:
@@ -138,17 +170,20 @@ class ModelServer:
     def __init__(self, config):
         self.config = config
         self.run_dir = None
+        self.sockets = None
         self._proc = None
-        self._log = None
+        self._gateway = None
+        self._output = None
 
     @property
     def url(self):
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
         return "http://{}:{}".format(host, self.config.port)
 
+    inference_path = "/invocations"  # batched or not: the gateway knows where MMS serves the model
+
     @property
-    def inference_path(self):
-        """Where requests go: /invocations, or /predictions/model for a batched model."""
+    def _mms_path(self):
         return "/invocations" if self.config.batch_size <= 1 else "/predictions/" + MODEL_NAME
 
     @property
@@ -156,8 +191,8 @@ class ModelServer:
         return self._proc.pid if self._proc else None
 
     def __enter__(self):
-        self.start()
         try:
+            self.start()
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -174,24 +209,36 @@ class ModelServer:
         find_model_files(config.model_dir)  # a clear error now rather than a worker log line later
         _check_runtime()
         _check_port_free(config.host, config.port)
-        self.run_dir = tempfile.mkdtemp(prefix="kgs-", dir=_short_temp_root())
+        from sagemaker_inference import environment as toolkit_environment
+
+        toolkit_env = toolkit_environment.Environment()
+        self.run_dir = tempfile.mkdtemp(prefix="kgs-", dir=_short_temp_root())  # mode 0700
+        self.sockets = Sockets.in_dir(self.run_dir)
         properties = os.path.join(self.run_dir, "mms.properties")
         with open(properties, "w") as f:
-            f.write(mms_properties(config))
+            f.write(mms_properties(config, self.sockets, toolkit_env))
         env = self._environment()
         if config.install_requirements:
             _install_requirements(config.model_dir, env)
-        self._log = open(config.log_file, "ab") if config.log_file else None
+        try:
+            self._gateway = Gateway(config.host, config.port, self.sockets.inference, self._mms_path,
+                                    max_body=max_request_size(toolkit_env),
+                                    timeout=response_timeout(toolkit_env) + 30).start()
+        except OSError as e:
+            raise ServerError("cannot listen on {}:{}: {}".format(config.host, config.port, e.strerror or e))
+        self._output = _Output(config.log_file)
         self._proc = subprocess.Popen(mms_command(config, properties), env=env, cwd=self.run_dir,
-                                      stdin=subprocess.DEVNULL, stdout=self._log,
-                                      stderr=subprocess.STDOUT if self._log else None, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        self._output.follow(self._proc.stdout)
         log.info("Multi Model Server starting (pid %d) for %s on %s, %d worker(s), %s", self._proc.pid,
                  config.model_dir, self.url, config.workers, _threads_note(config.workers))
+        log.info("only GET /ping and POST /invocations are served on %s; Multi Model Server listens on unix "
+                 "sockets in %s (management API: %s)", self.url, self.run_dir, self.sockets.management)
         _warn_if_oversubscribed(config.workers)
         if config.batch_size > 1:
-            log.warning("MMS batching (batch_size %d) is experimental: the model is served at %s, not plain "
-                        "/invocations, and MMS 1.1 can drop a worker's connection when a multi-request response "
-                        "arrives in pieces (docs/serving.md)", config.batch_size, self.inference_path)
+            log.warning("MMS batching (batch_size %d) is experimental: MMS 1.1 can drop a worker's connection when "
+                        "a multi-request response arrives in pieces (docs/serving.md)", config.batch_size)
         return self
 
     def _environment(self):
@@ -243,7 +290,9 @@ class ModelServer:
         """One real generation: True once the handler answered it (the model is loaded)."""
         status, body = self.invoke(json.dumps(PROBE).encode("utf-8"), "application/json", timeout=60)
         if status == 500 and b"model_error" in body:
-            raise ServerError("the model failed to load in the worker{}".format(self._log_tail()))
+            cause = self._output.load_failure if self._output else None
+            raise ServerError("the model failed to load in the worker{}{}".format(
+                ": " + cause if cause else "", self._log_tail()))
         if status is None or (status in NOT_READY and not _from_handler(body)):
             return False
         if status != 200:  # e.g. a user's input_fn that does not take our probe: still loaded
@@ -258,14 +307,18 @@ class ModelServer:
         headers = {"Content-Type": content_type}
         if accept:
             headers["Accept"] = accept
-        return _http("POST", self.url + self.inference_path, body, headers, timeout)
+        return local_http.request(self.url, "POST", self.inference_path, body, headers, timeout)
+
+    def management(self, method, path, timeout=10):
+        """A request to MMS's management API on its unix socket -> (status, body)."""
+        return local_http.request(local_http.UNIX + self.sockets.management, method, path, b"", {}, timeout)
 
     def _register(self):
-        query = urlencode({"url": os.path.abspath(self.config.model_dir), "model_name": MODEL_NAME,
+        query = urlencode({"url": ".", "model_name": MODEL_NAME,
                            "handler": SERVICE, "batch_size": self.config.batch_size,
                            "max_batch_delay": self.config.max_batch_delay,
                            "initial_workers": self.config.workers, "synchronous": "false"})
-        status, body = _http("POST", self.url + "/models?" + query, b"", {}, 10)
+        status, body = self.management("POST", "/models?" + query)
         if status is None:
             return False  # not listening yet
         if status >= 300:
@@ -277,7 +330,7 @@ class ModelServer:
 
     def workers(self):
         """The management API's worker list for the model ([] when unknown)."""
-        status, body = _http("GET", self.url + "/models/" + MODEL_NAME, None, {}, 5)
+        status, body = self.management("GET", "/models/" + MODEL_NAME, 5)
         if status != 200:
             return []
         described = json.loads(body.decode("utf-8"))
@@ -304,9 +357,12 @@ class ModelServer:
                 _wait_group_gone(group, self._proc, 5.0)
             self._proc.wait()
             self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self._gateway is not None:
+            self._gateway.stop()
+            self._gateway = None
+        if self._output is not None:
+            self._output.close()
+            self._output = None
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
@@ -346,15 +402,35 @@ def serve(config):
             signal.signal(sig, previous)
 
 
-def _http(method, url, body, headers, timeout):
-    request = Request(url, data=body, headers=headers, method=method)
-    try:
-        with urlopen(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except HTTPError as e:
-        return e.code, e.read()
-    except (URLError, ConnectionError, socket.timeout):
-        return None, b""
+class _Output:
+    """MMS's output (JVM and workers) copied line by line to the log file or our stdout, and
+    read for the handler service's load-failure line, so a start-up error can name its cause."""
+
+    def __init__(self, log_file):
+        self._file = open(log_file, "ab") if log_file else None
+        self._thread = None
+        self.load_failure = None
+
+    def follow(self, stream):
+        self._thread = threading.Thread(target=self._copy, args=(stream,), name="mms-output", daemon=True)
+        self._thread.start()
+
+    def _copy(self, stream):
+        target = self._file or getattr(sys.stdout, "buffer", None)
+        for line in iter(stream.readline, b""):
+            match = LOAD_FAILED.search(line.decode("utf-8", "replace").rstrip())
+            if match and self.load_failure is None:
+                self.load_failure = match.group(1)
+            if target is not None:
+                target.write(line)
+                target.flush()
+        stream.close()
+
+    def close(self):
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._file is not None:
+            self._file.close()
 
 
 def _from_handler(body):
