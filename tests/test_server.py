@@ -226,6 +226,7 @@ def test_other_methods_get_405_with_allow_and_nothing_is_generated(server, metho
         405, "Method Not Allowed", allow, "application/json")
     assert json.loads(body.decode("utf-8")) == {
         "error": "{} {} is not supported; use {}".format(method, path, allow), "error_type": "method_not_allowed"}
+    assert server.post(GOOD, "application/json")[0] == 200
 
 
 def test_ping_answers_get_and_head(server):

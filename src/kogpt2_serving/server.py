@@ -422,8 +422,11 @@ class _Output:
             if match and self.load_failure is None:
                 self.load_failure = match.group(1)
             if target is not None:
-                target.write(line)
-                target.flush()
+                try:
+                    target.write(line)
+                    target.flush()
+                except (OSError, ValueError):  # stdout gone: keep draining, or MMS would block on a full pipe
+                    target = None
         stream.close()
 
     def close(self):
