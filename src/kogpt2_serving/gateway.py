@@ -42,6 +42,11 @@ MMS_ERRORS = {
                                     "timeout; it is being restarted, retry the request"),
 }
 MMS_KINDS = {503: "service_unavailable", 507: "insufficient_memory", 408: "timeout", 404: "model_not_found"}
+FALLBACK_KIND = "model_server_error"
+# error_types the frontend (gateway or MMS) answers, never the handler: a readiness probe
+# that gets one has not reached the model.
+FRONTEND_KINDS = frozenset([kind for kind, _ in MMS_ERRORS.values()] + list(MMS_KINDS.values()) +
+                           [FALLBACK_KIND, "server_unavailable"])
 
 Headers = List[Tuple[str, str]]
 
@@ -334,7 +339,7 @@ def reshape_error(answer):
     if isinstance(value, dict) and "error_type" in value:
         return answer
     message = value.get("message") if isinstance(value, dict) else None
-    kind, text = MMS_ERRORS.get(message, (MMS_KINDS.get(answer.status, "model_server_error"), None))
+    kind, text = MMS_ERRORS.get(message, (MMS_KINDS.get(answer.status, FALLBACK_KIND), None))
     if text is None:
         text = "the model server answered {} {}: {}".format(
             answer.status, responses.get(answer.status, ""), _printable(message or "(no message)"))

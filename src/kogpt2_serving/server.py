@@ -44,6 +44,7 @@ vmargs, default Accept, user program), with explicit arguments taking precedence
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,14 +53,13 @@ import sys
 import tempfile
 import threading
 import time
-import re
 from typing import NamedTuple, Optional
 from urllib.parse import urlencode
 
 from . import local_http
 from .device import cpu_count, threads_per_worker
 from .errors import ServingError
-from .gateway import Gateway
+from .gateway import FRONTEND_KINDS, Gateway
 from .handler import DEVICE_ENV, DTYPE_ENV, WORKERS_ENV
 from .model_dir import find_model_files
 
@@ -437,12 +437,13 @@ class _Output:
 
 
 def _from_handler(body):
-    """Whether an error body is one our handler service wrote ({"error", "error_type"})."""
+    """Whether an error body is one our handler service wrote ({"error", "error_type"}), not
+    one the gateway wrote for MMS (not running, worker died, queue full, ...)."""
     try:
         answer = json.loads(body.decode("utf-8"))
     except ValueError:
         return False
-    return isinstance(answer, dict) and "error_type" in answer
+    return isinstance(answer, dict) and "error_type" in answer and answer["error_type"] not in FRONTEND_KINDS
 
 
 def _signal_group(group, signum):
