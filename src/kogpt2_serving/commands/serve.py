@@ -28,7 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--host", default=None,
                         help="address to listen on (default 127.0.0.1; 0.0.0.0 inside SageMaker)")
     parser.add_argument("--port", type=int, default=None,
-                        help="port for /invocations, /ping and the management API, 1-{} "
+                        help="port for POST /invocations and GET /ping (nothing else is served there), 1-{} "
                              "(default $SAGEMAKER_BIND_TO_PORT or 8080)".format(MAX_PORT))
     parser.add_argument("--workers", type=int, default=None,
                         help="worker processes, each with its own model copy (default "
@@ -38,9 +38,8 @@ def add_arguments(parser):
                         help="float32 | float16 (GPU) | bfloat16 (CPU: weights in bfloat16, ~1.4x faster decoding, "
                              "logits within ~1%%) (default ${} or float32)".format(DTYPE_ENV))
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="MMS batching: up to N concurrent requests share decode steps; the model is "
-                             "then served at /predictions/model, not plain /invocations (so not for SageMaker "
-                             "endpoints) (default ${} or 1 = off)".format(BATCH_SIZE_ENV))
+                        help="MMS batching (experimental): up to N concurrent requests share decode steps "
+                             "(default ${} or 1 = off)".format(BATCH_SIZE_ENV))
     parser.add_argument("--max-batch-delay", type=int, default=None, metavar="MS",
                         help="how long MMS waits to fill a batch (default ${} or 50)".format(BATCH_DELAY_ENV))
     parser.add_argument("--log-file", default=None, help="write Multi Model Server logs here instead of stdout")
