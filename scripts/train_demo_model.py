@@ -75,7 +75,7 @@ def main():
     if args.quick:
         args.steps = 20
     os.environ["MXNET_ENFORCE_DETERMINISM"] = "1"
-    configure_threads()
+    threads = configure_threads()  # KOGPT2_THREADS, else one per core
     import mxnet as mx
     import numpy as np
 
@@ -98,10 +98,11 @@ def main():
     from kogpt2_serving.loader import load_model
 
     shipped = load_model(args.out, device="cpu")
-    metrics = evaluate(args, shipped.engine.model, train_ids, heldout_ids, sp.GetPieceSize())
-    metrics.update(train_seconds=round(seconds, 1), train_cpu_seconds=round(cpu_seconds, 1), steps=args.steps,
-                   seed=args.seed, window=args.window, previous_heldout_perplexity=PREVIOUS_HELDOUT_PERPLEXITY,
-                   train_tokens=len(train_ids), heldout_tokens=len(heldout_ids), vocab_size=sp.GetPieceSize(),
+    metrics = evaluate(args, shipped.engine, train_ids, heldout_ids, sp.GetPieceSize())
+    metrics.update(train_seconds=round(seconds, 1), train_cpu_seconds=round(cpu_seconds, 1), threads=threads,
+                   steps=args.steps, seed=args.seed, window=args.window,
+                   previous_heldout_perplexity=PREVIOUS_HELDOUT_PERPLEXITY, train_tokens=len(train_ids),
+                   heldout_tokens=len(heldout_ids), vocab_size=sp.GetPieceSize(),
                    parameters=count_parameters(model), command=" ".join(["python"] + sys.argv),
                    date=time.strftime("%Y-%m-%d"), mxnet=mx.__version__, samples=greedy_samples(shipped))
     write_metrics(args.out, config, metrics)
@@ -232,7 +233,7 @@ SAMPLE_PROMPTS = ["대한민국은", "대한민국의 주권은", "모든 국민
 PREVIOUS_HELDOUT_PERPLEXITY = 52.0
 
 
-def evaluate(args, model, train_ids, heldout_ids, vocab_size):
+def evaluate(args, engine, train_ids, heldout_ids, vocab_size):
     """Held-out perplexity of the model and of a unigram model, over the same targets; the
     margin the model card promises is half the measured ratio, rounded down."""
     import numpy as np
@@ -240,7 +241,7 @@ def evaluate(args, model, train_ids, heldout_ids, vocab_size):
     from kogpt2_serving.perplexity import model_nll, unigram_counts, unigram_nll
 
     counts = unigram_counts(train_ids, vocab_size)
-    model_loss, targets = model_nll(model, heldout_ids, args.window)
+    model_loss, targets = model_nll(engine, heldout_ids, args.window)
     unigram_loss = unigram_nll(counts, heldout_ids)
     ratio = float(np.exp(unigram_loss - model_loss))
     return {"heldout_perplexity": round(float(np.exp(model_loss)), 2),
@@ -261,7 +262,7 @@ def greedy_samples(loaded):
 def count_parameters(model):
     import numpy as np
 
-    unique = {id(p): p for p in model.collect_params().values()}
+    unique = {id(p): p for p in model.named_weights().values()}  # the tied head once, no step kernels
     return int(sum(np.prod(p.shape) for p in unique.values()))
 
 
@@ -323,7 +324,7 @@ it knows the style of the Korean Constitution and a few National Assembly bills,
 | vocabulary | {m[vocab_size]:,} pieces with KoGPT2's special pieces (`<unk>`, `<s>`, `</s>`, `<pad>`, `<unused0>`..`<unused97>`) |
 | training data | Constitution of the Republic of Korea and ten National Assembly bills, as shipped in `konlpy==0.6.0` (`konlpy/data/corpus/kolaw`, `kobill`); {m[train_tokens]:,} training tokens |
 | held out | every 10th line ({m[heldout_tokens]:,} tokens, in `heldout.txt`) |
-| training | {m[steps]} steps, seed {m[seed]}, {m[train_seconds]:.0f} s ({m[train_cpu_seconds]:.0f} s of CPU time) on the machine that built it (MXNet {m[mxnet]}), {m[date]} |
+| training | {m[steps]} steps, seed {m[seed]}, {m[train_seconds]:.0f} s ({m[train_cpu_seconds]:.0f} s of CPU time, {m[threads]} thread(s)) on the machine that built it (MXNet {m[mxnet]}), {m[date]} |
 
 ## Quality on the held-out lines (same {m[scored_tokens]:,} target tokens)
 
