@@ -46,10 +46,11 @@ def bfloat16_dense(x, w, b=None):
     return round_to_bfloat16(dense(round_to_bfloat16(x), round_to_bfloat16(w), b))
 
 
-def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf", linear=dense, table=lambda t: t):
+def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf", linear=dense, table=lambda t: t, attention=None):
     """ids (T,) -> logits (T, V). Dense weights are (out, in): y = x W^T + b.
     `linear` computes every Dense product and `table` transforms embedding tables (e.g.
-    bfloat16_dense and round_to_bfloat16 for a model holding its weights in bfloat16)."""
+    bfloat16_dense and round_to_bfloat16 for a model holding its weights in bfloat16).
+    A list passed as `attention` receives every layer's weights, (H, T, T) each."""
     T = len(ids)
     x = table(p["_embed.weight"])[ids] + table(p["_pos_embed.weight"])[np.arange(T)]  # (T, U)
     U = x.shape[1]
@@ -60,7 +61,7 @@ def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf", linear=dense, table=la
         h = layer_norm(x, p["_attn_ln.%d.gamma" % i], p["_attn_ln.%d.beta" % i], eps)
         qkv = linear(h, p[a + "_multi_head_qkv_proj.weight"], p[a + "_multi_head_qkv_proj.bias"])  # (T, 3U)
         q, k, v = qkv[:, :U], qkv[:, U:2 * U], qkv[:, 2 * U:]
-        heads = []
+        heads, weights = [], []
         for head in range(n_head):
             cols = slice(head * D, (head + 1) * D)
             scores = q[:, cols] @ k[:, cols].T / math.sqrt(D)  # (T, T)
@@ -68,6 +69,9 @@ def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf", linear=dense, table=la
             w = np.exp(scores - scores.max(-1, keepdims=True))
             w /= w.sum(-1, keepdims=True)
             heads.append(w @ v[:, cols])  # (T, D)
+            weights.append(w)
+        if attention is not None:
+            attention.append(np.stack(weights))
         attn = linear(np.concatenate(heads, axis=1), p[a + "_out_proj.weight"], p[a + "_out_proj.bias"])
         x = x + attn
         f = "_ffn_layers.%d." % i

@@ -5,6 +5,7 @@ import glob
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,9 @@ import pytest
 
 from kogpt2_serving.model_dir import DEMO_MODEL_DIR, default_model_dir, find_model_files
 from kogpt2_serving.params import parse_parameters
+from numpy_reference import forward, load_numpy_params
+
+QKV = "_self_attention_layers.{}._multi_head_qkv_proj.{}"
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +30,83 @@ def demo():
     from kogpt2_serving.loader import load_model
 
     return load_model(DEMO_MODEL_DIR, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def weights():
+    """The shipped parameters as stored (float16), in float64."""
+    return load_numpy_params(find_model_files(DEMO_MODEL_DIR).params)
+
+
+@pytest.fixture(scope="module")
+def heldout_ids(demo):
+    """A prompt the model has not seen: the first held-out article ("제36조 ① 혼인과 ...") of
+    at least 32 tokens."""
+    with io.open(os.path.join(DEMO_MODEL_DIR, "heldout.txt"), encoding="utf-8") as f:
+        articles = [demo.tokenizer.encode_prompt(line) for line in f.read().splitlines() if line.startswith("제")]
+    return next(ids for ids in articles if len(ids) >= 32)
+
+
+def test_every_layer_and_head_has_its_own_queries_and_keys(demo, weights):
+    """The first demo model's query and key rows were all 0.0 (scripts/train_demo_model.py says why)."""
+    c = demo.config
+    u, d = c.n_embd, c.head_size
+    for i in range(c.n_layer):
+        w, b = weights[QKV.format(i, "weight")], weights[QKV.format(i, "bias")]
+        for name, rows in (("q", w[:u]), ("k", w[u:2 * u])):
+            heads = rows.reshape(c.n_head, d, u)
+            for h in range(c.n_head):
+                assert np.abs(heads[h]).mean() > 0.01, (i, name, h)  # initialised at 0.016
+                for other in range(h):
+                    assert np.abs(heads[h] - heads[other]).mean() > 0.02, (i, name, h, other)
+        assert np.abs(b[:u]).mean() > 0.01, i  # query bias (the key bias has no gradient: softmax ignores it)
+
+
+def test_attention_over_a_heldout_line_is_not_uniform(demo, weights, heldout_ids):
+    c = demo.config
+    attention = []
+    logits = forward(weights, np.array(heldout_ids), c.n_layer, c.n_head, attention=attention)
+    # The reference computes what the served model computes ...
+    assert np.abs(demo.engine.full_logits([heldout_ids])[0] - logits).max() <= 1e-4
+    # ... and every head of every layer attends: far from uniform over the causal window, and
+    # unlike the layer's other heads. Row 0 has a single key and is left out.
+    t = len(heldout_ids)
+    uniform = np.tril(np.ones((t, t))) / np.arange(1, t + 1)[:, None]
+
+    def distance(a, b):  # mean total-variation distance between rows of attention weights
+        return 0.5 * np.abs(a - b).sum(-1)[1:].mean()
+
+    assert len(attention) == c.n_layer
+    for i, layer in enumerate(attention):
+        assert layer.shape == (c.n_head, t, t)
+        for h in range(c.n_head):
+            assert distance(layer[h], uniform) > 0.2, (i, h)
+            for other in range(h):
+                assert distance(layer[h], layer[other]) > 0.2, (i, h, other)
+
+
+def with_n_head(tmp_path, n_head):
+    """The shipped model loaded from a copy whose config.json says n_head."""
+    from kogpt2_serving.loader import load_model
+
+    copy = str(tmp_path / "heads{}".format(n_head))
+    shutil.copytree(DEMO_MODEL_DIR, copy)
+    with io.open(os.path.join(copy, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    config["n_head"] = n_head
+    with io.open(os.path.join(copy, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return load_model(copy, device="cpu")
+
+
+def test_changing_n_head_changes_the_logits(tmp_path, demo, heldout_ids):
+    """With uniform attention (the first demo model) n_head 1, 3 and 4 gave bit-identical logits."""
+    shipped = demo.engine.full_logits([heldout_ids])[0]
+    copied = with_n_head(tmp_path, demo.config.n_head).engine.full_logits([heldout_ids])[0]
+    assert np.array_equal(copied, shipped)  # the copy alone changes nothing
+    for n_head in (1, 4):
+        logits = with_n_head(tmp_path, n_head).engine.full_logits([heldout_ids])[0]
+        assert np.abs(logits - shipped).max() > 1.0, n_head
 
 
 def test_shipped_in_kogpt2_layout_within_size(demo):
