@@ -8,7 +8,7 @@ every worker holds its own model copy and each gets cores // workers threads.
 import logging
 import os
 
-from ..device import check_dtype, parse_device
+from ..device import check_dtype, check_dtype_runs, parse_device
 from ..errors import ServingError
 from ..handler import DTYPE_ENV
 from ..model_dir import resolve_model_dir
@@ -76,6 +76,7 @@ def config_from_args(args):
         parse_device(config.device)
     except ValueError as e:
         raise ServingError(str(e))
+    check_dtype_runs(config.dtype, config.device)  # e.g. bfloat16 on an AVX2 CPU: refused here, not in each worker
     if config.max_batch_delay < 0:
         raise ServingError("--max-batch-delay must be >= 0 ms, got {}".format(config.max_batch_delay))
     limits = request_limits()  # the workers read them per request: refuse a bad value now
