@@ -5,6 +5,8 @@ the markers that tie tests to what this machine can run (kogpt2_serving.device.c
   naming the missing CPU feature or MXNet piece, where they cannot run (AVX2-only CPUs,
   DNNL_MAX_CPU_ISA=AVX2, MXNet < 1.8).
 - ``@pytest.mark.without_bfloat16``: the test checks the refusal; it runs only there.
+- ``@pytest.mark.serves``: starts a real server; the MXNet 1.6 leg of `make test` leaves these
+  out (its venv has no Multi Model Server).
 """
 import pytest
 
@@ -16,6 +18,7 @@ configure_threads()  # before MXNet is imported by any test module
 def pytest_configure(config):
     config.addinivalue_line("markers", "requires_bfloat16: needs a CPU and MXNet that run bfloat16 products")
     config.addinivalue_line("markers", "without_bfloat16: checks the refusal where bfloat16 products cannot run")
+    config.addinivalue_line("markers", "serves: starts a real server (Multi Model Server, a JVM) through .venv")
 
 
 def pytest_collection_modifyitems(config, items):
