@@ -94,18 +94,18 @@ $(BENCH_STAMP): $(STAMP) setup.cfg constraints.txt
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	@touch $(BENCH_STAMP)
 
-bench: install $(BENCH_STAMP)  ## run the benchmark suite, write benchmarks/results/*.json and benchmarks/README.md
+bench: $(STAMP) $(BENCH_STAMP)  ## run the benchmarks (ISA=AVX2: as that CPU class), write benchmarks/results/ and benchmarks/README.md
 	@mkdir -p $(BENCH_OUT)
-	$(PY) benchmarks/decode_latency.py $(BENCH_FLAGS) --output $(BENCH_OUT)/decode_latency.json
-	$(PY) benchmarks/peers.py $(BENCH_FLAGS) --repeats $(if $(QUICK),1,3) --output $(BENCH_OUT)/peers.json
-	$(PY) benchmarks/length_scaling.py $(BENCH_FLAGS) --output $(BENCH_OUT)/length_scaling.json
-	$(PY) benchmarks/server_load.py --kogpt2-size $(if $(QUICK),--requests-per-client 1 --new-tokens 8 \
+	$(BENCH_ENV) $(PY) benchmarks/decode_latency.py $(BENCH_FLAGS) --output $(BENCH_OUT)/decode_latency.json
+	$(BENCH_ENV) $(PY) benchmarks/peers.py $(BENCH_FLAGS) --repeats $(if $(QUICK),1,3) --output $(BENCH_OUT)/peers.json
+	$(BENCH_ENV) $(PY) benchmarks/length_scaling.py $(BENCH_FLAGS) --output $(BENCH_OUT)/length_scaling.json
+	$(BENCH_ENV) $(PY) benchmarks/server_load.py --kogpt2-size $(if $(QUICK),--requests-per-client 1 --new-tokens 8 \
 	  --concurrency 1$(COMMA)2,--requests-per-client 4) --output $(BENCH_OUT)/server_load.json
-	$(PY) benchmarks/endpoint_latency.py --serve $(BENCH_FLAGS) $(if $(QUICK),,--calls 11) \
+	$(BENCH_ENV) $(PY) benchmarks/endpoint_latency.py --serve $(BENCH_FLAGS) $(if $(QUICK),,--calls 11) \
 	  --output $(BENCH_OUT)/endpoint-local-w1.json
-	$(PY) benchmarks/endpoint_latency.py --serve --workers 2 $(BENCH_FLAGS) $(if $(QUICK),,--calls 6) \
+	$(BENCH_ENV) $(PY) benchmarks/endpoint_latency.py --serve --workers 2 $(BENCH_FLAGS) $(if $(QUICK),,--calls 6) \
 	  --output $(BENCH_OUT)/endpoint-local-w2.json
-	$(PY) benchmarks/report.py --results $(BENCH_OUT) --output $(if $(QUICK),$(BENCH_OUT)/README.md,benchmarks/README.md)
+	$(PY) benchmarks/report.py --results $(BENCH_BASE) --output $(if $(QUICK),$(BENCH_BASE)/README.md,benchmarks/README.md)
 
-clean:  ## remove build outputs (keeps .venv)
-	rm -rf build dist src/*.egg-info .pytest_cache
+clean:  ## remove build outputs (keeps .venv and .venv16)
+	rm -rf build dist src/*.egg-info .pytest_cache $(MATRIX)
