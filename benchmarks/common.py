@@ -88,6 +88,17 @@ def load(args, dtype="float32"):
     return loaded, Generator(loaded)
 
 
+def skipped_bfloat16(variants):
+    """{variant: reason} for bfloat16 variants this process cannot run ({} when it can): the
+    result file and the report list them instead of the script dying at load."""
+    from kogpt2_serving.device import capabilities
+
+    problem = capabilities().bfloat16_problem
+    if problem:
+        print("skipping %s: bfloat16 products cannot run here: %s" % (", ".join(variants), problem), file=sys.stderr)
+    return {v: "bfloat16 products cannot run here: " + problem for v in variants} if problem else {}
+
+
 def prompt_of(tokenizer, length, text=PROMPT):
     """A prompt text whose ids, <s> included, number exactly `length`."""
     ids = tokenizer.encode(text)[: length - 1]
@@ -311,6 +322,75 @@ def machine():
     return info
 
 
+# Run in a child process with oneDNN's verbose log on: the capabilities (kogpt2_serving.device)
+# and, from the log, the oneDNN version and the ISA it dispatches to, which only that log tells.
+RUNTIME_PROBE = """
+import json
+import mxnet as mx
+mx.nd.FullyConnected(mx.nd.ones((2, 8)), mx.nd.ones((4, 8)), no_bias=True, num_hidden=4).wait_to_read()
+from kogpt2_serving.device import capabilities
+print("CAPABILITIES " + json.dumps(capabilities().as_dict()))
+"""
+VERBOSE = {"DNNL_VERBOSE": "1", "MKLDNN_VERBOSE": "1"}  # oneDNN >= 1.1 reads the first, MKL-DNN 1.0 the second
+# oneDNN's ISA caps and the CPU flags, in order: a run is of the lower of its CPU's class and its cap.
+CLASSES = (("AVX2", "avx2", ("AVX2", "AVX2_VNNI")), ("AVX-512", "avx512f", ("AVX512_CORE",)),
+           ("AVX-512 VNNI", "avx512_vnni", ("AVX512_CORE_VNNI",)),
+           ("AVX512-BF16", "avx512_bf16", ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "ALL")))
+
+
+def runtime():
+    """What the runs of this script could use: CPU class, flags, oneDNN's ISA cap and the ISA it
+    dispatched to, MXNet version and build features, whether bfloat16 products run. Measured in a
+    probe process with this process's environment (so with its DNNL_MAX_CPU_ISA), where MXNet
+    and oneDNN's log cannot disturb the timed processes."""
+    import subprocess
+
+    env = dict(os.environ, **VERBOSE)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(REPO, "src"), env.get("PYTHONPATH")]))
+    try:
+        out = subprocess.run([sys.executable, "-c", RUNTIME_PROBE], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, universal_newlines=True, timeout=300).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": "runtime probe failed: %s" % e}
+    return parse_runtime(out)
+
+
+def parse_runtime(log):
+    """The probe's output (oneDNN verbose lines, then CAPABILITIES {json}) -> the header's dict."""
+    found = {"onednn_version": None, "onednn_isa": None}
+    for line in log.splitlines():
+        if line.startswith("CAPABILITIES "):
+            found.update(json.loads(line[len("CAPABILITIES "):]))
+        elif line.startswith(("dnnl_verbose,info,", "mkldnn_verbose,info,")):
+            info = line.split(",info,", 1)[1]
+            if info.startswith(("cpu,isa:", "Detected ISA is ")):
+                found["onednn_isa"] = info.split(":", 1)[1] if info.startswith("cpu,isa:") else info[16:]
+            elif info.startswith(("oneDNN v", "Intel MKL-DNN v", "DNNL v")) and not found["onednn_version"]:
+                found["onednn_version"] = info.split(" (")[0]
+    if "cpu_flags" not in found:
+        return dict(found, error="runtime probe printed no capabilities: %s" % log.strip()[-500:])
+    found["cpu_class"] = cpu_class(found["cpu_flags"], found.get("isa_cap", ""))
+    return found
+
+
+def cpu_class(flags, isa_cap=""):
+    """"AVX512-BF16", "AVX2", ... : the highest class the CPU has and oneDNN may use; a capped run
+    says so ("AVX2 (DNNL_MAX_CPU_ISA=AVX2 on an AVX512-BF16 CPU)")."""
+    if flags is None:
+        return "unknown"
+    own = [name for name, flag, _ in CLASSES if flag in flags]
+    own = own[-1] if own else "pre-AVX2"
+    cap = isa_cap.partition("=")[2]
+    allowed = [name for name, _, caps in CLASSES if cap in caps]
+    if not cap or not allowed and cap not in ("SSE41", "AVX"):  # no cap, or one oneDNN ignores
+        return own
+    names = ["pre-AVX2"] + [name for name, _, _ in CLASSES]
+    capped = allowed[0] if allowed else "pre-AVX2"
+    if names.index(capped) >= names.index(own):
+        return own
+    return "%s (%s on an %s CPU)" % (capped, isa_cap, own)
+
+
 def installed_versions(*distributions):
     """Installed versions (package metadata: nothing is imported)."""
     from importlib import metadata
@@ -342,16 +422,19 @@ def _quote(arg):
     return "'%s'" % arg if (not arg or any(c in arg for c in " '\"$;&|")) else arg
 
 
-def write_result(path, benchmark, args, threads, data, modules=(), versions=None):
+def write_result(path, benchmark, args, threads, data, modules=(), versions=None, skipped=None):
     """The JSON every report section reads: header first, then the script's own fields.
     `modules`: distributions whose installed versions to record; `versions`: versions the
-    worker processes reported (what actually ran), which win."""
+    worker processes reported (what actually ran), which win; `skipped`: {variant: reason} for
+    the variants this CPU or MXNet cannot run (the report lists them)."""
     found = installed_versions(*modules)
     found.update(versions or {})
     result = {
         "benchmark": benchmark,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
+        "runtime": runtime(),
+        "skipped_variants": dict(skipped or {}),
         "versions": found,
         "threads": threads,
         "command": command(),

@@ -38,9 +38,8 @@ def main():
         args.new_tokens, args.repeats = 16, 1
     threads = common.setup_threads(args)
     loaded, generator = common.load(args)
-    loaded_bf16, generator_bf16 = common.load(args, dtype="bfloat16")
     prompt = common.prompt_of(loaded.tokenizer, args.prompt_tokens)
-    n = args.new_tokens
+    n, b = args.new_tokens, args.batch
 
     variants = {
         "walkthrough": lambda: common.walkthrough_loop(loaded, prompt, n),
@@ -48,65 +47,69 @@ def main():
         "sampling": lambda: common.generate(generator, [prompt], n, {"do_sample": True, "top_k": 50, "top_p": 0.95,
                                                                     "seed": 1}),
         "floor": common.floor_step(loaded, batch=1, steps=n),
-        "engine_bf16": lambda: common.generate(generator_bf16, [prompt], n),
-        "floor_bf16": common.floor_step(loaded_bf16, batch=1, steps=n),
-        "engine_b%d" % args.batch: lambda: common.generate(generator, [prompt] * args.batch, n),
-        "floor_b%d" % args.batch: common.floor_step(loaded, batch=args.batch, steps=n),
-        "engine_bf16_b%d" % args.batch: lambda: common.generate(generator_bf16, [prompt] * args.batch, n),
-        "floor_bf16_b%d" % args.batch: common.floor_step(loaded_bf16, batch=args.batch, steps=n),
+        "engine_b%d" % b: lambda: common.generate(generator, [prompt] * b, n),
+        "floor_b%d" % b: common.floor_step(loaded, batch=b, steps=n),
     }
+    skipped = common.skipped_bfloat16(["engine_bf16", "floor_bf16", "engine_bf16_b%d" % b, "floor_bf16_b%d" % b])
+    if not skipped:
+        loaded_bf16, generator_bf16 = common.load(args, dtype="bfloat16")
+        variants.update({
+            "engine_bf16": lambda: common.generate(generator_bf16, [prompt], n),
+            "floor_bf16": common.floor_step(loaded_bf16, batch=1, steps=n),
+            "engine_bf16_b%d" % b: lambda: common.generate(generator_bf16, [prompt] * b, n),
+            "floor_bf16_b%d" % b: common.floor_step(loaded_bf16, batch=b, steps=n),
+        })
     if not args.quick:
         variants["beam4"] = lambda: common.generate(generator, [prompt], n, {"num_beams": 4})
     seconds = common.interleaved(variants, args.repeats)
     samples = {name: [s * 1000 / n for s in runs] for name, runs in seconds.items()}
-    report(samples, args, threads, loaded)
+    report(samples, args, threads, skipped)
 
 
-def report(samples, args, threads, loaded):
+ROWS = [("walkthrough", "walkthrough loop (re-tokenize + full recompute)", False),
+        ("engine", "engine greedy (KV cache)", False),
+        ("sampling", "engine sampling top_k 50 top_p 0.95", False),
+        ("beam4", "engine beam search, 4 beams", False),
+        ("floor", "GEMV floor (weights of one step)", False),
+        ("engine_bf16", "engine greedy, bfloat16 weights", False),
+        ("floor_bf16", "GEMV floor, bfloat16 weights", False),
+        ("engine", "engine greedy, batch %d", True),
+        ("floor", "GEMV floor, batch %d", True),
+        ("engine_bf16", "engine greedy, bfloat16 weights, batch %d", True),
+        ("floor_bf16", "GEMV floor, bfloat16 weights, batch %d", True)]
+
+
+def report(samples, args, threads, skipped):
     med = {name: common.median(v) for name, v in samples.items()}
     b = args.batch
-    rows = [
-        ("walkthrough loop (re-tokenize + full recompute)", med["walkthrough"], "1"),
-        ("engine greedy (KV cache)", med["engine"], "1"),
-        ("engine sampling top_k 50 top_p 0.95", med["sampling"], "1"),
-    ]
-    if "beam4" in med:
-        rows.append(("engine beam search, 4 beams", med["beam4"], "1"))
-    rows += [("GEMV floor (weights of one step)", med["floor"], "1"),
-             ("engine greedy, bfloat16 weights", med["engine_bf16"], "1"),
-             ("GEMV floor, bfloat16 weights", med["floor_bf16"], "1"),
-             ("engine greedy, batch %d" % b, med["engine_b%d" % b], str(b)),
-             ("GEMV floor, batch %d" % b, med["floor_b%d" % b], str(b)),
-             ("engine greedy, bfloat16 weights, batch %d" % b, med["engine_bf16_b%d" % b], str(b)),
-             ("GEMV floor, bfloat16 weights, batch %d" % b, med["floor_bf16_b%d" % b], str(b))]
     print("\nKoGPT2-size decode, %d-token prompt, %d new tokens, %d thread(s), %d repeat(s), median" % (
         args.prompt_tokens, args.new_tokens, threads, args.repeats))
     print("%-50s %10s %10s" % ("variant", "ms/token", "tokens/s"))
-    for label, ms, batch in rows:
-        print("%-50s %10.2f %10.1f" % (label, ms, int(batch) * 1000 / ms))
-    ratios = {
-        "walkthrough / engine": med["walkthrough"] / med["engine"],
-        "engine / floor": med["engine"] / med["floor"],
-        "sampling / greedy": med["sampling"] / med["engine"],
-        "engine b%d / floor b%d" % (b, b): med["engine_b%d" % b] / med["floor_b%d" % b],
-        "engine / engine bf16": med["engine"] / med["engine_bf16"],
-        "engine b%d / engine bf16 b%d" % (b, b): med["engine_b%d" % b] / med["engine_bf16_b%d" % b],
-        "engine bf16 / floor bf16": med["engine_bf16"] / med["floor_bf16"],
-    }
-    if "beam4" in med:
-        ratios["beam4 / greedy"] = med["beam4"] / med["engine"]
+    for key, label, batched in ROWS:
+        key, label, rows = ("%s_b%d" % (key, b), label % b, b) if batched else (key, label, 1)
+        if key in med:
+            print("%-50s %10.2f %10.1f" % (label, med[key], rows * 1000 / med[key]))
+        elif key in skipped:
+            print("%-50s skipped: %s" % (label, skipped[key]))
+    ratios = {name: med[top] / med[bottom] for name, top, bottom in (
+        ("walkthrough / engine", "walkthrough", "engine"), ("engine / floor", "engine", "floor"),
+        ("sampling / greedy", "sampling", "engine"), ("engine b%d / floor b%d" % (b, b), "engine_b%d" % b, "floor_b%d" % b),
+        ("engine / engine bf16", "engine", "engine_bf16"),
+        ("engine b%d / engine bf16 b%d" % (b, b), "engine_b%d" % b, "engine_bf16_b%d" % b),
+        ("engine bf16 / floor bf16", "engine_bf16", "floor_bf16"), ("beam4 / greedy", "beam4", "engine"))
+        if top in med and bottom in med}
     print("\nratios")
     for name, value in ratios.items():
         print("  %-28s %6.2fx" % (name, value))
     if args.output:
-        write_json(args, samples, med, ratios, threads, loaded)
+        write_json(args, samples, med, ratios, threads, skipped)
 
 
-def write_json(args, samples, med, ratios, threads, loaded):
+def write_json(args, samples, med, ratios, threads, skipped):
     common.write_result(args.output, "decode_latency", args, common.thread_settings(threads), {
         "model": {"dir": common.model_dir(args), "random_weights": not args.model_dir},
         "ms_per_token_median": med, "samples_ms_per_token": samples, "ratios": ratios,
-    })
+    }, skipped=skipped)
 
 
 if __name__ == "__main__":

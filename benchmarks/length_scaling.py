@@ -40,6 +40,7 @@ def parse_args():
                    help="generated-token counts, comma-separated (default: %(default)s); --new-tokens adds one")
     add_peer_options(p)
     p.set_defaults(peers="onnxruntime")  # the fastest CPU peer; --peers transformers,onnxruntime adds the other
+    p.set_defaults(bfloat16=False)  # no bfloat16 variant here: no worker for it
     p.add_argument("--walkthrough-full", type=int, default=64,
                    help="run the walkthrough loop whole up to this many tokens (default: %(default)s)")
     p.add_argument("--walkthrough-samples", type=int, default=4,
@@ -112,7 +113,7 @@ def main():
         print_table(result)
         if args.output:
             common.write_result(args.output, "length_scaling", args, fleet.thread_settings(), result,
-                                versions=fleet.versions())
+                                versions=fleet.versions(), skipped=fleet.skipped)
 
 
 def sampled(fleet, key, tokens, args):

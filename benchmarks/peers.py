@@ -78,7 +78,13 @@ class Fleet:
         self.engine = stack.enter_context(Worker("engine", model_dir=args.model_dir, device=args.device,
                                                  threads=args.threads))
         self.engines = {"engine": self.engine}
-        if args.bfloat16:
+        self.skipped = {}  # variant -> why this CPU or MXNet cannot run it
+        problem = self.engine.info["capabilities"]["bfloat16_problem"]
+        if args.bfloat16 and problem:
+            reason = "bfloat16 products cannot run here: " + problem
+            self.skipped = dict.fromkeys(("engine_bf16", "floor_bf16", "bandwidth_bf16"), reason)
+            print("skipping engine_bf16, floor_bf16, bandwidth_bf16: " + reason, file=sys.stderr)
+        elif args.bfloat16:
             self.engines["engine_bf16"] = stack.enter_context(Worker(
                 "engine", model_dir=args.model_dir, device=args.device, threads=args.threads, dtype="bfloat16"))
         self.peers = {}
@@ -197,7 +203,8 @@ def main():
         batches = sorted({1, args.batch})
         agreement = {"b%d" % b: fleet.check(b) for b in batches} if fleet.peers else {}
         print_agreement(agreement)
-        bf16_agreement = {"b%d" % b: fleet.bfloat16_agreement(b) for b in batches} if args.bfloat16 else {}
+        bf16_agreement = {"b%d" % b: fleet.bfloat16_agreement(b) for b in batches} if "engine_bf16" in fleet.engines \
+            else {}
         print_agreement({b: {"engine_bf16": r} for b, r in bf16_agreement.items()}, "float32 engine")
         n, names = args.new_tokens, list(fleet.engines) + list(fleet.peers)
         variants = {}
@@ -220,7 +227,7 @@ def main():
         print_table(result, args, fleet.engine.info["threads"])
         if args.output:
             common.write_result(args.output, "peers", args, fleet.thread_settings(), result,
-                                versions=fleet.versions())
+                                versions=fleet.versions(), skipped=fleet.skipped)
 
 
 def floor_of(name):

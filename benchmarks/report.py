@@ -1,5 +1,10 @@
 """Write benchmarks/README.md (tables) and PNG plots from benchmarks/results/*.json.
 
+Result files directly in the results directory are this machine's; each subdirectory holding
+result files (`make bench ISA=AVX2` writes results/avx2/) is another CPU class, shown beside it
+in the "CPU classes side by side" section. Variants a run skipped (its CPU or MXNet cannot run
+them) are listed with the reason wherever that run's numbers appear.
+
 Every figure in the report comes from a result file, shown with that file's date, machine
 and command; nothing is typed in. Text above the marker line in an existing README is kept
 (a hand-written introduction); everything below it is regenerated. A section whose result
@@ -23,7 +28,8 @@ against HuggingFace transformers (PyTorch) and ONNX Runtime running the same wei
 the memory-bandwidth floor of a decode step, and behind the real serving stack.
 `make bench` runs every script (about 10 minutes on 2 cores; run it on a quiet machine) and
 regenerates this file; `make bench QUICK=1` checks the pipeline in minutes and writes to
-`benchmarks/results-quick/` instead. Each script also runs alone with `--quick`, `--device`,
+`benchmarks/results-quick/` instead; `make bench ISA=AVX2` measures the AVX2 class (oneDNN capped) into
+`results/avx2/`, shown beside this machine's. Each script also runs alone with `--quick`, `--device`,
 `--batch`, `--new-tokens` (see `python benchmarks/NAME.py --help`):
 
 - `decode_latency.py`: the walkthrough's loop, our engine (greedy, sampling, beams), GEMV floor
@@ -69,16 +75,56 @@ def load_results(directory):
     return results
 
 
-def machine_label(result):
+def load_classes(directory):
+    """[(name, results)]: the directory's own results first ("this machine"), then one entry per
+    subdirectory holding result files (`make bench ISA=AVX2` writes results/avx2/), each a run
+    of the suite as another CPU class."""
+    classes = [("this machine", load_results(directory))]
+    for sub in sorted(glob.glob(os.path.join(directory, "*", ""))):
+        results = load_results(sub)
+        if _all(results):
+            classes.append((os.path.basename(os.path.dirname(sub)), results))
+    return classes
+
+
+def machine_label(result, with_class=True):
     m = result.get("machine", {})
-    return "%s, %s CPUs, %s GB" % (m.get("cpu_model", m.get("machine", "?")), m.get("cpus_usable", m.get("cpus", "?")),
-                                   m.get("memory_gb", "?"))
+    label = "%s, %s CPUs, %s GB" % (m.get("cpu_model", m.get("machine", "?")), m.get("cpus_usable", m.get("cpus", "?")),
+                                    m.get("memory_gb", "?"))
+    cls = result.get("runtime", {}).get("cpu_class") if with_class else None
+    return label + (", class %s" % cls if cls else "")
+
+
+def runtime_label(result):
+    """CPU class · oneDNN's ISA in use · MXNet, from a result file's runtime header."""
+    rt = result.get("runtime") or {}
+    if not rt:
+        return "-"
+    mxnet = "MXNet %s%s" % (rt.get("mxnet_version", "?"), "" if "MKLDNN" in rt.get("mxnet_features", ["MKLDNN"])
+                            else " without oneDNN")
+    return "%s; oneDNN ISA in use: %s; %s" % (rt.get("cpu_class", "?"), rt.get("onednn_isa") or "?", mxnet)
+
+
+def skipped_note(*results):
+    """One line naming the variants these runs could not run, and why ("" when none)."""
+    reasons = {}
+    for result in results:
+        for variant, reason in (result.get("skipped_variants") or {}).items():
+            reasons.setdefault(reason, set()).add(variant)
+    return " ".join("**Skipped** %s: %s." % (", ".join("`%s`" % v for v in sorted(variants)), reason)
+                    for reason, variants in sorted(reasons.items()))
 
 
 def provenance(result):
     """date · machine · command, the caption of every table and figure."""
     quick = " — QUICK RUN: checks the pipeline, not a measurement" if result.get("quick") else ""
     return "%s · %s · `%s`%s" % (result.get("date", "?"), machine_label(result), result.get("command", "?"), quick)
+
+
+def caption(result):
+    """The provenance in italics, and below it the variants this run skipped, with why."""
+    skipped = skipped_note(result)
+    return "_%s_" % provenance(result) + ("\n\n" + skipped if skipped else "")
 
 
 # ---- formatting ----
@@ -144,13 +190,19 @@ def section_sources(results):
     for name in ("decode_latency", "peers", "length_scaling", "server_load"):
         r = results.get(name)
         rows.append([name, r["_file"] if r else "-", r.get("date", "?") if r else "not run",
-                     machine_label(r) if r else "-", "`%s`" % r.get("command") if r else "-"])
+                     machine_label(r, False) if r else "-", runtime_label(r) if r else "-",
+                     "`%s`" % r.get("command") if r else "-"])
     for r in results["endpoints"]:
-        rows.append(["endpoint_latency", r["_file"], r.get("date", "?"), machine_label(r), "`%s`" % r.get("command")])
+        rows.append(["endpoint_latency", r["_file"], r.get("date", "?"), machine_label(r, False), runtime_label(r),
+                     "`%s`" % r.get("command")])
     out = ["## Where the numbers come from", "",
-           "Each row is one result file in `benchmarks/results/`; the JSON also records Python and library "
-           "versions, thread settings, every timed repeat and the script's options.", "",
-           table(["benchmark", "file", "date", "machine", "command"], rows)]
+           "Each row is one result file in `benchmarks/results/`; the JSON also records the CPU's ISA flags, "
+           "oneDNN's ISA cap, MXNet's build features, Python and library versions, thread settings, every timed "
+           "repeat and the script's options.", "",
+           table(["benchmark", "file", "date", "machine", "CPU class, ISA, MXNet", "command"], rows)]
+    skipped = ["%s: %s" % (r["_file"], skipped_note(r)) for r in _all(results) if skipped_note(r)]
+    if skipped:
+        out += ["", "Variants this machine or its MXNet cannot run were skipped, not failed: " + " ".join(skipped)]
     busy = ["%s (%s)" % (r["_file"], _busy_text(r)) for r in _all(results) if _busy_text(r)]
     if busy:
         out += ["", "**Warning:** other processes were using the CPU during %s; those timings include their "
@@ -203,7 +255,7 @@ def section_targets(results):
              "from the float32 model's by bfloat16 rounding (section 2 gives how much)."]
     return "\n".join(out + ["", table(["target", "fastest peer", "peer", "our engine", ""], rows)]
                      + (notes if any("bfloat16" in n for n in peers["targets"]) else []) + ["",
-                     "_%s_" % provenance(peers)])
+                     caption(peers)])
 
 
 def section_decode(results, plots):
@@ -224,12 +276,14 @@ def section_decode(results, plots):
               ("floor_b%d" % b, "GEMV floor, batch %d" % b, b),
               ("engine_bf16_b%d" % b, "engine greedy, bfloat16 weights, batch %d" % b, b),
               ("floor_bf16_b%d" % b, "GEMV floor, bfloat16 weights, batch %d" % b, b)]
-    rows = [[label, batch, f2(med[key]), f1(batch * 1000 / med[key])] for key, label, batch in labels if key in med]
+    skipped = r.get("skipped_variants") or {}
+    rows = [[label, batch, f2(med[key]), f1(batch * 1000 / med[key])] if key in med else [label, batch, "skipped", "-"]
+            for key, label, batch in labels if key in med or key in skipped]
     out += ["", "%s-token prompt, %s new tokens, %s repeats (median), interleaved." % (
         args.get("prompt_tokens"), args.get("new_tokens"), args.get("repeats")), "",
         table(["variant", "batch", "ms/token", "tokens/s"], rows), "",
         "Ratios: " + "; ".join("%s **%sx**" % (k, f2(v)) for k, v in r.get("ratios", {}).items()), "",
-        "_%s_" % provenance(r)]
+        caption(r)]
     return "\n".join(out)
 
 
@@ -273,7 +327,7 @@ def section_peers(results, plots):
         out += ["Same greedy tokens as our engine in the timed runs: " + ", ".join(
             "%s %s" % (k, "yes" if v else "no") for k, v in sorted(same.items())) + ".", ""]
     out.append(plots.figure("peers", r, lambda fig: _draw_peers(fig, r)))
-    out += ["", "_%s_" % provenance(r)]
+    out += ["", caption(r)]
     return "\n".join(out)
 
 
@@ -347,7 +401,7 @@ def section_length(results, plots):
         out.append("")
     out += ["GEMV floor in the same run: %s ms/token." % f2(r.get("floor_ms_per_token")), ""]
     out.append(plots.figure("length_scaling", r, lambda fig: _draw_length(fig, r), size=(10, 4.2)))
-    out += ["", "_%s_" % provenance(r)]
+    out += ["", caption(r)]
     return "\n".join(out)
 
 
@@ -416,7 +470,7 @@ def section_floor(results):
         rows.append(["walkthrough loop (section 1)", 1, f2(dm["walkthrough"]), f2(dm["walkthrough"] / dm["floor"]),
                      "-"])
     out += [table(["variant", "batch", "ms/token", "x GEMV floor", "x bandwidth floor"], rows), "",
-            "_%s_" % provenance(r)]
+            caption(r)]
     return "\n".join(out)
 
 
@@ -454,7 +508,7 @@ def section_server(results, plots):
     if not has_workers:
         out += ["_This result covers one worker only: `server_load.py` has no worker-count option yet._", ""]
     out.append(plots.figure("server_load", r, lambda fig: _draw_server(fig, r), size=(10, 4.2)))
-    out += ["", "_%s_" % provenance(r)]
+    out += ["", caption(r)]
     return "\n".join(out)
 
 
@@ -621,6 +675,70 @@ def _workers_evidence(results):
     return " ".join(text)
 
 
+# ---- CPU classes side by side ----
+
+# (label, benchmark, key, kind): kind "ms" a ms/token median, "tps" tokens/s, "gbs" read bandwidth
+CLASS_ROWS = [
+    ("engine greedy, batch 1, ms/token", "peers", "engine_b1", "ms"),
+    ("engine greedy, batch 8, tokens/s", "peers", "engine_b8", "tps"),
+    ("engine, bfloat16 weights, batch 1, ms/token", "peers", "engine_bf16_b1", "ms"),
+    ("engine, bfloat16 weights, batch 8, tokens/s", "peers", "engine_bf16_b8", "tps"),
+    ("ONNX Runtime, batch 1, ms/token", "peers", "onnxruntime_b1", "ms"),
+    ("ONNX Runtime, batch 8, tokens/s", "peers", "onnxruntime_b8", "tps"),
+    ("transformers, batch 1, ms/token", "peers", "transformers_b1", "ms"),
+    ("GEMV floor, batch 1, ms/token", "peers", "floor_b1", "ms"),
+    ("read bandwidth, GB/s", "peers", "read_bandwidth_gb_s", "gbs"),
+    ("walkthrough loop, batch 1, ms/token", "decode_latency", "walkthrough", "ms"),
+]
+
+
+def class_cell(results, benchmark, key, kind):
+    r = results.get(benchmark)
+    if not r:
+        return "not run"
+    if kind == "gbs":
+        return f1(r.get(key))
+    name = key.rsplit("_b", 1)[0] if key[-1].isdigit() else key
+    if key in (r.get("skipped_variants") or {}) or name in (r.get("skipped_variants") or {}):
+        return "skipped"
+    values = r.get("tokens_per_s_median" if kind == "tps" else "ms_per_token_median", {})
+    return f2(values.get(key)) if kind == "ms" else f1(values.get(key))
+
+
+def section_classes(classes):
+    """Every CPU class measured (this machine's results and each ISA-capped run), in columns."""
+    out = ["## CPU classes side by side"]
+    if len(classes) < 2:
+        return "\n".join(out + ["", "_Only this machine's class was measured. `make bench ISA=AVX2` (or "
+                                     "AVX512_CORE, AVX512_CORE_VNNI) runs the suite again with oneDNN capped at that "
+                                     "class and adds a column here._"])
+    header = ["", ] + [name for name, _ in classes]
+    heads = [_class_head(results) for _, results in classes]
+    rows = [["CPU"] + [h.get("machine", {}).get("cpu_model", "?") if h else "-" for h in heads],
+            ["class (what oneDNN may use)"] + [h.get("runtime", {}).get("cpu_class", "?") if h else "-" for h in heads],
+            ["oneDNN ISA in use"] + [h.get("runtime", {}).get("onednn_isa") or "?" if h else "-" for h in heads],
+            ["MXNet"] + [h.get("runtime", {}).get("mxnet_version", "?") if h else "-" for h in heads],
+            ["date"] + [h.get("date", "?")[:10] if h else "-" for h in heads]]
+    rows += [[label] + [class_cell(results, benchmark, key, kind) for _, results in classes]
+             for label, benchmark, key, kind in CLASS_ROWS]
+    out += ["", "The same scripts on each CPU class: `make bench` on this machine, `make bench ISA=...` with "
+            "oneDNN's dispatch capped (DNNL_MAX_CPU_ISA), which reproduces that class's kernels on this machine's "
+            "memory system (a real CPU of that class has its own bandwidth and cache sizes). Compare ratios within "
+            "a column, not absolute numbers across machines. Sections 1-7 are this machine's results.", "",
+            table(header, rows)]
+    for name, results in classes:
+        note = skipped_note(*_all(results))
+        if note:
+            out += ["", "%s: %s" % (name, note)]
+    return "\n".join(out)
+
+
+def _class_head(results):
+    """The result whose header describes a class's column (peers, else any)."""
+    found = _all(results)
+    return results.get("peers") or results.get("decode_latency") or (found[0] if found else None)
+
+
 # ---- the file ----
 
 def top_section(path):
@@ -633,10 +751,13 @@ def top_section(path):
     return top.rstrip() + "\n" if top.strip() else DEFAULT_TOP
 
 
-def render(results, output, plots_dir):
+def render(classes, output, plots_dir):
+    """classes: [(name, results)], this machine's first (see load_classes)."""
+    results = classes[0][1]
     link_base = os.path.relpath(plots_dir, os.path.dirname(os.path.abspath(output)))
     plots = Plots(plots_dir, link_base)
-    sections = [section_sources(results), section_targets(results), section_decode(results, plots),
+    sections = [section_sources(results), section_classes(classes), section_targets(results),
+                section_decode(results, plots),
                 section_peers(results, plots), section_length(results, plots), section_floor(results),
                 section_server(results, plots), section_redone(results), section_choosing(results)]
     body = "\n\n".join(sections)
@@ -646,8 +767,7 @@ def render(results, output, plots_dir):
 def main(argv=None):
     args = parse_args(argv)
     plots_dir = args.plots or os.path.join(os.path.dirname(os.path.abspath(args.output)), "plots")
-    results = load_results(args.results)
-    text, made = render(results, args.output, plots_dir)
+    text, made = render(load_classes(args.results), args.output, plots_dir)
     tmp = args.output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -125,9 +125,13 @@ class EngineBackend(Backend):
     def info(self):
         import mxnet
 
+        from kogpt2_serving.device import capabilities
+
         c = self.loaded.config
-        env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_PARALLEL_SIZE", "KOGPT2_THREADS")}
-        return {"threads": self.threads, "env": env, "mxnet": mxnet.__version__, "step_weight_bytes":
+        env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_PARALLEL_SIZE", "KOGPT2_THREADS",
+                                              "DNNL_MAX_CPU_ISA")}
+        return {"threads": self.threads, "env": env, "mxnet": mxnet.__version__,
+                "capabilities": capabilities().as_dict(), "step_weight_bytes":
                 self.common.step_bytes(self.loaded), "params_file": self.loaded.files.params,
                 "config": {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "vocab_size": c.vocab_size}}
 

@@ -362,3 +362,108 @@ def test_write_result_header(tmp_path):
     assert r["versions"]["torch"] == "2.13.0+cpu" and r["versions"]["mxnet"] and r["date"]
     assert r["command"].startswith("python ") and r["machine"]["cpus"] >= 1
     assert isinstance(r["other_cpu_load"]["at_end"], list)  # psutil is a test dependency
+    from kogpt2_serving.device import capabilities
+
+    rt, caps = r["runtime"], capabilities()  # measured in a probe process with this environment
+    assert (rt["cpu_model"], rt["cpu_flags"], rt["isa_cap"]) == (caps.cpu_model, list(caps.cpu_flags), caps.isa_cap)
+    assert (rt["mxnet_version"], rt["mxnet_features"]) == (caps.mxnet_version, list(caps.mxnet_features))
+    assert rt["bfloat16"] == caps.bfloat16 and rt["onednn_version"] and rt["onednn_isa"]
+    assert rt["cpu_class"] == common.cpu_class(rt["cpu_flags"], rt["isa_cap"])
+    assert r["skipped_variants"] == {}
+
+
+# ---- what each run could use: CPU class, oneDNN's ISA, skipped variants ----
+
+SPR = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx"]
+
+
+@pytest.mark.parametrize("flags, cap, expected", [
+    (SPR, "", "AVX512-BF16"),
+    (["avx2"], "", "AVX2"),
+    (["avx2", "avx512f", "avx512_vnni"], "", "AVX-512 VNNI"),
+    (SPR, "DNNL_MAX_CPU_ISA=AVX2", "AVX2 (DNNL_MAX_CPU_ISA=AVX2 on an AVX512-BF16 CPU)"),
+    (SPR, "DNNL_MAX_CPU_ISA=AVX512_CORE", "AVX-512 (DNNL_MAX_CPU_ISA=AVX512_CORE on an AVX512-BF16 CPU)"),
+    (["avx2"], "DNNL_MAX_CPU_ISA=AVX512_CORE_BF16", "AVX2"),  # a cap above the CPU changes nothing
+    (SPR, "DNNL_MAX_CPU_ISA=avx2", "AVX512-BF16"),  # oneDNN ignores names it does not know
+    (None, "", "unknown"),
+])
+def test_cpu_class_is_the_lower_of_the_cpu_and_the_cap(flags, cap, expected):
+    assert common.cpu_class(flags, cap) == expected
+
+
+def test_runtime_reads_onednns_verbose_log_and_the_capabilities():
+    caps = {"cpu_model": "AMD EPYC 7R13 Processor", "cpu_flags": ["avx2"], "isa_cap": "", "mxnet_version": "1.9.1",
+            "mxnet_features": ["MKLDNN"], "bfloat16_problem": "no AVX-512", "bfloat16": False}
+    log = ("dnnl_verbose,info,oneDNN v2.4.4 (commit abc)\ndnnl_verbose,info,cpu,runtime:OpenMP\n"
+           "dnnl_verbose,info,cpu,isa:Intel AVX2\ndnnl_verbose,exec,cpu,inner_product,x\nCAPABILITIES " +
+           json.dumps(caps) + "\n")
+    assert common.parse_runtime(log) == dict(caps, onednn_version="oneDNN v2.4.4", onednn_isa="Intel AVX2",
+                                             cpu_class="AVX2")
+    old = ("mkldnn_verbose,info,Intel MKL-DNN v1.0.4 (commit a0a8)\nmkldnn_verbose,info,Detected ISA is Intel "
+           "AVX-512 with Intel DL Boost\nCAPABILITIES " + json.dumps(dict(caps, mxnet_version="1.6.0")))
+    parsed = common.parse_runtime(old)
+    assert (parsed["onednn_version"], parsed["onednn_isa"]) == ("Intel MKL-DNN v1.0.4", "Intel AVX-512 with Intel DL Boost")
+    assert "error" in common.parse_runtime("Traceback (most recent call last): ...")
+
+
+def test_bfloat16_variants_are_skipped_with_the_reason_where_they_cannot_run(monkeypatch):
+    from kogpt2_serving import device
+
+    caps = device.capabilities()
+    monkeypatch.setattr(device, "capabilities", lambda: caps._replace(bfloat16_problem="this CPU has no AVX-512"))
+    assert common.skipped_bfloat16(["engine_bf16", "floor_bf16"]) == {
+        "engine_bf16": "bfloat16 products cannot run here: this CPU has no AVX-512",
+        "floor_bf16": "bfloat16 products cannot run here: this CPU has no AVX-512"}
+    monkeypatch.setattr(device, "capabilities", lambda: caps._replace(bfloat16_problem=""))
+    assert common.skipped_bfloat16(["engine_bf16"]) == {}
+
+
+def runtime_header(cpu_class, isa):
+    return {"runtime": {"cpu_class": cpu_class, "onednn_isa": isa, "mxnet_version": "1.9.1",
+                        "mxnet_features": ["MKLDNN"]}}
+
+
+def test_report_shows_cpu_classes_side_by_side_and_what_each_skipped(tmp_path):
+    results = tmp_path / "results"
+    (results / "avx2").mkdir(parents=True)
+    fake_result(str(results), "peers.json", "peers", dict(peers_data(), **runtime_header(
+        "AVX512-BF16", "Intel AVX-512 with Intel DL Boost and bfloat16 support")))
+    avx2 = peers_data()
+    avx2["ms_per_token_median"] = dict(avx2["ms_per_token_median"], engine_b1=41.6, onnxruntime_b1=22.0)
+    avx2.update(runtime_header("AVX2 (DNNL_MAX_CPU_ISA=AVX2 on an AVX512-BF16 CPU)", "Intel AVX2"),
+                skipped_variants={"engine_bf16": "bfloat16 products cannot run here: no AVX-512"})
+    fake_result(str(results / "avx2"), "peers.json", "peers", avx2)
+    out = tmp_path / "README.md"
+    report.main(["--results", str(results), "--output", str(out)])
+    text = out.read_text(encoding="utf-8")
+    assert "## CPU classes side by side" in text
+    assert "|  | this machine | avx2 |" in text
+    assert "| oneDNN ISA in use | Intel AVX-512 with Intel DL Boost and bfloat16 support | Intel AVX2 |" in text
+    assert "| engine greedy, batch 1, ms/token | 23.45 | 41.60 |" in text
+    assert "| ONNX Runtime, batch 1, ms/token | 19.20 | 22.00 |" in text
+    assert "| engine, bfloat16 weights, batch 1, ms/token | - | skipped |" in text
+    assert "avx2: **Skipped** `engine_bf16`: bfloat16 products cannot run here: no AVX-512." in text
+    assert "| walkthrough loop, batch 1, ms/token | not run | not run |" in text
+
+
+def test_report_with_one_class_says_how_to_add_another(tmp_path):
+    (tmp_path / "results").mkdir()
+    out = tmp_path / "README.md"
+    report.main(["--results", str(tmp_path / "results"), "--output", str(out)])
+    assert "`make bench ISA=AVX2`" in out.read_text(encoding="utf-8")
+
+
+def test_report_lists_skipped_decode_variants_in_their_table(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    med = {"walkthrough": 80.0, "engine": 40.0, "sampling": 41.0, "floor": 30.0, "engine_b8": 70.0, "floor_b8": 60.0}
+    reason = "bfloat16 products cannot run here: this CPU (AMD EPYC) has no AVX-512"
+    fake_result(str(results), "decode_latency.json", "decode_latency", {
+        "ms_per_token_median": med, "ratios": {}, "args": {"batch": 8},
+        "skipped_variants": {k: reason for k in ("engine_bf16", "floor_bf16", "engine_bf16_b8", "floor_bf16_b8")}})
+    out = tmp_path / "README.md"
+    report.main(["--results", str(results), "--output", str(out)])
+    text = out.read_text(encoding="utf-8")
+    assert "| engine greedy, bfloat16 weights | 1 | skipped | - |" in text
+    assert "| engine greedy, batch 8 | 8 | 70.00 | 114.3 |" in text
+    assert ("**Skipped** `engine_bf16`, `engine_bf16_b8`, `floor_bf16`, `floor_bf16_b8`: " + reason + ".") in text

@@ -38,6 +38,8 @@ def reference(tmp_path_factory):
     ("legacy", "", 12 * 2 + 4),
 ])
 def test_each_layout_loads_to_identical_logits(tmp_path, reference, layout, prefix, count):
+    """Bit for bit on purpose: the same weights through the same kernels on the same shapes in
+    one process, so any difference is a loading bug, not rounding."""
     d = make_test_model(str(tmp_path), layout=layout, prefix=prefix)
     import mxnet as mx
 

@@ -184,6 +184,7 @@ def test_handler_serves_the_demo_model_when_the_model_dir_has_only_code(tmp_path
     assert json.loads(body) == [{"generated_text": metrics["samples"][prompt]}]
 
 
+@pytest.mark.serves
 def test_make_serve_starts_with_no_arguments_and_answers_korean(tmp_path, demo):
     """The README's main job: `make serve` with no model directory serves the demo model."""
     from kogpt2_serving.generation import Generator

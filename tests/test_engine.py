@@ -79,7 +79,9 @@ def test_reorder_duplicates_rows(tiny_model):
     state, logits = engine.start([ids], 10)
     state.reorder([0, 0, 0])
     stepped = engine.step(state, [7, 8, 7])
-    assert np.array_equal(stepped[0], stepped[2]) and not np.array_equal(stepped[0], stepped[1])
+    # Rows 0 and 2 are the same computation, but a kernel may treat rows of one product
+    # differently (blocks and tails), so equal to float32 rounding; row 1 must differ far more.
+    assert np.abs(stepped[0] - stepped[2]).max() < 1e-5 and np.abs(stepped[0] - stepped[1]).max() > 1e-2
     _, ref = engine.start([ids + [8]], 4)
     assert np.abs(stepped[1] - ref[0]).max() < 1e-5
 

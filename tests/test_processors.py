@@ -1,4 +1,6 @@
-"""Logits processors and warpers on hand-built logits, with exact expectations."""
+"""Logits processors and warpers on hand-built logits, with exact expectations: inputs exactly
+representable in binary where the arithmetic must be exact (penalties, temperature), and a margin on
+both sides of every cut point that depends on rounded sums (top-p, typical-p)."""
 import numpy as np
 import pytest
 
@@ -29,11 +31,16 @@ def test_top_k_keeps_ties_and_large_k():
     assert list(P.TopK(10)(np.array([1.0, 2.0]), ctx([]))) == [1.0, 2.0]
 
 
+# The cumulative masses 0.5, 0.8 and 0.95 come out of log -> softmax -> cumsum only to within a
+# few float64 ulps (how exp and log round is libm's, and differs between CPUs), so no p sits on
+# one: each boundary is tested on both sides with a margin far above that rounding.
 @pytest.mark.parametrize("p,kept", [
-    (0.5, [0]),  # 0.5 alone reaches 0.5
+    (0.49, [0]),  # 0.5 alone reaches 0.49
     (0.51, [0, 1]),
-    (0.8, [0, 1]),  # 0.5 + 0.3 reaches 0.8
+    (0.79, [0, 1]),  # 0.5 + 0.3 reaches 0.79
     (0.81, [0, 1, 2]),
+    (0.94, [0, 1, 2]),
+    (0.96, [0, 1, 2, 3]),
     (1.0, [0, 1, 2, 3]),
     (0.01, [0]),  # always at least the most likely
 ])
@@ -62,11 +69,16 @@ def test_temperature():
 
 def test_typical_p():
     # entropy of [0.5, 0.3, 0.2] is ~1.03 nats; surprisals 0.69, 1.20, 1.61 -> distances .34, .17, .58
+    # in that order the masses are 0.3, 0.8, 1.0 (to within rounding): each p keeps a margin from them
     probs = np.array([0.5, 0.3, 0.2])
-    out = P.TypicalP(0.3)(np.log(probs), ctx([]))
-    assert [bool(np.isfinite(x)) for x in out] == [False, True, False]  # 0.3 alone reaches mass 0.3
+    out = P.TypicalP(0.29)(np.log(probs), ctx([]))
+    assert [bool(np.isfinite(x)) for x in out] == [False, True, False]  # 0.3 alone reaches mass 0.29
+    out = P.TypicalP(0.31)(np.log(probs), ctx([]))
+    assert [bool(np.isfinite(x)) for x in out] == [True, True, False]
     out = P.TypicalP(0.7)(np.log(probs), ctx([]))
     assert [bool(np.isfinite(x)) for x in out] == [True, True, False]
+    out = P.TypicalP(0.81)(np.log(probs), ctx([]))
+    assert [bool(np.isfinite(x)) for x in out] == [True, True, True]
 
 
 def test_repetition_penalty_on_seen_ids():

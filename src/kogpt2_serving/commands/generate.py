@@ -18,7 +18,7 @@ def add_arguments(parser):
                         "shipped demo model)")
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default: auto)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="float16: GPU only; bfloat16: weights in bfloat16 on a CPU")
+                        help="float16: GPU only; bfloat16: weights in bfloat16 on an AVX-512 CPU (MXNet >= 1.8)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     parser.add_argument("--parameters", default="{}",
                         help="generation parameters as JSON, e.g. '{\"max_new_tokens\": 32, \"do_sample\": true}' "
