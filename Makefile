@@ -105,6 +105,7 @@ bench: $(STAMP) $(BENCH_STAMP)  ## run the benchmarks (ISA=AVX2: as that CPU cla
 	  --output $(BENCH_OUT)/endpoint-local-w1.json
 	$(BENCH_ENV) $(PY) benchmarks/endpoint_latency.py --serve --workers 2 $(BENCH_FLAGS) $(if $(QUICK),,--calls 6) \
 	  --output $(BENCH_OUT)/endpoint-local-w2.json
+	$(BENCH_ENV) $(PY) benchmarks/gateway_overhead.py $(BENCH_FLAGS) --output $(BENCH_OUT)/gateway_overhead.json
 	$(PY) benchmarks/report.py --results $(BENCH_BASE) --output $(if $(QUICK),$(BENCH_BASE)/README.md,benchmarks/README.md)
 
 clean:  ## remove build outputs (keeps .venv and .venv16)

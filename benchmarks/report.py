@@ -46,6 +46,7 @@ SCRIPTS = {
     "server_load": "python benchmarks/server_load.py --kogpt2-size --output benchmarks/results/server_load.json",
     "endpoint_latency": "python benchmarks/endpoint_latency.py --serve --output "
                         "benchmarks/results/endpoint-local-w1.json",
+    "gateway_overhead": "python benchmarks/gateway_overhead.py --output benchmarks/results/gateway_overhead.json",
 }
 
 
@@ -504,12 +505,26 @@ def section_server(results, plots):
                                                    f2(idle["http_p50"])), ""]
     if "load_average" in r:
         out += ["Load average at the end of the run: %s." % ", ".join(f2(x) for x in r["load_average"]), ""]
+    out += [gateway_text(results.get("gateway_overhead")), ""]
     has_workers = any("workers" in row for levels in r.get("modes", {}).values() for row in levels)
     if not has_workers:
         out += ["_This result covers one worker only: `server_load.py` has no worker-count option yet._", ""]
     out.append(plots.figure("server_load", r, lambda fig: _draw_server(fig, r), size=(10, 4.2)))
     out += ["", caption(r)]
     return "\n".join(out)
+
+
+def gateway_text(r):
+    """The gateway's cost per request (`gateway_overhead.py`), or where to get it."""
+    if not r:
+        return missing("gateway_overhead")
+    summary = r["summary"]
+    return ("**The gateway** in front of Multi Model Server (the only thing on the public port; MMS listens on "
+            "private unix sockets): the same one-token request through it and straight to MMS's socket, "
+            "interleaved, %s requests each, %s model: p50 %s vs %s ms, **+%s ms per request (%sx)**; p95 %s vs %s "
+            "ms. %s" % (r["requests"], r["model"], f2(summary["gateway"]["p50_ms"]), f2(summary["mms_direct"]["p50_ms"]),
+                        f2(r["gateway_cost_p50_ms"]), f3(r["ratio_p50"]), f2(summary["gateway"]["p95_ms"]),
+                        f2(summary["mms_direct"]["p95_ms"]), caption(r)))
 
 
 def _draw_server(fig, r):
@@ -636,8 +651,8 @@ def section_choosing(results):
             ratio = on[top]["tokens_per_s"] / off[top]["tokens_per_s"]
             text += (" MMS batching raised that to %s tokens/s (%sx) with p50 %s ms (p99 %s ms)." % (
                 f1(on[top]["tokens_per_s"]), f2(ratio), f1(on[top]["p50_ms"]), f1(on[top]["p99_ms"])))
-            text += (" Batching helps when many requests arrive together; it is served at /predictions/model, "
-                     "so it suits self-hosted servers, not SageMaker endpoints." if ratio > 1 else
+            text += (" Batching helps when many requests arrive together; MMS serves it at /predictions/model "
+                     "and the gateway forwards /invocations there." if ratio > 1 else
                      " Here batching did not help.")
         points.append(text)
     points.append(
