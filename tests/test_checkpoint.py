@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from kogpt2_serving import checkpoint
+from kogpt2_serving.files import checkpoint
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.loader import load_model
+from kogpt2_serving.files.loader import load_model
 from kogpt2_serving.testing import make_test_model
 
 IDS = [1, 25, 60, 7, 99, 140]
@@ -74,7 +74,7 @@ def test_legacy_layout_round_trips_names():
 
 
 def load_config_like():
-    from kogpt2_serving.config import GPT2Config
+    from kogpt2_serving.files.config import GPT2Config
 
     return GPT2Config(vocab_size=10, n_positions=8, n_embd=64, n_layer=3, n_head=1)
 
