@@ -19,23 +19,14 @@ import numpy as np
 from ..errors import ModelLoadError, cause_of
 from ..model.compat import load_parameter
 from .config import HEAD_SIZE, GPT2Config
+from .weights import GLOBAL, PER_LAYER, shape_of, weights
 
 LAYOUTS = ("structural", "deduplicated", "legacy")
 TIED = ("_embed.weight", "_logits_proj.weight")
 
 # (legacy template, canonical template): {i} layer index, {p} parameter kind, {last} last layer.
-_NAMES = [
-    ("embed_weight", "_embed.weight"),
-    ("pos_embed_weight", "_pos_embed.weight"),
-    ("self_attn{i}_qkv_proj_{p}", "_self_attention_layers.{i}._multi_head_qkv_proj.{p}"),
-    ("self_attn{i}_out_proj_{p}", "_self_attention_layers.{i}._out_proj.{p}"),
-    ("ffn{i}_dense0_{p}", "_ffn_layers.{i}._hidden_map.{p}"),
-    ("ffn{i}_dense1_{p}", "_ffn_layers.{i}._out_map.{p}"),
-    ("attn_ln{i}_{p}", "_attn_ln.{i}.{p}"),
-    ("ffn_ln{i}_{p}", "_ffn_ln.{i}.{p}"),
-    ("final_ln{last}_{p}", "_final_ln.{p}"),
-]
-_FIELDS = {"i": r"(?P<i>\d+)", "last": r"(?P<last>\d+)", "p": r"(?P<p>weight|bias|gamma|beta)"}
+_NAMES = [(w.legacy, w.canonical) for w in GLOBAL + PER_LAYER]  # (legacy, canonical) templates
+_FIELDS = {"i": r"(?P<i>\d+)", "last": r"(?P<last>\d+)"}
 
 
 def _template_regex(template):
@@ -129,21 +120,7 @@ def infer_config(params, path):
 
 def expected_shapes(config):
     """Canonical name -> shape, for every parameter of a model with this config."""
-    u, f = config.n_embd, config.ffn_size
-    shapes = {"_embed.weight": (config.vocab_size, u), "_pos_embed.weight": (config.n_positions, u),
-              "_final_ln.gamma": (u,), "_final_ln.beta": (u,)}
-    for i in range(config.n_layer):
-        a, m = "_self_attention_layers.{}.".format(i), "_ffn_layers.{}.".format(i)
-        shapes.update({
-            a + "_multi_head_qkv_proj.weight": (3 * u, u), a + "_multi_head_qkv_proj.bias": (3 * u,),
-            a + "_out_proj.weight": (u, u), a + "_out_proj.bias": (u,),
-            m + "_hidden_map.weight": (f, u), m + "_hidden_map.bias": (f,),
-            m + "_out_map.weight": (u, f), m + "_out_map.bias": (u,),
-        })
-        for ln in ("_attn_ln", "_ffn_ln"):
-            shapes["{}.{}.gamma".format(ln, i)] = (u,)
-            shapes["{}.{}.beta".format(ln, i)] = (u,)
-    return shapes
+    return {w.canonical: shape_of(w, config) for w in weights(config.n_layer)}
 
 
 def check_params(params, config, path):

@@ -16,32 +16,12 @@ from ..errors import HF_INSTALL_HINT, ModelLoadError, cause_of
 from .checkpoint import expected_shapes
 from ..json_file import read_json_file
 from .config import config_from_dict
+from .weights import weights
 
 SAFETENSORS, TORCH_BIN = "model.safetensors", "pytorch_model.bin"
 WEIGHT_FILES = (SAFETENSORS, TORCH_BIN)  # in order of preference, as transformers does
 LM_HEAD = "lm_head.weight"  # tied to the token embedding; stored by pytorch_model.bin only
 
-# (canonical name, HF name without the "transformer." prefix, stored by HF's Conv1D as (in, out))
-_GLOBAL = [
-    ("_embed.weight", "wte.weight", False),
-    ("_pos_embed.weight", "wpe.weight", False),
-    ("_final_ln.gamma", "ln_f.weight", False),
-    ("_final_ln.beta", "ln_f.bias", False),
-]
-_PER_LAYER = [
-    ("_attn_ln.{i}.gamma", "h.{i}.ln_1.weight", False),
-    ("_attn_ln.{i}.beta", "h.{i}.ln_1.bias", False),
-    ("_self_attention_layers.{i}._multi_head_qkv_proj.weight", "h.{i}.attn.c_attn.weight", True),
-    ("_self_attention_layers.{i}._multi_head_qkv_proj.bias", "h.{i}.attn.c_attn.bias", False),
-    ("_self_attention_layers.{i}._out_proj.weight", "h.{i}.attn.c_proj.weight", True),
-    ("_self_attention_layers.{i}._out_proj.bias", "h.{i}.attn.c_proj.bias", False),
-    ("_ffn_ln.{i}.gamma", "h.{i}.ln_2.weight", False),
-    ("_ffn_ln.{i}.beta", "h.{i}.ln_2.bias", False),
-    ("_ffn_layers.{i}._hidden_map.weight", "h.{i}.mlp.c_fc.weight", True),
-    ("_ffn_layers.{i}._hidden_map.bias", "h.{i}.mlp.c_fc.bias", False),
-    ("_ffn_layers.{i}._out_map.weight", "h.{i}.mlp.c_proj.weight", True),
-    ("_ffn_layers.{i}._out_map.bias", "h.{i}.mlp.c_proj.bias", False),
-]
 # Causal-mask buffers that older transformers versions saved with the weights: not parameters.
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -52,10 +32,7 @@ _UNSUPPORTED_FLAGS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_i
 
 def name_map(n_layer):
     """[(canonical, HF name without prefix, is_conv1d)] for every parameter of the model."""
-    names = list(_GLOBAL)
-    for i in range(n_layer):
-        names += [(c.format(i=i), h.format(i=i), conv) for c, h, conv in _PER_LAYER]
-    return names
+    return [(w.canonical, w.hf, w.conv1d) for w in weights(n_layer)]
 
 
 def read_hf_config(path):
