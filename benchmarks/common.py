@@ -6,7 +6,7 @@ all variants once per repeat, in turn, after one untimed warm-up each, so that r
 in one run are comparable even when the machine's speed drifts between runs.
 
 Import this module before anything imports MXNet: `setup_threads` must run first (see
-:mod:`kogpt2_serving.device`).
+:mod:`kogpt2_serving.model.device`).
 """
 import argparse
 import json
@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 
-from kogpt2_serving.server import free_port  # noqa: E402,F401  (the scripts call common.free_port; no MXNet import)
+from kogpt2_serving.testing import free_port  # noqa: E402,F401  (the scripts call common.free_port; no MXNet import)
 
 RESULTS = os.path.join(HERE, "results")
 MODEL_CACHE = os.path.join(HERE, ".cache", "kogpt2-size-seed0")
@@ -50,7 +50,7 @@ def parser(doc, new_tokens=64, batch=8, repeats=3):
 
 def setup_threads(args):
     """Our engine's threads, chosen before MXNet is imported (the project's own rule)."""
-    from kogpt2_serving.device import configure_threads
+    from kogpt2_serving.model.device import configure_threads
 
     note_busy_machine()
     return configure_threads(override=args.threads)
@@ -81,8 +81,8 @@ def model_dir_or_cached(directory=None):
 
 def load(args, dtype="float32"):
     """(LoadedModel, Generator) in this process (MXNet is imported here)."""
-    from kogpt2_serving.generation import Generator
-    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.generation.generator import Generator
+    from kogpt2_serving.files.loader import load_model
 
     loaded = load_model(model_dir(args), device=args.device, dtype=dtype)
     return loaded, Generator(loaded)
@@ -91,7 +91,7 @@ def load(args, dtype="float32"):
 def skipped_bfloat16(variants):
     """{variant: reason} for bfloat16 variants this process cannot run ({} when it can): the
     result file and the report list them instead of the script dying at load."""
-    from kogpt2_serving.device import capabilities
+    from kogpt2_serving.model.device import capabilities
 
     problem = capabilities().bfloat16_problem
     if problem:
@@ -110,7 +110,7 @@ def prompt_of(tokenizer, length, text=PROMPT):
 
 def generate(generator, prompts, n, extra=None):
     """Exactly n new tokens per prompt (min_new_tokens suppresses </s>); returns the id lists."""
-    from kogpt2_serving.params import parse_parameters
+    from kogpt2_serving.generation.params import parse_parameters
 
     params = parse_parameters(dict({"max_new_tokens": n, "min_new_tokens": n}, **(extra or {})))
     results = generator.generate(prompts, params)
@@ -163,7 +163,7 @@ def floor_step(loaded, batch, steps):
 
     xs = [mx.nd.ones((1, k.shape[1], batch), ctx=loaded.ctx, dtype=loaded.engine.dtype) for k in kernels]
     if loaded.dtype == "bfloat16":  # bfloat16 weights: the products' inputs are bfloat16 too
-        from kogpt2_serving.model import BFLOAT16  # (a NumPy dtype MXNet knows without ml_dtypes)
+        from kogpt2_serving.model.network import BFLOAT16  # (a NumPy dtype MXNet knows without ml_dtypes)
 
         xs = [mx.nd.amp_cast(x, dtype=BFLOAT16) for x in xs]
     chain = Chain()
@@ -212,7 +212,7 @@ def read_bandwidth_run(nbytes, threads, steps):
 
 
 def cpu_cores():
-    from kogpt2_serving.device import cpu_count
+    from kogpt2_serving.model.device import cpu_count
 
     return cpu_count()
 
@@ -303,7 +303,7 @@ def machine():
     info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "node": platform.node()}
     try:
-        from kogpt2_serving.device import cpu_count
+        from kogpt2_serving.model.device import cpu_count
 
         info["cpus_usable"] = cpu_count()
     except ImportError:
@@ -322,13 +322,13 @@ def machine():
     return info
 
 
-# Run in a child process with oneDNN's verbose log on: the capabilities (kogpt2_serving.device)
+# Run in a child process with oneDNN's verbose log on: the capabilities (kogpt2_serving.model.device)
 # and, from the log, the oneDNN version and the ISA it dispatches to, which only that log tells.
 RUNTIME_PROBE = """
 import json
 import mxnet as mx
 mx.nd.FullyConnected(mx.nd.ones((2, 8)), mx.nd.ones((4, 8)), no_bias=True, num_hidden=4).wait_to_read()
-from kogpt2_serving.device import capabilities
+from kogpt2_serving.model.device import capabilities
 print("CAPABILITIES " + json.dumps(capabilities().as_dict()))
 """
 VERBOSE = {"DNNL_VERBOSE": "1", "MKLDNN_VERBOSE": "1"}  # oneDNN >= 1.1 reads the first, MKL-DNN 1.0 the second

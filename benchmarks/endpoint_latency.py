@@ -3,7 +3,7 @@
 The walkthrough's table ("평균 inference 시간 (초/토큰)" per ml.* instance type) came from
 sending its prompt 20 times, dropping the first call and dividing each call's time by the
 tokens it generated. This script does exactly that with the project's latency client
-(kogpt2_serving.latency: failed calls counted and shown, token counts read from every
+(kogpt2_serving.aws.latency: failed calls counted and shown, token counts read from every
 response) and writes a result file that benchmarks/report.py turns into a row of the
 redone table. Run it once per instance type:
 
@@ -85,7 +85,7 @@ def main(argv=None):
     if args.serve:
         common.note_busy_machine()
     from kogpt2_serving.aws.invoke import request_body
-    from kogpt2_serving.latency import format_report, measure
+    from kogpt2_serving.aws.latency import format_report, measure
 
     body = request_body(args.prompt, parameters(args))
     if args.serve:
@@ -102,13 +102,13 @@ def main(argv=None):
 def server_threads(args):
     if not args.serve:
         return {"note": "as configured on the endpoint"}
-    from kogpt2_serving.device import threads_per_worker
+    from kogpt2_serving.model.device import threads_per_worker
 
     return {"server_workers": args.workers, "mxnet_omp_threads_per_worker": threads_per_worker(args.workers)}
 
 
 def sender(args):
-    from kogpt2_serving.latency import endpoint_sender, url_sender
+    from kogpt2_serving.aws.latency import endpoint_sender, url_sender
 
     if args.url:
         return url_sender(args.url, args.timeout)
@@ -121,8 +121,8 @@ def serve_and_measure(args, body):
     """A ModelServer of our own (own process group, temp dir, free port), always stopped."""
     import tempfile
 
-    from kogpt2_serving.latency import measure, url_sender
-    from kogpt2_serving.server import ModelServer, ServerConfig
+    from kogpt2_serving.aws.latency import measure, url_sender
+    from kogpt2_serving.serving.server import ModelServer, ServerConfig
 
     log = tempfile.NamedTemporaryFile(prefix="kgs-endpoint-", suffix=".log", delete=False)
     log.close()
@@ -136,7 +136,7 @@ def serve_and_measure(args, body):
 
 
 def summary(report, args):
-    from kogpt2_serving.latency import per_token, stats
+    from kogpt2_serving.aws.latency import per_token, stats
 
     def described(values):
         s = stats(values)

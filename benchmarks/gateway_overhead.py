@@ -48,8 +48,9 @@ def percentile(values, q):
 
 def main():
     args = parse_args()
-    from kogpt2_serving.local_http import _UnixConnection
-    from kogpt2_serving.server import ModelServer, ServerConfig, free_port
+    from kogpt2_serving.serving.local_http import _UnixConnection
+    from kogpt2_serving.serving.server import ModelServer, ServerConfig
+    from kogpt2_serving.testing import free_port
     from kogpt2_serving.testing import make_test_model
 
     requests = 20 if args.quick else args.requests

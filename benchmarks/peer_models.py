@@ -1,7 +1,7 @@
 """The peers, built from OUR weights: transformers GPT2LMHeadModel (PyTorch) and ONNX Runtime.
 
 - :func:`hf_state_dict` maps our canonical parameters onto HuggingFace GPT-2 keys with the
-  inverse of :func:`kogpt2_serving.hf_checkpoint.name_map` (Conv1D stores (in, out), the
+  inverse of :func:`kogpt2_serving.files.hf_checkpoint.name_map` (Conv1D stores (in, out), the
   transpose of Gluon's Dense), so the peer runs exactly the weights our engine runs.
 - :func:`export_onnx` traces the transformers model with past key/values into an ONNX graph:
   inputs `input_ids`, `attention_mask` (over past + new tokens), `position_ids` and
@@ -35,7 +35,7 @@ def hf_config_kwargs(config):
 def hf_state_dict(params, n_layer):
     """Canonical {name: NDArray or ndarray} -> {HF key: float32 ndarray} (GPT2LMHeadModel keys,
     LM head tied, so not stored). Inverse of hf_checkpoint.read_hf_params."""
-    from kogpt2_serving.hf_checkpoint import name_map
+    from kogpt2_serving.files.hf_checkpoint import name_map
 
     state = {}
     for canonical, hf, conv1d in name_map(n_layer):

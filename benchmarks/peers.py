@@ -21,7 +21,7 @@ prompt, at batch 1 and at --batch, all run in turn once per repeat after a warm-
                 bandwidth_bf16 the bfloat16 weights' (half the bytes)
 
 Each framework runs in its own process (see benchmarks/workers.py for why). Threads: our
-engine uses every core (kogpt2_serving.device); torch and ONNX Runtime get the same budget,
+engine uses every core (kogpt2_serving.model.device); torch and ONNX Runtime get the same budget,
 --peer-threads (2).
 Usage: python benchmarks/peers.py [--quick] [--batch 8] [--new-tokens 64] [--output benchmarks/results/peers.json]
 """

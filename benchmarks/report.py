@@ -608,7 +608,7 @@ def section_redone(results):
             "python benchmarks/report.py                       # the new row appears in the table above",
             "```", "",
             "`endpoint_latency.py` sends the walkthrough's prompt (`아기 공룡 둘리는 희동이와`) as the walkthrough "
-            "did, through the project's latency client (`kogpt2_serving.latency`), drops the first call and "
+            "did, through the project's latency client (`kogpt2_serving.aws.latency`), drops the first call and "
             "divides each call's time by the tokens it generated; `--new-tokens N` fixes the length, "
             "`--url` times any running server, `--serve` starts the serve stack on this machine."]
     return "\n".join(out)
@@ -657,7 +657,7 @@ def section_choosing(results):
         points.append(text)
     points.append(
         "**Workers:** each worker holds its own model copy and gets cores / workers OpenMP threads "
-        "(kogpt2_serving.device). MXNet processes that together run more OpenMP threads than there are cores "
+        "(kogpt2_serving.model.device). MXNet processes that together run more OpenMP threads than there are cores "
         "slow each other down many times over (the teams spin-wait for cores the other holds), so keep "
         "workers x threads <= cores. Workers share the memory bandwidth that bounds decoding. %s" %
         _workers_evidence(results))

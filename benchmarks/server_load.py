@@ -1,7 +1,7 @@
 """Load on a real `serve` stack: Multi Model Server + our handler, over loopback HTTP.
 
 For each mode (batching off, then MMS batching on with --batch-size, each with 1 worker; then
-batching off with each further --workers count) the script starts its own server (kogpt2_serving.server.ModelServer: own session, temp dir, free port), sends concurrent
+batching off with each further --workers count) the script starts its own server (kogpt2_serving.serving.server.ModelServer: own session, temp dir, free port), sends concurrent
 requests from 1, 2, 4 and 8 client threads (persistent connections, distinct prompts and
 seeds, HF-style JSON with details for the token count) and reports latency p50/p95/p99,
 requests/s, generated tokens/s and errors (anything but HTTP 200). It stops every server it
@@ -101,7 +101,8 @@ def request_body(client, n, args):
 
 
 def run_mode(model_dir, batch_size, workers, args, levels):
-    from kogpt2_serving.server import ModelServer, ServerConfig, free_port
+    from kogpt2_serving.serving.server import ModelServer, ServerConfig
+    from kogpt2_serving.testing import free_port
 
     log = tempfile.NamedTemporaryFile(prefix="kgs-bench-", suffix=".log", delete=False)
     log.close()
@@ -200,9 +201,9 @@ def probe_body(n):
 
 def measure_overhead(model_dir, port, path):
     """Per request: HTTP latency minus the same request's in-process generation time."""
-    from kogpt2_serving.generation import Generator
-    from kogpt2_serving.loader import load_model
-    from kogpt2_serving.params import parse_parameters
+    from kogpt2_serving.generation.generator import Generator
+    from kogpt2_serving.files.loader import load_model
+    from kogpt2_serving.generation.params import parse_parameters
 
     generator = Generator(load_model(model_dir, device="cpu"))
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)

@@ -111,11 +111,11 @@ class EngineBackend(Backend):
         super().__init__()
         import common
 
-        from kogpt2_serving.device import configure_threads
+        from kogpt2_serving.model.device import configure_threads
 
         self.threads = configure_threads(override=threads)  # before MXNet is imported
-        from kogpt2_serving.generation import Generator
-        from kogpt2_serving.loader import load_model
+        from kogpt2_serving.generation.generator import Generator
+        from kogpt2_serving.files.loader import load_model
 
         self.common = common
         self.loaded = load_model(common.model_dir_or_cached(model_dir), device=device, dtype=dtype)
@@ -125,7 +125,7 @@ class EngineBackend(Backend):
     def info(self):
         import mxnet
 
-        from kogpt2_serving.device import capabilities
+        from kogpt2_serving.model.device import capabilities
 
         c = self.loaded.config
         env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_PARALLEL_SIZE", "KOGPT2_THREADS",

@@ -41,7 +41,7 @@ import zipfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
-from kogpt2_serving.device import configure_threads  # noqa: E402
+from kogpt2_serving.model.device import configure_threads  # noqa: E402
 
 KONLPY = "konlpy==0.6.0"
 SOURCES = ("konlpy/data/corpus/kolaw/constitution.txt", "konlpy/data/corpus/kobill/")
@@ -95,7 +95,7 @@ def main():
     config, model, seconds, cpu_seconds = train(args, sp.GetPieceSize(), train_ids)
     write_model_dir(args.out, model, config, spiece, heldout_lines)
     # Everything reported is measured on the model as shipped: reloaded, float16 weights cast back.
-    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.files.loader import load_model
 
     shipped = load_model(args.out, device="cpu")
     metrics = evaluate(args, shipped.engine, train_ids, heldout_ids, sp.GetPieceSize())
@@ -171,8 +171,8 @@ def train(args, vocab_size, ids):
     import numpy as np
     from mxnet import autograd, gluon
 
-    from kogpt2_serving.config import GPT2Config
-    from kogpt2_serving.model import MASKED, GPT2Model
+    from kogpt2_serving.files.config import GPT2Config
+    from kogpt2_serving.model.network import MASKED, GPT2Model
 
     config = GPT2Config(vocab_size=vocab_size, n_positions=args.n_positions, n_embd=args.n_embd,
                         n_layer=args.n_layer, n_head=args.n_embd // 64)
@@ -242,7 +242,7 @@ def evaluate(args, engine, train_ids, heldout_ids, vocab_size):
     perplexity on its own training stream shows how much of that it has memorised."""
     import numpy as np
 
-    from kogpt2_serving.perplexity import model_nll, unigram_counts, unigram_nll
+    from kogpt2_serving.generation.perplexity import model_nll, unigram_counts, unigram_nll
 
     counts = unigram_counts(train_ids, vocab_size)
     model_loss, targets = model_nll(engine, heldout_ids, args.window)
@@ -257,8 +257,8 @@ def evaluate(args, engine, train_ids, heldout_ids, vocab_size):
 
 
 def greedy_samples(loaded):
-    from kogpt2_serving.generation import Generator
-    from kogpt2_serving.params import parse_parameters
+    from kogpt2_serving.generation.generator import Generator
+    from kogpt2_serving.generation.params import parse_parameters
 
     params = parse_parameters({"max_new_tokens": 40})
     results = Generator(loaded).generate(SAMPLE_PROMPTS, params)
@@ -274,7 +274,7 @@ def count_parameters(model):
 
 def write_model_dir(out, model, config, spiece, heldout_lines):
     from kogpt2_serving import checkpoint
-    from kogpt2_serving.config import write_config_file
+    from kogpt2_serving.files.config import write_config_file
     from kogpt2_serving.testing import store_with_md5
 
     os.makedirs(out, exist_ok=True)
@@ -302,7 +302,7 @@ def write_metrics(out, config, metrics):
 
 
 def rewrite_card(out):
-    from kogpt2_serving.config import read_config_file
+    from kogpt2_serving.files.config import read_config_file
 
     with io.open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
         metrics = json.load(f)

@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from kogpt2_serving.server import free_port  # noqa: F401  (tests import it from here)
+from kogpt2_serving.testing import free_port  # noqa: F401  (tests import it from here)
 
 ACCOUNT = "123456789012"  # moto's default account
 REGION = "ap-northeast-2"

@@ -1,5 +1,5 @@
 """Shared fixtures: tiny real KoGPT2-format model directories, built once per session; and
-the markers that tie tests to what this machine can run (kogpt2_serving.device.capabilities).
+the markers that tie tests to what this machine can run (kogpt2_serving.model.device.capabilities).
 
 - ``@pytest.mark.requires_bfloat16``: the test runs bfloat16 products; skipped, with the reason
   naming the missing CPU feature or MXNet piece, where they cannot run (AVX2-only CPUs,
@@ -10,7 +10,7 @@ the markers that tie tests to what this machine can run (kogpt2_serving.device.c
 """
 import pytest
 
-from kogpt2_serving.device import configure_threads
+from kogpt2_serving.model.device import configure_threads
 
 configure_threads()  # before MXNet is imported by any test module
 
@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
               or item.get_closest_marker("without_bfloat16")]
     if not marked:
         return
-    from kogpt2_serving.device import capabilities
+    from kogpt2_serving.model.device import capabilities
 
     caps = capabilities()
     for item in marked:
@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def capabilities():
-    from kogpt2_serving.device import capabilities
+    from kogpt2_serving.model.device import capabilities
 
     return capabilities()
 
@@ -56,13 +56,13 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.files.loader import load_model
 
     return load_model(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="session")
 def generator(tiny_model):
-    from kogpt2_serving.generation import Generator
+    from kogpt2_serving.generation.generator import Generator
 
     return Generator(tiny_model)

@@ -28,8 +28,8 @@ import sys
 import tempfile
 import time
 
-from kogpt2_serving import local_http
-from kogpt2_serving.server import free_port  # noqa: F401  (tests import it from here)
+from kogpt2_serving.serving import local_http
+from kogpt2_serving.testing import free_port  # noqa: F401  (tests import it from here)
 
 READY = re.compile(r"serving .* at (http://\S+) \(POST (\S+),")
 MMS_GROUP = re.compile(r"Multi Model Server starting \(pid (\d+)\)")

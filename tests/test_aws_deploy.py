@@ -6,7 +6,7 @@ import pytest
 from aws_moto import ACCOUNT, IMAGE, REGION, ROLE, aws, client, moto_server, push_image  # noqa: F401
 
 from kogpt2_serving.cli import main
-from kogpt2_serving.packaging import package
+from kogpt2_serving.aws.packaging import package
 
 BUCKET = "kogpt2-models"
 KEY = "kogpt2-serving/kogpt2-serving/model.tar.gz"

@@ -13,7 +13,7 @@ from aws_moto import aws, free_port, moto_server  # noqa: F401
 
 from kogpt2_serving.aws.session import Clients
 from kogpt2_serving.cli import main
-from kogpt2_serving.latency import (Report, Sample, endpoint_sender, format_report, measure, parse_response,
+from kogpt2_serving.aws.latency import (Report, Sample, endpoint_sender, format_report, measure, parse_response,
                                     percentile, url_sender)
 
 PROMPT = "아기 공룡 둘리는 희동이와"

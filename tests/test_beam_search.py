@@ -4,10 +4,11 @@ import itertools
 import numpy as np
 import pytest
 
-from kogpt2_serving import checkpoint, processors as P
-from kogpt2_serving.config import GPT2Config
-from kogpt2_serving.params import GenerationParameters, parse_parameters
-from kogpt2_serving.strategies import beam_search, length_normalized
+from kogpt2_serving.files import checkpoint
+from kogpt2_serving.generation import processors as P
+from kogpt2_serving.files.config import GPT2Config
+from kogpt2_serving.generation.params import GenerationParameters, parse_parameters
+from kogpt2_serving.generation.strategies import beam_search, length_normalized
 from kogpt2_serving.testing import random_params
 
 V, EOS, PROMPT = 6, 2, [1, 4]
@@ -17,8 +18,8 @@ V, EOS, PROMPT = 6, 2, [1, 4]
 def engine():
     import mxnet as mx
 
-    from kogpt2_serving.engine import Engine
-    from kogpt2_serving.model import GPT2Model
+    from kogpt2_serving.model.engine import Engine
+    from kogpt2_serving.model.network import GPT2Model
 
     config = GPT2Config(vocab_size=V, n_positions=16, n_embd=16, n_layer=2, n_head=2)
     params = random_params(config, seed=3)
@@ -115,7 +116,7 @@ def test_num_beams_one_is_greedy_in_generator(generator):
 
 
 def test_best_flat_equals_a_stable_full_sort():
-    from kogpt2_serving.strategies import _best_flat
+    from kogpt2_serving.generation.strategies import _best_flat
 
     rng = np.random.RandomState(0)
     for shape, count in [((4, 50), 8), ((1, 7), 7), ((3, 5), 20), ((2, 30), 1)]:

@@ -25,7 +25,7 @@ def test_hf_state_dict_is_the_inverse_of_reading_hf_checkpoints(tiny_model, tmp_
     HF reader: every canonical array comes back identical."""
     params = peer_models.canonical_params(tiny_model)
     directory = peer_models.write_hf_dir(tiny_model.config, params, str(tmp_path / "hf"))
-    from kogpt2_serving.hf_checkpoint import read_hf_config, read_hf_params
+    from kogpt2_serving.files.hf_checkpoint import read_hf_config, read_hf_params
 
     config = read_hf_config(os.path.join(directory, "config.json"))
     assert config._replace(activation_function=tiny_model.config.activation_function) == tiny_model.config
@@ -362,7 +362,7 @@ def test_write_result_header(tmp_path):
     assert r["versions"]["torch"] == "2.13.0+cpu" and r["versions"]["mxnet"] and r["date"]
     assert r["command"].startswith("python ") and r["machine"]["cpus"] >= 1
     assert isinstance(r["other_cpu_load"]["at_end"], list)  # psutil is a test dependency
-    from kogpt2_serving.device import capabilities
+    from kogpt2_serving.model.device import capabilities
 
     rt, caps = r["runtime"], capabilities()  # measured in a probe process with this environment
     assert (rt["cpu_model"], rt["cpu_flags"], rt["isa_cap"]) == (caps.cpu_model, list(caps.cpu_flags), caps.isa_cap)

@@ -9,12 +9,12 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from kogpt2_serving.device import choose_dtype
+from kogpt2_serving.model.device import choose_dtype
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.generation import Generator
-from kogpt2_serving.loader import load_model
-from kogpt2_serving.model import BFLOAT16, Linear, store_weights_in_bfloat16
-from kogpt2_serving.params import parse_parameters
+from kogpt2_serving.generation.generator import Generator
+from kogpt2_serving.files.loader import load_model
+from kogpt2_serving.model.network import BFLOAT16, Linear, store_weights_in_bfloat16
+from kogpt2_serving.generation.params import parse_parameters
 from kogpt2_serving.testing import make_test_model
 from numpy_reference import bfloat16_dense, forward, load_numpy_params, round_to_bfloat16
 
@@ -34,7 +34,7 @@ def bf16_model(model_dir):
 def bfloat16_linear(rows, seed):
     """A Linear (64 -> 48) with bfloat16 weights and its step kernels, an input of `rows` rows,
     and the emulated bfloat16 product the layer must return."""
-    from kogpt2_serving.model import fill_step_weights
+    from kogpt2_serving.model.network import fill_step_weights
 
     rng = np.random.RandomState(seed)
     x, w, b = rng.randn(rows, 64), rng.randn(48, 64) * 0.1, rng.randn(48) * 0.1

@@ -6,7 +6,7 @@ leg of `make test`, AVX2-only CPUs, MXNet 1.6) and, everywhere, with the capabil
 those of such a machine."""
 import pytest
 
-from kogpt2_serving import device
+from kogpt2_serving.model import device
 from kogpt2_serving.cli import main
 from kogpt2_serving.errors import ModelLoadError
 
@@ -94,7 +94,7 @@ def test_bfloat16_problem_is_empty_when_the_product_runs(monkeypatch):
 
 def test_the_probe_agrees_with_loading_a_bfloat16_model(capabilities, tiny_model_dir):
     """capabilities() decides by running a product; loading a model must agree with it."""
-    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.files.loader import load_model
 
     if capabilities.bfloat16:
         assert load_model(tiny_model_dir, device="cpu", dtype="bfloat16").dtype == "bfloat16"

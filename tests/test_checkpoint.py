@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from kogpt2_serving import checkpoint
+from kogpt2_serving.files import checkpoint
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.loader import load_model
+from kogpt2_serving.files.loader import load_model
 from kogpt2_serving.testing import make_test_model
 
 IDS = [1, 25, 60, 7, 99, 140]
@@ -74,7 +74,7 @@ def test_legacy_layout_round_trips_names():
 
 
 def load_config_like():
-    from kogpt2_serving.config import GPT2Config
+    from kogpt2_serving.files.config import GPT2Config
 
     return GPT2Config(vocab_size=10, n_positions=8, n_embd=64, n_layer=3, n_head=1)
 
@@ -235,3 +235,15 @@ def test_corrupt_spiece(model_copy):
         f.write(b"garbage")
     with pytest.raises(ModelLoadError, match="cannot read SentencePiece model " + spiece):
         load_model(model_copy)
+
+
+def test_the_weight_table_names_exactly_the_networks_parameters():
+    """files/weights.py is the one list of names and shapes: the network's structural names must
+    be its canonical column, with the same shapes (a renamed attribute would break every reader)."""
+    from kogpt2_serving.files.config import GPT2Config
+    from kogpt2_serving.model.network import GPT2Model
+
+    config = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=3, n_head=2, n_inner=48)
+    network = {name: tuple(p.shape) for name, p in GPT2Model(config).named_weights().items()}
+    network.pop("_logits_proj.weight")  # the tied LM head: the embedding under its second name
+    assert network == checkpoint.expected_shapes(config)

@@ -17,7 +17,7 @@ from aws_dockerfile import environment, exec_form, repository_path
 from server_utils import ServeProcess, free_port
 
 from kogpt2_serving.aws.deploy import DeploySpec, container_environment
-from kogpt2_serving.packaging import package
+from kogpt2_serving.aws.packaging import package
 
 PROMPT = "아기 공룡 둘리는"
 

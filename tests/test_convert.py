@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from kogpt2_serving import checkpoint
+from kogpt2_serving.files import checkpoint
 from kogpt2_serving.cli import main
-from kogpt2_serving.convert import convert
+from kogpt2_serving.files.convert import convert
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.loader import load_model
+from kogpt2_serving.files.loader import load_model
 from kogpt2_serving.testing import make_hf_test_model, make_test_model
 
 pytest.importorskip("torch")

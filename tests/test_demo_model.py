@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from kogpt2_serving.model_dir import DEMO_MODEL_DIR, default_model_dir, find_model_files
-from kogpt2_serving.params import parse_parameters
+from kogpt2_serving.files.model_dir import DEMO_MODEL_DIR, default_model_dir, find_model_files
+from kogpt2_serving.generation.params import parse_parameters
 from numpy_reference import forward, load_numpy_params
 
 QKV = "_self_attention_layers.{}._multi_head_qkv_proj.{}"
@@ -27,7 +27,7 @@ def metrics():
 
 @pytest.fixture(scope="module")
 def demo():
-    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.files.loader import load_model
 
     return load_model(DEMO_MODEL_DIR, device="cpu")
 
@@ -87,7 +87,7 @@ def test_attention_over_a_heldout_line_is_not_uniform(demo, weights, heldout_ids
 
 def with_n_head(tmp_path, n_head):
     """The shipped model loaded from a copy whose config.json says n_head."""
-    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.files.loader import load_model
 
     copy = str(tmp_path / "heads{}".format(n_head))
     shutil.copytree(DEMO_MODEL_DIR, copy)
@@ -122,7 +122,7 @@ def test_shipped_in_kogpt2_layout_within_size(demo):
 
 
 def test_greedy_is_deterministic_and_matches_the_model_card(demo, metrics):
-    from kogpt2_serving.generation import Generator
+    from kogpt2_serving.generation.generator import Generator
 
     params = parse_parameters({"max_new_tokens": 40})
     prompts = list(metrics["samples"])
@@ -133,7 +133,7 @@ def test_greedy_is_deterministic_and_matches_the_model_card(demo, metrics):
 
 
 def test_heldout_perplexity_beats_unigram_by_the_promised_margin(demo, metrics):
-    from kogpt2_serving.perplexity import model_nll, unigram_nll
+    from kogpt2_serving.generation.perplexity import model_nll, unigram_nll
 
     with io.open(os.path.join(DEMO_MODEL_DIR, "heldout.txt"), encoding="utf-8") as f:
         lines = [line for line in f.read().splitlines() if line]
@@ -187,7 +187,7 @@ def test_handler_serves_the_demo_model_when_the_model_dir_has_only_code(tmp_path
 @pytest.mark.serves
 def test_make_serve_starts_with_no_arguments_and_answers_korean(tmp_path, demo):
     """The README's main job: `make serve` with no model directory serves the demo model."""
-    from kogpt2_serving.generation import Generator
+    from kogpt2_serving.generation.generator import Generator
     from server_utils import ServeProcess, free_port
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

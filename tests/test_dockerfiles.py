@@ -260,7 +260,7 @@ def test_model_tar_and_dry_run_deploy_run_for_real(tiny_model_dir, tmp_path):
 
 def test_deploy_without_role_says_what_to_set(tiny_model_dir, tmp_path):
     tar = str(tmp_path / "model.tar.gz")
-    from kogpt2_serving.packaging import package
+    from kogpt2_serving.aws.packaging import package
 
     package(tiny_model_dir, tar, validate=False)
     result = make("deploy", "MODEL_TAR=" + tar, "AWS_ACCOUNT=123456789012", "DRY_RUN=1")

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from kogpt2_serving.errors import PromptTooLong
-from kogpt2_serving.generation import Generator
-from kogpt2_serving.params import parse_parameters
+from kogpt2_serving.generation.params import parse_parameters
 
 PROMPTS = ["대한민국은", "아기 공룡 둘리는 희동이와", "서울에서 부산까지 기차로 3시간 20분이 걸린다!", "학생들은"]
 
@@ -132,7 +131,7 @@ def test_step_graphs_per_batch_size_are_bounded_and_rebuilt_alike(tiny_model, mo
 def test_steps_past_the_convolution_limit_use_fullyconnected_alike(tiny_model):
     """Up to MAX_CONV_ROWS rows a step's products are convolutions over the step kernels;
     past it they are FullyConnected over the weights. Either way a row's logits are its own."""
-    from kogpt2_serving.model import MAX_CONV_ROWS
+    from kogpt2_serving.model.network import MAX_CONV_ROWS
 
     engine, tok = tiny_model.engine, tiny_model.tokenizer
     prompts = [tok.encode_prompt(PROMPTS[i % len(PROMPTS)]) + [5 + i] for i in range(MAX_CONV_ROWS + 1)]
@@ -146,7 +145,7 @@ def test_steps_past_the_convolution_limit_use_fullyconnected_alike(tiny_model):
 def test_step_kernels_are_copies_of_the_weights_and_not_saved(tiny_model, tmp_path):
     import mxnet as mx
 
-    from kogpt2_serving.checkpoint import save_params
+    from kogpt2_serving.files.checkpoint import save_params
 
     model = tiny_model.engine.model
     attention, ffn = model._self_attention_layers[0], model._ffn_layers[0]

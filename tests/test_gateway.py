@@ -1,4 +1,4 @@
-"""The gateway (kogpt2_serving.gateway) against a fake Multi Model Server, in this Python and
+"""The gateway (kogpt2_serving.serving.gateway) against a fake Multi Model Server, in this Python and
 in the oldest one the machine has (the MXNet 1.6 images run 3.6): forwarding, kept-alive
 backend connections, error reshaping, timeout, body limit, backend gone. The real server with
 the real MMS behind the gateway is tested in test_server*.py."""
@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from gateway_check import check_all
-from kogpt2_serving import gateway
+from kogpt2_serving.serving import gateway
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 

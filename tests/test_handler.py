@@ -7,12 +7,12 @@ import textwrap
 
 import pytest
 
-from kogpt2_serving import codec, handler, handler_functions, mxnet_entry
+from kogpt2_serving.serving import codec, handler, handler_functions, mxnet_entry
 from kogpt2_serving.errors import (BadRequest, InvalidParameter, PromptTooLong, RequestTooCostly, ServingError,
                                    UnsupportedAccept, UnsupportedContentType)
 from kogpt2_serving.settings import RequestLimits, SettingError, request_limits
-from kogpt2_serving.handler_service import HandlerService
-from kogpt2_serving.params import GenerationParameters
+from kogpt2_serving.serving.handler_service import HandlerService
+from kogpt2_serving.generation.params import GenerationParameters
 
 DEFAULTS = GenerationParameters()
 

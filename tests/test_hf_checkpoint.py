@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.loader import load_model
+from kogpt2_serving.files.loader import load_model
 from kogpt2_serving.testing import make_hf_test_model
 
 torch = pytest.importorskip("torch")
@@ -332,8 +332,8 @@ def test_corrupt_bin(hf_source, tmp_path):
 
 def test_generator_serves_v2_like_transformers(hf_pair):
     """The serving path (Generator: greedy chooser, stopping, incremental text) on a v2 directory."""
-    from kogpt2_serving.generation import Generator
-    from kogpt2_serving.params import parse_parameters
+    from kogpt2_serving.generation.generator import Generator
+    from kogpt2_serving.generation.params import parse_parameters
 
     ours, ref, ref_tok = hf_pair
     params = parse_parameters({"max_new_tokens": 32})
@@ -362,7 +362,7 @@ def test_bfloat16_safetensors(hf_copy):
         assert str(e.value).startswith("cannot read {}: ".format(path))
         assert str(e.value).endswith("; NumPy has no bfloat16: save the weights as float32 or float16")
         return
-    from kogpt2_serving.hf_checkpoint import read_hf_arrays
+    from kogpt2_serving.files.hf_checkpoint import read_hf_arrays
 
     arrays = read_hf_arrays(path)
     for key, tensor in bf16.items():

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.model_dir import HF_GPT2, KOGPT2_V1, find_model_files
+from kogpt2_serving.files.model_dir import HF_GPT2, KOGPT2_V1, find_model_files
 
 V1 = ["mxnet_kogpt2_9250bedc00.params", "kogpt2_news_wiki_ko_cased_818bfa919d.spiece"]
 HF = ["config.json", "model.safetensors", "tokenizer.json"]

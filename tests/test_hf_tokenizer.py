@@ -7,9 +7,9 @@ import random
 import pytest
 
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.hf_tokenizer import HFTokenizer
+from kogpt2_serving.text.hf_tokenizer import HFTokenizer
 from kogpt2_serving.testing import train_hf_tokenizer
-from kogpt2_serving.tokenizer import REPLACEMENT, IncrementalDecoder
+from kogpt2_serving.text.tokenizer import REPLACEMENT, IncrementalDecoder
 
 transformers = pytest.importorskip("transformers")
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from kogpt2_serving.loader import load_model
+from kogpt2_serving.files.loader import load_model
 from kogpt2_serving.testing import make_test_model
 from numpy_reference import forward, load_numpy_params
 

@@ -11,8 +11,8 @@ import pytest
 
 from kogpt2_serving.cli import main
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.model_dir import find_model_files
-from kogpt2_serving.packaging import ENTRY_POINT, PackagingError, check_archive, package
+from kogpt2_serving.files.model_dir import find_model_files
+from kogpt2_serving.aws.packaging import ENTRY_POINT, PackagingError, check_archive, package
 
 PROMPT = "아기 공룡 둘리는"
 

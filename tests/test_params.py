@@ -2,7 +2,7 @@
 import pytest
 
 from kogpt2_serving.errors import InvalidParameter
-from kogpt2_serving.params import GenerationParameters, parse_parameters
+from kogpt2_serving.generation.params import GenerationParameters, parse_parameters
 
 
 def test_defaults():

@@ -4,8 +4,8 @@ both sides of every cut point that depends on rounded sums (top-p, typical-p).""
 import numpy as np
 import pytest
 
-from kogpt2_serving import processors as P
-from kogpt2_serving.params import parse_parameters
+from kogpt2_serving.generation import processors as P
+from kogpt2_serving.generation.params import parse_parameters
 
 INF = np.inf
 

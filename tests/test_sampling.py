@@ -2,9 +2,9 @@
 import numpy as np
 from scipy.stats import chisquare
 
-from kogpt2_serving import processors as P
-from kogpt2_serving.params import parse_parameters
-from kogpt2_serving.strategies import Sampler
+from kogpt2_serving.generation import processors as P
+from kogpt2_serving.generation.params import parse_parameters
+from kogpt2_serving.generation.strategies import Sampler
 
 
 def test_frequencies_match_softmax_chi_square():

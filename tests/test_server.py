@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from kogpt2_serving.device import cpu_count, threads_per_worker
-from kogpt2_serving.params import GenerationParameters
+from kogpt2_serving.model.device import cpu_count, threads_per_worker
+from kogpt2_serving.generation.params import GenerationParameters
 from server_utils import ServeProcess
 
 DEFAULTS = GenerationParameters()

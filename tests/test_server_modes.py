@@ -54,7 +54,7 @@ from kogpt2_serving.handler import predict_fn as package_predict_fn
 def input_fn(body, content_type):
     # this user's clients send {"text": ...}; the request arrives as str for application/json
     assert isinstance(body, str), type(body)
-    from kogpt2_serving.codec import decode_payload
+    from kogpt2_serving.serving.codec import decode_payload
     return decode_payload(json.dumps({"inputs": json.loads(body)["text"],
                                       "parameters": {"max_new_tokens": 3}}), "application/json")
 
@@ -89,7 +89,7 @@ def test_a_user_inference_py_overrides_the_handler_functions(tiny_model_dir, tmp
 
 
 def generator_params(**values):
-    from kogpt2_serving.params import GenerationParameters
+    from kogpt2_serving.generation.params import GenerationParameters
 
     return GenerationParameters()._replace(**values)
 
@@ -131,9 +131,9 @@ def test_ports_mms_rejects_are_refused_with_a_clear_message(tiny_model_dir, caps
 @pytest.mark.requires_bfloat16
 def test_dtype_bfloat16_reaches_the_workers(tiny_model_dir):
     """--dtype travels to each worker (KOGPT2_DTYPE): the answer is the bfloat16 model's."""
-    from kogpt2_serving.generation import Generator
-    from kogpt2_serving.loader import load_model
-    from kogpt2_serving.params import parse_parameters
+    from kogpt2_serving.generation.generator import Generator
+    from kogpt2_serving.files.loader import load_model
+    from kogpt2_serving.generation.params import parse_parameters
 
     prompt, raw = "아기 공룡 둘리는 희동이와", {"max_new_tokens": 8, "details": True}
     expected = {}

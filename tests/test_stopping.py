@@ -1,7 +1,7 @@
 """Stopping criteria and finish reasons, including stop strings spanning several tokens."""
-from kogpt2_serving.generation import Generator
-from kogpt2_serving.params import parse_parameters
-from kogpt2_serving.stopping import EOS, LENGTH, STOP_SEQUENCE, StopDecision, StoppingCriteria
+from kogpt2_serving.generation.generator import Generator
+from kogpt2_serving.generation.params import parse_parameters
+from kogpt2_serving.generation.stopping import EOS, LENGTH, STOP_SEQUENCE, StopDecision, StoppingCriteria
 
 
 def feed(criteria, tokens, pieces):
@@ -44,7 +44,7 @@ def test_generator_cuts_stop_sequence(generator):
 
 def test_generator_eos_finish(tiny_model):
     """A checkpoint whose </s> dominates ends with eos_token after one token."""
-    from kogpt2_serving.loader import load_model
+    from kogpt2_serving.files.loader import load_model
     import shutil
     import tempfile
 

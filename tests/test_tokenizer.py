@@ -5,7 +5,7 @@ import os
 import pytest
 
 from kogpt2_serving.testing import make_test_model
-from kogpt2_serving.tokenizer import REPLACEMENT, IncrementalDecoder, SentencePieceTokenizer
+from kogpt2_serving.text.tokenizer import REPLACEMENT, IncrementalDecoder, SentencePieceTokenizer
 
 TEXTS = [
     "대한민국은 민주공화국이다.",

@@ -7,6 +7,9 @@ client; model-loading errors (which only reach logs and the CLI) name their file
 """
 
 
+HF_INSTALL_HINT = "install kogpt2-serving[hf]"  # safetensors and tokenizers, for v2 / HF GPT-2 directories
+
+
 class ServingError(Exception):
     """Base class: `status` is the HTTP status, `kind` a stable machine-readable name."""
 

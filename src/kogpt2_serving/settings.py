@@ -1,5 +1,18 @@
-"""Request limits from the environment: one place for their names, defaults and checks.
+"""Every environment variable the package reads, by name, and the request limits parsed from it.
 
+Names (who reads them):
+
+- ``KOGPT2_DEVICE``, ``KOGPT2_DTYPE``: the worker's device and weight format (serving.handler);
+- ``KOGPT2_THREADS``, else ``OMP_NUM_THREADS``: OpenMP threads per process (model.device);
+- ``SAGEMAKER_MODEL_SERVER_WORKERS``, ``SAGEMAKER_BIND_TO_PORT``,
+  ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``: the toolkit's meanings (serving, cli.serve);
+- ``KOGPT2_BATCH_SIZE``, ``KOGPT2_MAX_BATCH_DELAY_MS``: MMS batching (cli.serve);
+- ``KOGPT2_MAX_REQUEST_ROWS``, ``KOGPT2_MAX_REQUEST_TOKENS``: the per-request budget (below).
+
+The rest of sagemaker-inference's ``SAGEMAKER_*`` variables are read through its own
+``Environment`` (serving.server).
+
+**Request limits.**
 One HTTP request may carry up to 64 prompts, each with up to 16 returned sequences (or beams)
 and up to 1024 new tokens: without a budget a single request could hold a worker for minutes.
 The budget counts what decoding really costs: rows (a prompt decodes ``num_beams`` rows with
@@ -15,6 +28,17 @@ from typing import Mapping, NamedTuple, Optional
 
 from .errors import ServingError
 
+DEVICE_ENV = "KOGPT2_DEVICE"
+DTYPE_ENV = "KOGPT2_DTYPE"
+THREADS_ENV = "KOGPT2_THREADS"
+OMP_THREADS_ENV = "OMP_NUM_THREADS"
+WORKERS_ENV = "SAGEMAKER_MODEL_SERVER_WORKERS"
+BIND_TO_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"
+DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
+PROGRAM_ENV = "SAGEMAKER_PROGRAM"  # the user module (default inference)
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"  # /opt/ml
+BATCH_SIZE_ENV = "KOGPT2_BATCH_SIZE"
+BATCH_DELAY_ENV = "KOGPT2_MAX_BATCH_DELAY_MS"
 MAX_REQUEST_ROWS_ENV = "KOGPT2_MAX_REQUEST_ROWS"
 MAX_REQUEST_TOKENS_ENV = "KOGPT2_MAX_REQUEST_TOKENS"
 
@@ -28,6 +52,13 @@ class SettingError(ServingError):
 class RequestLimits(NamedTuple):
     max_rows: int = 64  # decode rows per request
     max_new_tokens: int = 4096  # rows x max_new_tokens, summed over the request
+
+
+def explicit_threads(environ: Optional[Mapping[str, str]] = None) -> str:
+    """The operator's thread setting as written: KOGPT2_THREADS, else OMP_NUM_THREADS ('' when
+    neither; OMP_NUM_THREADS may also be a list such as '2,1')."""
+    env = os.environ if environ is None else environ
+    return env.get(THREADS_ENV) or env.get(OMP_THREADS_ENV) or ""
 
 
 def request_limits(environ: Optional[Mapping[str, str]] = None) -> RequestLimits:

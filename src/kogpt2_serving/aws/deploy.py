@@ -6,6 +6,7 @@ what the SageMaker SDK's MXNetModel would set, so both routes behave the same.
 """
 from typing import NamedTuple, Optional
 
+from ..settings import PROGRAM_ENV, WORKERS_ENV
 from . import ecr, s3, validate
 from .calls import Call, is_not_found, out, send, send_all
 from .errors import AwsCallError, DeploymentError
@@ -43,13 +44,13 @@ def check_spec(spec, region):
 
 def container_environment(spec, region):
     env = {
-        "SAGEMAKER_PROGRAM": "inference.py",
+        PROGRAM_ENV: "inference.py",
         "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
         "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
         "SAGEMAKER_REGION": region,
     }
     if spec.workers is not None:
-        env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(spec.workers)
+        env[WORKERS_ENV] = str(spec.workers)
     env.update(spec.environment)
     return env
 

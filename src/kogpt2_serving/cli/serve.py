@@ -1,0 +1,96 @@
+"""`kogpt2-serving serve`: a real Multi Model Server with this package's handler service.
+
+The same stack a SageMaker container runs on `serve`, runnable locally without root paths
+(see :mod:`kogpt2_serving.serving.server`). Flags win over the SAGEMAKER_* variables, which win over
+the defaults; unlike SageMaker (one worker per core) the default is one worker, because
+every worker holds its own model copy and each gets cores // workers threads.
+"""
+import logging
+import os
+
+from ..errors import ServingError
+from ..files.default_model import resolve_model_dir
+from ..model.device import check_dtype, check_dtype_runs, parse_device
+from ..serving.server import MAX_PORT, ServerConfig, in_sagemaker_container, serve
+from ..settings import BATCH_DELAY_ENV, BATCH_SIZE_ENV, BIND_TO_PORT_ENV, DTYPE_ENV, WORKERS_ENV, request_limits
+
+log = logging.getLogger(__name__)
+
+
+
+def add_arguments(parser):
+    parser.add_argument("--model-dir", default=None,
+                        help="model directory (*.params + *.spiece, or a HF GPT-2 directory); default: SageMaker's "
+                             "model directory when it holds a model, else the demo model shipped with the package")
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 inside SageMaker)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port for POST /invocations and GET /ping (nothing else is served there), 1-{} "
+                             "(default $SAGEMAKER_BIND_TO_PORT or 8080)".format(MAX_PORT))
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes, each with its own model copy (default "
+                             "$SAGEMAKER_MODEL_SERVER_WORKERS or 1)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default auto)")
+    parser.add_argument("--dtype", default=None,
+                        help="float32 | float16 (GPU) | bfloat16 (CPU with AVX-512: weights in bfloat16, logits within "
+                             "~1%%; 1.3-1.5x faster decoding measured on AVX512-BF16) (default ${} or float32)".format(
+                                 DTYPE_ENV))
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="MMS batching (experimental): up to N concurrent requests share decode steps "
+                             "(default ${} or 1 = off)".format(BATCH_SIZE_ENV))
+    parser.add_argument("--max-batch-delay", type=int, default=None, metavar="MS",
+                        help="how long MMS waits to fill a batch (default ${} or 50)".format(BATCH_DELAY_ENV))
+    parser.add_argument("--log-file", default=None, help="write Multi Model Server logs here instead of stdout")
+    parser.add_argument("--install-requirements", action="store_true",
+                        help="pip install <model-dir>/code/requirements.txt before starting, as the container does")
+
+
+def config_from_args(args):
+    """Flags > SAGEMAKER_* / KOGPT2_* variables > defaults, checked."""
+    model_dir = resolve_model_dir(args.model_dir, log)
+    workers = args.workers or _env_int(WORKERS_ENV, 1)
+    if args.workers is None and WORKERS_ENV not in os.environ:
+        log.info("using 1 worker (--workers N or SAGEMAKER_MODEL_SERVER_WORKERS for more)")
+    config = ServerConfig(
+        model_dir=model_dir,
+        host=args.host or ("0.0.0.0" if in_sagemaker_container() else "127.0.0.1"),
+        port=args.port if args.port is not None else _env_int(BIND_TO_PORT_ENV, 8080),
+        workers=workers,
+        device=args.device,
+        dtype=args.dtype or os.environ.get(DTYPE_ENV) or "float32",
+        batch_size=args.batch_size if args.batch_size is not None else _env_int(BATCH_SIZE_ENV, 1),
+        max_batch_delay=args.max_batch_delay if args.max_batch_delay is not None else _env_int(BATCH_DELAY_ENV, 50),
+        log_file=args.log_file,
+        install_requirements=args.install_requirements,
+    )
+    for name in ("workers", "batch_size"):
+        if getattr(config, name) < 1:
+            raise ServingError("--{} must be >= 1, got {}".format(name.replace("_", "-"), getattr(config, name)))
+    try:
+        check_dtype(config.dtype)
+    except ValueError as e:
+        raise ServingError("--" + str(e))
+    try:
+        parse_device(config.device)
+    except ValueError as e:
+        raise ServingError(str(e))
+    check_dtype_runs(config.dtype, config.device)  # e.g. bfloat16 on an AVX2 CPU: refused here, not in each worker
+    if config.max_batch_delay < 0:
+        raise ServingError("--max-batch-delay must be >= 0 ms, got {}".format(config.max_batch_delay))
+    limits = request_limits()  # the workers read them per request: refuse a bad value now
+    log.info("per-request budget: %d decode rows, %d new tokens", limits.max_rows, limits.max_new_tokens)
+    return config
+
+
+def run(args):
+    return serve(config_from_args(args))
+
+
+def _env_int(name, default):
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ServingError("{} must be an integer, got {!r}".format(name, value))

@@ -1,0 +1,138 @@
+"""Text in, sequences out: the one entry point the CLI, the handler and benchmarks use.
+
+A request is a prompt with its :class:`~kogpt2_serving.params.GenerationParameters`. Requests
+decoded by greedy or sampling rows share one batch even when their parameters differ: every
+row has its own chooser, processors, seed and length budget (see
+:mod:`kogpt2_serving.generation.strategies`). Beam-search requests run one at a time, because their
+rows are reordered by beam.
+"""
+import random
+from typing import List, NamedTuple, Optional
+
+from ..errors import InvalidParameter
+from ..text.tokenizer import IncrementalDecoder
+from .params import MAX_SEED
+from .processors import build_processors, build_warpers
+from .stopping import StoppingCriteria
+from .strategies import Greedy, Row, Sampler, beam_search, decode_rows
+
+
+class TokenInfo(NamedTuple):
+    id: int
+    text: str
+    logprob: Optional[float]
+
+
+class Sequence(NamedTuple):
+    text: str  # the continuation only; a matched stop string is cut off
+    token_ids: List[int]  # generated ids, </s> included when it ended the sequence
+    finish_reason: str  # "length" | "eos_token" | "stop_sequence"
+    generated_tokens: int
+    seed: Optional[int]  # the sampling seed used (None for greedy and beam search)
+    tokens: Optional[List[TokenInfo]]  # per-token details when asked for
+    prompt_tokens: int
+
+
+class Prepared(NamedTuple):
+    """A prompt encoded once, its length checked against the model: ready to decode."""
+
+    ids: List[int]
+    params: object  # GenerationParameters
+
+    @property
+    def rows(self):
+        """Decode rows it takes in a batch."""
+        return self.params.num_beams if self.params.uses_beams else self.params.num_return_sequences
+
+
+class Generator:
+    """Generates for a loaded model. One call at a time (the engine is not thread-safe).
+
+    ``generate`` / ``generate_many`` are the scripting API and check their prompts; the serving
+    path, whose prompts the codec has checked, calls ``prepare`` and ``decode``.
+    """
+
+    def __init__(self, loaded):
+        self.engine = loaded.engine
+        self.tokenizer = loaded.tokenizer
+
+    def generate(self, prompts, params):
+        """Same parameters for every prompt -> one list of sequences per prompt."""
+        return self.generate_many([(prompt, params) for prompt in prompts])
+
+    def generate_many(self, requests):
+        """[(prompt, params)] -> one list of `num_return_sequences` sequences per request."""
+        for prompt, _ in requests:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InvalidParameter("inputs", "inputs must be a non-empty string, got {!r}".format(prompt)[:120])
+        return self.decode([self.prepare(prompt, params) for prompt, params in requests])
+
+    def prepare(self, prompt, params):
+        """Prompt ids, checked against the model's positions (413 naming both lengths)."""
+        ids = self.tokenizer.encode_prompt(prompt)
+        self.engine.check_length(len(ids), params.max_new_tokens)
+        return Prepared(ids, params)
+
+    def decode(self, prepared):
+        """[Prepared] -> one list of sequences per item, in order. Greedy and sampling rows share
+        one batch; beam-search requests run one at a time."""
+        results = [None] * len(prepared)
+        rows = []
+        for index, item in enumerate(prepared):
+            if item.params.uses_beams:
+                results[index] = self._beam_search(item.ids, item.params)
+            else:
+                rows.append((index, item.ids, item.params))
+        if rows:
+            for index, sequences in self._decode_rows(rows):
+                results[index] = sequences
+        return results
+
+    def _decode_rows(self, requests):
+        rows, owners = [], []
+        for index, ids, params in requests:
+            seed, chooser = self._chooser(params)
+            for _ in range(params.num_return_sequences):
+                rows.append(self._row(ids, params, chooser))
+                owners.append((index, seed, params))
+        decode_rows(self.engine, rows, [p.max_new_tokens for _, _, p in owners], filler_id=self.tokenizer.eos_id)
+        grouped = {}
+        for row, (index, seed, params) in zip(rows, owners):
+            grouped.setdefault(index, []).append(self._sequence(row, seed, _details(row) if params.details else None))
+        return sorted(grouped.items())
+
+    def _chooser(self, params):
+        """One chooser per request: its rows share the request's RNG, drawn in row order."""
+        processors = build_processors(params, self.tokenizer.eos_id)
+        if not params.do_sample:
+            return None, Greedy(processors, params.details)
+        import numpy as np
+
+        seed = params.seed if params.seed is not None else random.SystemRandom().randint(0, MAX_SEED)
+        return seed, Sampler(processors, build_warpers(params), np.random.RandomState(seed))
+
+    def _row(self, ids, params, chooser):
+        stopping = StoppingCriteria(self.tokenizer.eos_id, params.max_new_tokens, params.stop)
+        return Row(ids, chooser, stopping, IncrementalDecoder(self.tokenizer, ids), params.no_repeat_ngram_size)
+
+    def _beam_search(self, ids, params):
+        processors = build_processors(params, self.tokenizer.eos_id)
+        sequences = []
+        for hypothesis in beam_search(self.engine, ids, params, self.tokenizer.eos_id, processors):
+            row = self._row(ids, params, chooser=None)  # replays the tokens for text and stop strings
+            for token, logprob in zip(hypothesis.tokens, hypothesis.logprobs):
+                row.accept(token, logprob)
+                if row.finished:
+                    break
+            sequences.append(self._sequence(row, None, _details(row) if params.details else None))
+        return sequences
+
+    @staticmethod
+    def _sequence(row, seed, details):
+        ids = [token for token, _, _ in row.tokens]
+        return Sequence(row.text, ids, row.finish_reason, len(ids), seed, details, len(row.prompt_ids))
+
+
+def _details(row):
+    return [TokenInfo(token, text, logprob) for token, text, logprob in row.tokens]
+

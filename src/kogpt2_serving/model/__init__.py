@@ -1,0 +1,4 @@
+"""The compute layer: the Gluon network, the KV-cache decode engine, device, dtype and threads.
+
+Everything here may import MXNet; nothing here knows about requests, files or HTTP.
+"""

@@ -1,0 +1,316 @@
+"""KoGPT2 v1 as a Gluon HybridBlock, plus the two hybridized graphs decoding runs on.
+
+Semantics follow the original model exactly: pre-LN blocks, learned positions, fused qkv
+Dense laid out [q | k | v], causal attention scaled by 1/sqrt(head size), GELU (exact erf by
+default), final LayerNorm, and an LM head without bias tied to the token embedding.
+
+Attribute names copy GluonNLP's GPT2Model (`_embed`, `_self_attention_layers`, ...) so that
+`save_parameters` writes, and `load_parameters` reads, the checkpoint's structural key layout.
+
+Decoding uses two graphs that share the model's parameters:
+- `PrefillGraph`: the whole (left-padded) prompt batch in one pass; returns the last
+  position's logits and every layer's keys/values for the cache.
+- `StepGraph`: one new token per row against a preallocated cache of fixed capacity. The new
+  token's key/value is scored separately from the cache (one softmax over both), so the cache
+  is only read inside the graph; the engine writes the new column afterwards with one slice
+  assignment per cache. Shapes stay fixed for a whole generation; there is one graph per
+  batch size. Its matrix products are 1x1 convolutions over a second copy of each weight
+  (`Linear.step`), which oneDNN keeps in its own blocked layout.
+"""
+import math
+
+import numpy as np
+from mxnet import gluon, symbol
+from mxnet.gluon import nn
+
+from .compat import load_parameter, structural_parameters
+
+MASKED = -1e4  # additive score for masked slots; finite and representable in float16
+# How MXNet spells bfloat16 as a NumPy dtype; the string "bfloat16" only works where
+# ml_dtypes has registered one with NumPy.
+BFLOAT16 = np.dtype([("bfloat16", np.uint16)])
+# Decode steps with more rows keep FullyConnected: beyond 64 columns oneDNN prefers another
+# blocked layout for the step kernels, and each switch of layout re-lays every weight.
+MAX_CONV_ROWS = 64
+STEP_WEIGHT = "step_weight"
+
+
+class Linear(nn.Dense):
+    """nn.Dense whose weights may be held in bfloat16 (`store_weights_in_bfloat16`).
+
+    Decoding reads every weight once per token, so halving the bytes read is what makes a
+    memory-bound CPU faster. Only the matrix product runs in bfloat16 (oneDNN, float32
+    accumulation): its input is rounded to bfloat16 and its output comes back as float32, so
+    residuals, LayerNorm, softmax and the KV cache stay float32."""
+
+    bfloat16 = False
+
+    def __init__(self, units, in_units, **kwargs):
+        super().__init__(units, in_units=in_units, **kwargs)
+        self.out_units = units
+        # The weight again as a (units, in_units, 1) convolution kernel for decode steps; not
+        # part of the checkpoint: `fill_step_weights` copies it from `weight`.
+        self.step_weight = self.params.get(STEP_WEIGHT, shape=(units, in_units, 1), grad_req="null",
+                                           allow_deferred_init=True)
+
+    def hybrid_forward(self, F, x, weight, bias=None, step_weight=None):
+        if not self.bfloat16:
+            return super().hybrid_forward(F, x, weight, bias)
+        out = super().hybrid_forward(F, F.amp_cast(x, dtype=BFLOAT16), weight, bias)
+        return F.amp_cast(out, dtype="float32")
+
+    def step(self, F, x, rows):
+        """x (B, K) -> (B, N) for a decode step, as a 1x1 convolution over B columns.
+
+        MXNet's FullyConnected hands oneDNN the weight in its plain layout, and for more than
+        one row oneDNN's gemm repacks it on every call. A convolution's kernel is re-laid into
+        oneDNN's blocked layout once, in place, on first use, and read at memory speed from
+        then on. The copy costs a second set of weights in memory. Measurements:
+        docs/serving.md ("Memory per worker") and benchmarks/README.md.
+        """
+        if rows > MAX_CONV_ROWS:
+            return self(x)
+        kernel = _value(F, self.step_weight)
+        bias = _value(F, self.bias) if self.bias is not None else None
+        cols = F.transpose(x).expand_dims(0)  # (1, K, B)
+        if self.bfloat16:
+            cols = F.amp_cast(cols, dtype=BFLOAT16)
+        out = F.Convolution(cols, kernel, bias, kernel=(1,), num_filter=self.out_units,
+                            no_bias=bias is None)  # (1, N, B)
+        if self.bfloat16:
+            out = F.amp_cast(out, dtype="float32")  # (bfloat16 has no transpose kernel)
+        return F.transpose(out.reshape((self.out_units, rows)))  # (B, N)
+
+
+class Lookup(nn.Embedding):
+    """nn.Embedding whose table may be held in bfloat16; rows come back as float32."""
+
+    bfloat16 = False
+
+    def hybrid_forward(self, F, x, weight):
+        out = super().hybrid_forward(F, x, weight)
+        return F.amp_cast(out, dtype="float32") if self.bfloat16 else out
+
+
+def store_weights_in_bfloat16(model):
+    """Round every Linear/Lookup weight (the tied embedding once) to bfloat16, in place, before
+    the first forward pass builds a graph. LayerNorm parameters stay float32."""
+    for block in _blocks(model, (Linear, Lookup)):
+        block.bfloat16 = True
+        for param in (block.weight, getattr(block, "bias", None)):
+            if param is not None and param.dtype != BFLOAT16:
+                _round_to_bfloat16(param)
+
+
+def _round_to_bfloat16(param):
+    """amp_cast rounds to nearest; Parameter.cast (NDArray.astype) would truncate, a bias
+    towards zero that doubles the rounding error."""
+    from mxnet import nd
+
+    rounded = nd.amp_cast(param.data(), dtype=BFLOAT16)
+    param.cast(BFLOAT16)
+    param.set_data(rounded)
+
+
+def _value(F, param):
+    """A parameter inside a graph being traced (its symbol) or run eagerly (its array): for
+    calling a block's parameters from a method other than hybrid_forward."""
+    return param.var() if F is symbol else param.data()
+
+
+def fill_step_weights(model):
+    """Copy every Linear's weight into its step kernel (as stored: bfloat16 stays bfloat16).
+    Call after the weights are final; a later change to `weight` is not seen by steps."""
+    for linear in _blocks(model, Linear):
+        weight = linear.weight.data()  # (N, K)
+        linear.step_weight.cast(weight.dtype)
+        # load_parameter copies the (N, K, 1) view into the kernel's own array.
+        load_parameter(linear.step_weight, weight.reshape((weight.shape[0], weight.shape[1], 1)), weight.context)
+
+
+def _blocks(model, kind):
+    found = []
+    model.apply(lambda block: found.append(block) if isinstance(block, kind) else None)
+    return found
+
+
+class SelfAttention(gluon.HybridBlock):
+    """Multi-head self-attention with a fused qkv projection."""
+
+    def __init__(self, units, num_heads, **kwargs):
+        super().__init__(**kwargs)
+        self._units = units
+        self._num_heads = num_heads
+        self._scale = 1.0 / math.sqrt(units // num_heads)
+        with self.name_scope():
+            self._multi_head_qkv_proj = Linear(3 * units, in_units=units, flatten=False)
+            self._out_proj = Linear(units, in_units=units, flatten=False)
+
+    def full(self, F, x, mask):
+        """x (B, T, U), additive mask (B, T, T) -> out (B, T, U), keys (B, H, D, T) (transposed,
+        as the cache holds them) and values (B, H, T, D)."""
+        q, k, v = F.split(self._multi_head_qkv_proj(x), num_outputs=3, axis=-1)  # 3 x (B, T, U)
+        q, k, v = [self._heads(F, t) for t in (q, k, v)]  # (B, H, T, D)
+        scores = F.batch_dot(q.reshape((-3, -2)), k.reshape((-3, -2)), transpose_b=True)  # (B*H, T, T)
+        scores = F.broadcast_add(scores.reshape((-4, -1, self._num_heads, -2)) * self._scale,
+                                 mask.expand_dims(1))  # (B, H, T, T)
+        weights = F.softmax(scores, axis=-1).reshape((-3, -2))  # (B*H, T, T)
+        out = F.batch_dot(weights, v.reshape((-3, -2)))  # (B*H, T, D)
+        out = out.reshape((-4, -1, self._num_heads, -2)).transpose((0, 2, 1, 3))  # (B, T, H, D)
+        return self._out_proj(out.reshape((0, 0, -1))), k.transpose((0, 1, 3, 2)), v
+
+    def step(self, F, x, mask, keys, values, rows):
+        """One token per row against the cache.
+
+        x (B, U); mask (B, C) additive over cache slots; keys (1, B*H*D, C): every head's
+        cached keys transposed; values (1, B*H*C, D). `rows` is B, fixed per graph.
+        Returns out (B, U) and the new token's key (B, H, D, 1) and value (B, H, 1, D).
+
+        Both products with the cache are grouped 1x1 convolutions with one group per (row,
+        head), the cache being the convolution's data: MXNet's CPU batch_dot loops over the
+        B*H small products one at a time, the convolution reads the cache once, in place, at
+        memory speed (measured in benchmarks/README.md). Caches arrive already flattened because
+        reshaping a graph input inside a static graph copies it.
+        """
+        h, d = self._num_heads, self._units // self._num_heads
+        groups = rows * h
+        q, k, v = F.split(self._multi_head_qkv_proj.step(F, x, rows), num_outputs=3, axis=-1)  # 3 x (B, U)
+        # With one position, (B, H*D) is already laid out as (B*H, D) per head.
+        past = F.Convolution(keys, q.reshape((groups, d, 1)), kernel=(1,), num_filter=groups,
+                             num_group=groups, no_bias=True)  # (1, B*H, C)
+        past = F.broadcast_add(past.reshape((rows, h, -1)) * self._scale, mask.expand_dims(1))  # (B, H, C)
+        q, k, v = [t.reshape((groups, 1, d)) for t in (q, k, v)]  # (B*H, 1, D)
+        new = F.sum(q * k, axis=-1) * self._scale  # (B*H, 1)
+        weights = F.softmax(F.concat(past.reshape((groups, -1)), new, dim=1), axis=-1)  # (B*H, C+1)
+        w_past = F.slice_axis(weights, axis=1, begin=0, end=-1)  # (B*H, C)
+        w_new = F.slice_axis(weights, axis=1, begin=-1, end=None)  # (B*H, 1)
+        out = F.Convolution(values, w_past.expand_dims(2), kernel=(1,), num_filter=groups,
+                            num_group=groups, no_bias=True)  # (1, B*H, D)
+        out = out.reshape((groups, 1, d)) + F.broadcast_mul(w_new.expand_dims(2), v)  # (B*H, 1, D)
+        out = self._out_proj.step(F, out.reshape((rows, self._units)), rows)  # (B, U)
+        return out, k.reshape((rows, h, d, 1)), v.reshape((rows, h, 1, d))
+
+    def _heads(self, F, t):
+        """(B, T, U) -> (B, H, T, D)"""
+        return t.reshape((0, 0, self._num_heads, -1)).transpose((0, 2, 1, 3))
+
+
+class FeedForward(gluon.HybridBlock):
+    def __init__(self, units, hidden, gelu, **kwargs):
+        super().__init__(**kwargs)
+        self._gelu = gelu
+        with self.name_scope():
+            self._hidden_map = Linear(hidden, in_units=units, flatten=False)
+            self._out_map = Linear(units, in_units=hidden, flatten=False)
+
+    def hybrid_forward(self, F, x):
+        return self._out_map(self._activation(F, self._hidden_map(x)))
+
+    def step(self, F, x, rows):
+        """x (B, U) -> (B, U) through the step kernels (Linear.step)."""
+        return self._out_map.step(F, self._activation(F, self._hidden_map.step(F, x, rows)), rows)
+
+    def _activation(self, F, h):
+        if self._gelu == "erf":
+            return F.LeakyReLU(h, act_type="gelu")  # MXNet's gelu is the exact erf form
+        return 0.5 * h * (1 + F.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+
+
+class GPT2Model(gluon.HybridBlock):
+    """The KoGPT2 network. Called directly it is the uncached full pass:
+    (ids (B, T), positions (B, T), mask (B, T, T)) -> logits (B, T, V).
+    `dropout` (embedding and residual, as GPT-2) only acts under autograd training."""
+
+    def __init__(self, config, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        units, eps = config.n_embd, config.layer_norm_epsilon
+        with self.name_scope():
+            self._embed = Lookup(config.vocab_size, units)
+            self._pos_embed = Lookup(config.n_positions, units)
+            self._self_attention_layers = nn.HybridSequential()
+            self._ffn_layers = nn.HybridSequential()
+            self._attn_ln = nn.HybridSequential()
+            self._ffn_ln = nn.HybridSequential()
+            for _ in range(config.n_layer):
+                self._self_attention_layers.add(SelfAttention(units, config.n_head))
+                self._ffn_layers.add(FeedForward(units, config.ffn_size, config.gelu))
+                self._attn_ln.add(nn.LayerNorm(epsilon=eps, in_channels=units))
+                self._ffn_ln.add(nn.LayerNorm(epsilon=eps, in_channels=units))
+            self._final_ln = nn.LayerNorm(epsilon=eps, in_channels=units)
+            self._drop = nn.Dropout(dropout) if dropout else None
+            # Tied LM head: shares the embedding's weight (V, U), no bias.
+            self._logits_proj = Linear(config.vocab_size, in_units=units, use_bias=False,
+                                         flatten=False, params=self._embed.params)
+
+    def hybrid_forward(self, F, ids, positions, mask):
+        x, _, _ = self.run_full(F, ids, positions, mask)
+        return self._logits_proj(x)  # (B, T, V)
+
+    def run_full(self, F, ids, positions, mask):
+        """All positions at once. Returns final hidden states (B, T, U), every layer's keys
+        (L, B, H, D, T) and values (L, B, H, T, D)."""
+        x = self._maybe_drop(self._embed(ids) + self._pos_embed(positions))  # (B, T, U)
+        keys, values = [], []
+        for i in range(self.config.n_layer):
+            attn, k, v = self._self_attention_layers[i].full(F, self._attn_ln[i](x), mask)
+            x = x + self._maybe_drop(attn)
+            x = x + self._maybe_drop(self._ffn_layers[i](self._ffn_ln[i](x)))
+            keys.append(k)
+            values.append(v)
+        return self._final_ln(x), F.stack(*keys, axis=0), F.stack(*values, axis=0)
+
+    def _maybe_drop(self, x):
+        return self._drop(x) if self._drop is not None else x
+
+    def named_weights(self):
+        """{structural name: Parameter} of the checkpoint's parameters (the tied head included
+        under both names), without the step kernels, which are derived from them."""
+        return {name: param for name, param in structural_parameters(self).items()
+                if not name.endswith("." + STEP_WEIGHT)}
+
+    def run_step(self, F, ids, positions, mask, caches, rows):
+        """One token per row. caches: [keys0, values0, keys1, ...] as SelfAttention.step takes
+        them. Returns final hidden states (B, U), the new keys (L, B, H, D, 1) and values
+        (L, B, H, 1, D)."""
+        x = (self._embed(ids) + self._pos_embed(positions)).reshape((rows, -1))  # (B, U)
+        keys, values = [], []
+        for i in range(self.config.n_layer):
+            attn, k, v = self._self_attention_layers[i].step(
+                F, self._attn_ln[i](x), mask, caches[2 * i], caches[2 * i + 1], rows)
+            x = x + attn
+            x = x + self._ffn_layers[i].step(F, self._ffn_ln[i](x), rows)
+            keys.append(k)
+            values.append(v)
+        return self._final_ln(x), F.stack(*keys, axis=0), F.stack(*values, axis=0)
+
+
+class PrefillGraph(gluon.HybridBlock):
+    """(ids (B, T), positions (B, T), mask (B, T, T)) ->
+    (last logits (B, V), keys (L, B, H, D, T), values (L, B, H, T, D)).
+    Only the last position goes through the LM head: prompts are left-padded, so it is every
+    row's last real token."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+
+    def hybrid_forward(self, F, ids, positions, mask):
+        x, keys, values = self.model.run_full(F, ids, positions, mask)  # x (B, T, U)
+        last = F.squeeze(F.slice_axis(x, axis=1, begin=-1, end=None), axis=1)  # (B, U)
+        return self.model._logits_proj(last), keys, values
+
+
+class StepGraph(gluon.HybridBlock):
+    """(ids (B, 1), positions (B, 1), mask (B, C), *caches) ->
+    (logits (B, V), new keys (L, B, H, D, 1), new values (L, B, H, 1, D)), for one batch size
+    B (`rows`): the attention's grouped convolutions fix B in the graph."""
+
+    def __init__(self, model, rows, **kwargs):
+        super().__init__(**kwargs)
+        self.model = model
+        self._rows = rows
+
+    def hybrid_forward(self, F, ids, positions, mask, *caches):
+        x, keys, values = self.model.run_step(F, ids, positions, mask, caches, self._rows)
+        return self.model._logits_proj.step(F, x, self._rows), keys, values

@@ -1,0 +1,1 @@
+"""Tokenizers (SentencePiece for v1, tokenizers for v2) and incremental detokenization."""
