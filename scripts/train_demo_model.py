@@ -273,7 +273,7 @@ def count_parameters(model):
 
 
 def write_model_dir(out, model, config, spiece, heldout_lines):
-    from kogpt2_serving import checkpoint
+    from kogpt2_serving.files import checkpoint
     from kogpt2_serving.files.config import write_config_file
     from kogpt2_serving.testing import store_with_md5
 

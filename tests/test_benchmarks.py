@@ -407,7 +407,7 @@ def test_runtime_reads_onednns_verbose_log_and_the_capabilities():
 
 
 def test_bfloat16_variants_are_skipped_with_the_reason_where_they_cannot_run(monkeypatch):
-    from kogpt2_serving import device
+    from kogpt2_serving.model import device
 
     caps = device.capabilities()
     monkeypatch.setattr(device, "capabilities", lambda: caps._replace(bfloat16_problem="this CPU has no AVX-512"))

@@ -140,7 +140,7 @@ def test_unsupported_combinations_name_the_alternative():
 
 def test_a_machine_without_bfloat16_products_is_refused_at_load(monkeypatch):
     """Whatever the reason capabilities() found, the error names it and the alternative."""
-    from kogpt2_serving import device
+    from kogpt2_serving.model import device
 
     caps = device.capabilities()._replace(bfloat16_problem="this CPU (Test CPU) has no AVX-512, which oneDNN's "
                                                            "bfloat16 kernels need")

@@ -12,7 +12,8 @@ import sys
 import numpy as np
 import pytest
 
-from kogpt2_serving.files.model_dir import DEMO_MODEL_DIR, default_model_dir, find_model_files
+from kogpt2_serving.files.default_model import DEMO_MODEL_DIR, default_model_dir
+from kogpt2_serving.files.model_dir import find_model_files
 from kogpt2_serving.generation.params import parse_parameters
 from numpy_reference import forward, load_numpy_params
 

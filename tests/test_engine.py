@@ -109,7 +109,7 @@ def test_full_length_generation_fills_every_position(generator, tiny_model):
 def test_step_graphs_per_batch_size_are_bounded_and_rebuilt_alike(tiny_model, monkeypatch):
     """One step graph per batch size (the attention fixes B); the oldest is dropped past the
     limit and a rebuilt one gives the same logits."""
-    from kogpt2_serving import engine as engine_module
+    from kogpt2_serving.model import engine as engine_module
 
     engine = tiny_model.engine
     monkeypatch.setattr(engine_module, "MAX_STEP_GRAPHS", 2)
