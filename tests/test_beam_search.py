@@ -29,15 +29,16 @@ def engine():
     return Engine(model, mx.cpu())
 
 
-def exhaustive(engine, params, processors):
-    """Every sequence: </s>-terminated of any length <= max, or exactly max without </s>."""
+def exhaustive(engine, params, processors, enders=(EOS,)):
+    """Every sequence: ended by its first token in `enders` (</s>, or a stop) at any length <=
+    max, or exactly max long without one."""
     scored = []
     max_len = params.max_new_tokens
     for length in range(1, max_len + 1):
-        for body in itertools.product([t for t in range(V) if t != EOS], repeat=length - 1):
+        for body in itertools.product([t for t in range(V) if t not in enders], repeat=length - 1):
             for last in range(V):
                 seq = list(body) + [last]
-                if last != EOS and length < max_len:
+                if last not in enders and length < max_len:
                     continue
                 total = sequence_logprob(engine, seq, params, processors)
                 if np.isfinite(total):
@@ -124,3 +125,48 @@ def test_best_flat_equals_a_stable_full_sort():
         scores[0, :3] = -np.inf
         expected = np.argsort(-scores, axis=None, kind="stable")[:count]
         assert list(_best_flat(scores, count)) == list(expected)
+
+
+class StopAtToken:
+    """A stop check by token id (the generator's checks detokenized text for stop strings)."""
+
+    def __init__(self, token):
+        self.token = token
+
+    def start(self):
+        return 0  # tokens seen: the state is carried per hypothesis
+
+    def advance(self, state, token):
+        return state + 1, token == self.token
+
+
+@pytest.mark.parametrize("length_penalty", [1.0, 0.0, 2.0])
+def test_a_stop_ends_hypotheses_during_the_search_as_exhaustive_search_does(engine, length_penalty):
+    """Hypotheses are ranked as they end at a stop, not ranked whole and cut afterwards."""
+    params = GenerationParameters(max_new_tokens=3, num_beams=25, num_return_sequences=4,
+                                  length_penalty=length_penalty)
+    unstopped = beam_search(engine, PROMPT, params, EOS, [])
+    stop_token = next(t for h in unstopped for t in h.tokens if t != EOS)  # one the best results contain
+    best = exhaustive(engine, params, [], enders=(EOS, stop_token))[:4]
+    found = beam_search(engine, PROMPT, params, EOS, [], stop=StopAtToken(stop_token))
+    assert [h.tokens for h in found] == [seq for _, seq in best]
+    assert np.allclose([h.score for h in found], [score for score, _ in best], atol=1e-5)
+    assert all(h.finish_reason == "stop_sequence" for h in found if h.tokens[-1] == stop_token)
+    assert any(h.finish_reason == "stop_sequence" for h in found)
+    assert [h.tokens for h in unstopped] != [h.tokens for h in found]  # so the stop changed the outcome
+
+
+def test_stop_strings_end_beam_hypotheses_at_the_match_in_the_generator(generator):
+    """Every returned sequence ends at its own stop match: the replay after ranking cuts nothing."""
+    free = generator.generate(["대한민국은"], parse_parameters({"num_beams": 4, "num_return_sequences": 4,
+                                                                "max_new_tokens": 12}))[0]
+    stop = free[0].text[3:5]  # a string the unconstrained best hypothesis would run past
+    params = parse_parameters({"num_beams": 4, "num_return_sequences": 4, "max_new_tokens": 12, "stop": [stop],
+                               "details": True, "length_penalty": 0.0})  # sums: the stopped short ones rank
+    (seqs,) = generator.generate(["대한민국은"], params)
+    stopped = [s for s in seqs if s.finish_reason == "stop_sequence"]
+    assert stopped, [s.text for s in seqs]
+    for s in stopped:
+        full = "".join(t.text for t in s.tokens)
+        assert stop not in s.text and full.find(stop) >= len(full) - len(s.tokens[-1].text) - len(stop) + 1
+        assert full.find(stop) == len(s.text)  # the text is cut exactly where the first match starts

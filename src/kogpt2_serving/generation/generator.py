@@ -13,7 +13,7 @@ from ..errors import InvalidParameter
 from ..text.tokenizer import IncrementalDecoder
 from .params import MAX_SEED
 from .processors import build_processors, build_warpers
-from .stopping import StoppingCriteria
+from .stopping import STOP_SEQUENCE, StoppingCriteria
 from .strategies import Greedy, Row, Sampler, beam_search, decode_rows
 
 
@@ -117,9 +117,11 @@ class Generator:
 
     def _beam_search(self, ids, params):
         processors = build_processors(params, self.tokenizer.eos_id)
+        stop = StopStrings(self.tokenizer, ids, params.stop) if params.stop else None
         sequences = []
-        for hypothesis in beam_search(self.engine, ids, params, self.tokenizer.eos_id, processors):
-            row = self._row(ids, params, chooser=None)  # replays the tokens for text and stop strings
+        for hypothesis in beam_search(self.engine, ids, params, self.tokenizer.eos_id, processors, stop):
+            # Rebuilds text and details; a stop string already ended the hypothesis in the search.
+            row = self._row(ids, params, chooser=None)
             for token, logprob in zip(hypothesis.tokens, hypothesis.logprobs):
                 row.accept(token, logprob)
                 if row.finished:
@@ -131,6 +133,24 @@ class Generator:
     def _sequence(row, seed, details):
         ids = [token for token, _, _ in row.tokens]
         return Sequence(row.text, ids, row.finish_reason, len(ids), seed, details, len(row.prompt_ids))
+
+
+class StopStrings:
+    """Beam search's stop check: a hypothesis' detokenized text against the stop strings,
+    decoded and matched exactly as a Row does, so the search ranks what will be returned."""
+
+    def __init__(self, tokenizer, prompt_ids, stop):
+        self.tokenizer, self.prompt_ids = tokenizer, list(prompt_ids)
+        self.criteria = StoppingCriteria(eos_id=-1, max_new_tokens=float("inf"), stop=stop)
+
+    def start(self):
+        return IncrementalDecoder(self.tokenizer, self.prompt_ids), ""
+
+    def advance(self, state, token):
+        decoder, text = state[0].copy(), state[1]
+        piece = decoder.push(token)
+        text += piece
+        return (decoder, text), self.criteria(token, 0, text, len(piece)).reason == STOP_SEQUENCE
 
 
 def _details(row):

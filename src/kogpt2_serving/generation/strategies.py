@@ -13,7 +13,7 @@ per-row strategies) or a function like :func:`beam_search` that drives `Engine.s
 import numpy as np
 
 from . import processors as P
-from .stopping import LENGTH
+from .stopping import LENGTH, STOP_SEQUENCE
 
 
 class Greedy:
@@ -99,17 +99,19 @@ def decode_rows(engine, rows, max_new_tokens, filler_id):
 
 
 class Hypothesis:
-    """A beam-search candidate: generated ids, their log-probabilities, its score."""
+    """A beam-search candidate: generated ids, their log-probabilities, its score, and the
+    state its stop check carries (e.g. its detokenized text)."""
 
-    def __init__(self, tokens, logprobs, total, context):
+    def __init__(self, tokens, logprobs, total, context, stop_state=None):
         self.tokens, self.logprobs, self.total, self.context = tokens, logprobs, total, context
+        self.stop_state = stop_state
         self.score = None
         self.finish_reason = None
 
-    def extend(self, token, logprob, total):
+    def extend(self, token, logprob, total, stop_state=None):
         context = self.context.copy()
         context.append(token)
-        return Hypothesis(self.tokens + [token], self.logprobs + [logprob], total, context)
+        return Hypothesis(self.tokens + [token], self.logprobs + [logprob], total, context, stop_state)
 
     def finish(self, reason, length_penalty):
         self.finish_reason = reason
@@ -123,12 +125,15 @@ def length_normalized(sum_logprobs, length, length_penalty):
     return sum_logprobs / (length ** length_penalty)
 
 
-def beam_search(engine, prompt_ids, params, eos_id, processors):
+def beam_search(engine, prompt_ids, params, eos_id, processors, stop=None):
     """Best `num_return_sequences` of `num_beams` hypotheses, best first.
 
     Each step expands every live beam, ranks the 2 x num_beams best continuations, keeps an
     </s> continuation as a finished hypothesis when it ranks among the first num_beams (as HF
-    does), and carries on with the best num_beams others. Stops at max_new_tokens (live beams
+    does), and carries on with the best num_beams others. `stop` (optional) ends a hypothesis
+    the same way during the search, as `stop_sequence`: an object with `start() -> state` and
+    `advance(state, token) -> (state, stopped)` (the generator's checks the detokenized text for
+    stop strings), so a hypothesis is ranked as it will be returned, not cut afterwards. Stops at max_new_tokens (live beams
     become `length` hypotheses), or with early_stopping once num_beams hypotheses finished, or
     otherwise once no live beam can beat the worst kept hypothesis: log-probabilities are
     <= 0, so a live beam's best possible score is its sum at the most favourable length it can
@@ -136,7 +141,8 @@ def beam_search(engine, prompt_ids, params, eos_id, processors):
     """
     beams, lp = params.num_beams, params.length_penalty
     state, logits = engine.start([prompt_ids], params.max_new_tokens)
-    live = [Hypothesis([], [], 0.0, P.RowContext(prompt_ids, params.no_repeat_ngram_size))]
+    live = [Hypothesis([], [], 0.0, P.RowContext(prompt_ids, params.no_repeat_ngram_size),
+                       stop.start() if stop is not None else None)]
     finished = []
     for step in range(1, params.max_new_tokens + 1):
         scores = np.stack([P.log_softmax(P.apply(processors, logits[i].astype(np.float64), h.context))
@@ -147,10 +153,12 @@ def beam_search(engine, prompt_ids, params, eos_id, processors):
             i, token = divmod(int(flat), totals.shape[1])
             if not np.isfinite(totals[i, token]):
                 break
-            candidate = live[i].extend(token, float(scores[i, token]), float(totals[i, token]))
-            if token == eos_id:
+            stop_state, stopped = (None, False) if stop is None or token == eos_id else \
+                stop.advance(live[i].stop_state, token)
+            candidate = live[i].extend(token, float(scores[i, token]), float(totals[i, token]), stop_state)
+            if token == eos_id or stopped:
                 if rank < beams:
-                    finished.append(candidate.finish("eos_token", lp))
+                    finished.append(candidate.finish("eos_token" if token == eos_id else STOP_SEQUENCE, lp))
             elif len(nxt) < beams:
                 rows.append(i)
                 nxt.append(candidate)

@@ -81,6 +81,12 @@ class IncrementalDecoder:
             return after[len(before):]
         return ""
 
+    def copy(self):
+        """An independent decoder in the same state (beam search forks one per hypothesis)."""
+        twin = IncrementalDecoder(self._tok)
+        twin._ids, twin._prefix, twin._read = list(self._ids), self._prefix, self._read
+        return twin
+
     def flush(self):
         """Text still held back at the end (an incomplete character shows as U+FFFD)."""
         before = self._tok.decode(self._ids[self._prefix:self._read])
