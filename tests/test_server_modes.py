@@ -5,12 +5,13 @@ import json
 import re
 import shutil
 import signal
+import socket
 import time
 
 import pytest
 
 from kogpt2_serving.cli import main
-from server_utils import ServeProcess
+from server_utils import ServeProcess, free_port
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,15 @@ def test_ports_mms_rejects_are_refused_with_a_clear_message(tiny_model_dir, caps
 
 
 @pytest.mark.requires_bfloat16
+def test_a_port_in_use_is_refused_before_anything_starts(tiny_model_dir, capsys):
+    port = free_port()  # inside MMS's range, so the port-range check passes and the bind is what fails
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        assert main(["serve", "--model-dir", tiny_model_dir, "--port", str(port)]) == 1
+    assert "error: cannot listen on 127.0.0.1:{}: Address already in use".format(port) in capsys.readouterr().err
+
+
 def test_dtype_bfloat16_reaches_the_workers(tiny_model_dir):
     """--dtype travels to each worker (KOGPT2_DTYPE): the answer is the bfloat16 model's."""
     from kogpt2_serving.generation.generator import Generator

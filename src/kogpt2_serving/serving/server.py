@@ -47,7 +47,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -148,24 +147,24 @@ class ModelServer:
         check_port(config.port)
         find_model_files(config.model_dir)  # a clear error now rather than a worker log line later
         _check_runtime()
-        _check_port_free(config.host, config.port)
         from sagemaker_inference import environment as toolkit_environment
 
         toolkit_env = toolkit_environment.Environment()
         self.run_dir = tempfile.mkdtemp(prefix="kgs-", dir=_short_temp_root())  # mode 0700
         self.sockets = Sockets.in_dir(self.run_dir)
+        try:  # binding the public address first: a taken port fails before anything is installed or launched
+            self._gateway = Gateway(config.host, config.port, self.sockets.inference, self._mms_path,
+                                    max_body=max_request_size(toolkit_env),
+                                    timeout=response_timeout(toolkit_env) + 30).start()
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio wraps the OS's own words
+            raise ServerError("cannot listen on {}:{}: {}".format(config.host, config.port, reason))
         properties = os.path.join(self.run_dir, "mms.properties")
         with open(properties, "w") as f:
             f.write(mms_properties(config, self.sockets, toolkit_env))
         env = self._environment()
         if config.install_requirements:
             _install_requirements(config.model_dir, env)
-        try:
-            self._gateway = Gateway(config.host, config.port, self.sockets.inference, self._mms_path,
-                                    max_body=max_request_size(toolkit_env),
-                                    timeout=response_timeout(toolkit_env) + 30).start()
-        except OSError as e:
-            raise ServerError("cannot listen on {}:{}: {}".format(config.host, config.port, e.strerror or e))
         self._output = _Output(config.log_file)
         self._proc = subprocess.Popen(mms_command(config, properties), env=env, cwd=self.run_dir,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -396,14 +395,6 @@ def _check_runtime():
     if not java or not os.path.exists(java):
         raise ServerError("Multi Model Server needs a Java runtime (8 or newer): install one (e.g. apt-get install "
                           "default-jre-headless) or set JAVA_HOME")
-
-
-def _check_port_free(host, port):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise ServerError("cannot listen on {}:{}: {}".format(host, port, e.strerror or e))
 
 
 def curl_example(url, prompt="대한민국은"):
