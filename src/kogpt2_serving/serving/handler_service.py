@@ -25,7 +25,7 @@ import logging
 import os
 from http.client import responses
 
-from ..errors import ModelLoadError, ServingError
+from ..errors import ModelLoadError, ServingError, cause_of
 from . import codec, handler
 from .handler_functions import add_code_dir, call, resolve
 
@@ -126,10 +126,7 @@ class HandlerService(object):
 
 
 def _cause(error):
-    if isinstance(error, ServingError):
-        return error.message
-    lines = str(error).strip().splitlines()
-    return "{}: {}".format(type(error).__name__, lines[-1] if lines else "")
+    return error.message if isinstance(error, ServingError) else "{}: {}".format(type(error).__name__, cause_of(error))
 
 
 def _incoming(item, context, i):
