@@ -235,11 +235,9 @@ async def read_request(reader, writer, max_body) -> Optional[Request]:
         allowed = ", ".join(ROUTES[path])
         raise HttpError(405, "method_not_allowed", "{} {} is not supported; use {}".format(
             _printable(method), path, allowed), [("Allow", allowed)])
-    fields = {}
-    for name, value in headers:
-        fields.setdefault(name.lower(), []).append(value.strip())
+    fields = _fields(headers)
     body = await _read_body(reader, writer, fields, max_body)
-    connection = ",".join(fields.get("connection", [])).lower()
+    connection = _joined(fields, "connection")
     keep = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
     return Request(method, path, headers, body, keep)
 
@@ -265,7 +263,7 @@ def _parse_head(head):
 
 async def _read_body(reader, writer, fields, max_body):
     lengths = set(fields.get("content-length", []))
-    chunked = ",".join(fields.get("transfer-encoding", [])).lower()
+    chunked = _joined(fields, "transfer-encoding")
     if chunked and chunked != "chunked":
         raise HttpError(501, "bad_request", "transfer-encoding {!r} is not supported".format(_printable(chunked)))
     if chunked and lengths:
@@ -275,7 +273,7 @@ async def _read_body(reader, writer, fields, max_body):
     length = int(next(iter(lengths))) if lengths else 0
     if length > max_body:
         raise _too_large(length, max_body)
-    if "100-continue" in ",".join(fields.get("expect", [])).lower():
+    if "100-continue" in _joined(fields, "expect"):
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     if chunked:
         return await _read_chunks(reader, max_body)
@@ -308,23 +306,32 @@ async def read_response(reader, method="POST") -> Tuple[Answer, bool]:
     lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     status = int(rest.split(" ", 1)[0])
-    headers, fields = [], {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            fields[name.strip().lower()] = value.strip()
-            if name.strip().lower() not in HOP_BY_HOP:
-                headers.append((name.strip(), value.strip()))
-    keep = "close" not in fields.get("connection", "").lower() and version == "HTTP/1.1"
+    received = [(name.strip(), value.strip()) for name, sep, value in (line.partition(":") for line in lines[1:]) if sep]
+    fields = _fields(received)
+    headers = [(name, value) for name, value in received if name.lower() not in HOP_BY_HOP]
+    keep = "close" not in _joined(fields, "connection") and version == "HTTP/1.1"
     if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
         body = b""
-    elif fields.get("transfer-encoding", "").lower() == "chunked":
+    elif _joined(fields, "transfer-encoding") == "chunked":
         body = await _read_chunks(reader, float("inf"))
     elif "content-length" in fields:
-        body = await reader.readexactly(int(fields["content-length"]))
+        body = await reader.readexactly(int(fields["content-length"][-1]))
     else:
         body, keep = await reader.read(), False
     return Answer(status, headers, body), keep
+
+
+def _fields(headers):
+    """{lower-case name: [values, in order]} of (name, value) header pairs."""
+    fields = {}
+    for name, value in headers:
+        fields.setdefault(name.lower(), []).append(value)
+    return fields
+
+
+def _joined(fields, name):
+    """A header's values as one lower-case string ('' when absent)."""
+    return ",".join(fields.get(name, [])).lower()
 
 
 def reshape_error(answer):
