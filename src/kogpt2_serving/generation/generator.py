@@ -39,11 +39,6 @@ class Prepared(NamedTuple):
     ids: List[int]
     params: object  # GenerationParameters
 
-    @property
-    def rows(self):
-        """Decode rows it takes in a batch."""
-        return self.params.num_beams if self.params.uses_beams else self.params.num_return_sequences
-
 
 class Generator:
     """Generates for a loaded model. One call at a time (the engine is not thread-safe).

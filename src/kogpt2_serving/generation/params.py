@@ -36,6 +36,11 @@ class GenerationParameters(NamedTuple):
     def uses_beams(self):
         return self.num_beams > 1
 
+    @property
+    def rows(self):
+        """Decode rows a prompt takes: num_beams with beam search, else num_return_sequences."""
+        return self.num_beams if self.uses_beams else self.num_return_sequences
+
 
 FIELDS = GenerationParameters._fields
 _DEFAULTS = GenerationParameters()

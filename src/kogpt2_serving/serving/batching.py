@@ -46,7 +46,7 @@ def predict_batch(payloads, model):
 def _chunks(jobs):
     chunk, rows = [], 0
     for job in jobs:
-        n = job[2].rows
+        n = job[2].params.rows
         if chunk and rows + n > MAX_BATCH_ROWS:
             yield chunk
             chunk, rows = [], 0

@@ -164,18 +164,14 @@ def decode_payload(body, content_type, limits=None):
 
 def check_budget(payload, limits):
     """Refuse (400) a request whose decoding would cost more than the per-request budget."""
-    rows = sum(_rows(prompt.params) for prompt in payload.prompts)
-    tokens = sum(_rows(prompt.params) * prompt.params.max_new_tokens for prompt in payload.prompts)
+    rows = sum(prompt.params.rows for prompt in payload.prompts)
+    tokens = sum(prompt.params.rows * prompt.params.max_new_tokens for prompt in payload.prompts)
     if rows > limits.max_rows or tokens > limits.max_new_tokens:
         raise RequestTooCostly(
             "this request needs {} decode rows and {} new tokens over {} prompt(s) (a prompt decodes num_beams "
             "rows with beam search, else num_return_sequences rows, each up to max_new_tokens); this server allows "
             "at most {} rows and {} new tokens per request: send fewer prompts or sequences, or a smaller "
             "max_new_tokens".format(rows, tokens, len(payload.prompts), limits.max_rows, limits.max_new_tokens))
-
-
-def _rows(params):
-    return params.num_beams if params.uses_beams else params.num_return_sequences
 
 
 def body_text(body, charset=None):
