@@ -129,7 +129,6 @@ def test_ports_mms_rejects_are_refused_with_a_clear_message(tiny_model_dir, caps
     assert text in capsys.readouterr().err
 
 
-@pytest.mark.requires_bfloat16
 def test_a_port_in_use_is_refused_before_anything_starts(tiny_model_dir, capsys):
     port = free_port()  # inside MMS's range, so the port-range check passes and the bind is what fails
     with socket.socket() as taken:
@@ -139,6 +138,7 @@ def test_a_port_in_use_is_refused_before_anything_starts(tiny_model_dir, capsys)
     assert "error: cannot listen on 127.0.0.1:{}: Address already in use".format(port) in capsys.readouterr().err
 
 
+@pytest.mark.requires_bfloat16
 def test_dtype_bfloat16_reaches_the_workers(tiny_model_dir):
     """--dtype travels to each worker (KOGPT2_DTYPE): the answer is the bfloat16 model's."""
     from kogpt2_serving.generation.generator import Generator
