@@ -75,7 +75,7 @@ class Generator:
         rows = []
         for index, item in enumerate(prepared):
             if item.params.uses_beams:
-                results[index] = self._beam_search(item.ids, item.params)
+                results[index] = self.beam_search(item)
             else:
                 rows.append((index, item.ids, item.params))
         if rows:
@@ -86,18 +86,22 @@ class Generator:
     def _decode_rows(self, requests):
         rows, owners = [], []
         for index, ids, params in requests:
-            seed, chooser = self._chooser(params)
-            for _ in range(params.num_return_sequences):
-                rows.append(self._row(ids, params, chooser))
-                owners.append((index, seed, params))
+            seed, own = self.rows_of(Prepared(ids, params))
+            rows += own
+            owners += [(index, seed, params)] * len(own)
         decode_rows(self.engine, rows, [p.max_new_tokens for _, _, p in owners], filler_id=self.tokenizer.eos_id)
         grouped = {}
         for row, (index, seed, params) in zip(rows, owners):
-            grouped.setdefault(index, []).append(self._sequence(row, seed, _details(row) if params.details else None))
+            grouped.setdefault(index, []).append(self.sequence(row, seed, params))
         return sorted(grouped.items())
 
+    def rows_of(self, item):
+        """(seed, rows) of a prepared prompt decoded by greedy or sampling rows: one chooser per
+        prompt, so its rows share the prompt's RNG, drawn in row order."""
+        seed, chooser = self._chooser(item.params)
+        return seed, [self._row(item.ids, item.params, chooser) for _ in range(item.params.num_return_sequences)]
+
     def _chooser(self, params):
-        """One chooser per request: its rows share the request's RNG, drawn in row order."""
         processors = build_processors(params, self.tokenizer.eos_id)
         if not params.do_sample:
             return None, Greedy(processors, params.details)
@@ -110,25 +114,32 @@ class Generator:
         stopping = StoppingCriteria(self.tokenizer.eos_id, params.max_new_tokens, params.stop)
         return Row(ids, chooser, stopping, IncrementalDecoder(self.tokenizer, ids), params.no_repeat_ngram_size)
 
-    def _beam_search(self, ids, params):
+    def beam_search(self, item, out_of_time=None):
+        """A prepared beam-search prompt -> its sequences, best first. out_of_time() (optional)
+        is asked at every step; when it says so, live beams end as `time_limit`."""
+        ids, params = item.ids, item.params
         processors = build_processors(params, self.tokenizer.eos_id)
         stop = StopStrings(self.tokenizer, ids, params.stop) if params.stop else None
         sequences = []
-        for hypothesis in beam_search(self.engine, ids, params, self.tokenizer.eos_id, processors, stop):
+        for hypothesis in beam_search(self.engine, ids, params, self.tokenizer.eos_id, processors, stop,
+                                      out_of_time):
             # Rebuilds text and details; a stop string already ended the hypothesis in the search.
             row = self._row(ids, params, chooser=None)
             for token, logprob in zip(hypothesis.tokens, hypothesis.logprobs):
                 row.accept(token, logprob)
                 if row.finished:
                     break
-            sequences.append(self._sequence(row, None, _details(row) if params.details else None))
+            if not row.finished:  # ended for time: no stopping criterion fired
+                row.end(hypothesis.finish_reason)
+            sequences.append(self.sequence(row, None, params))
         return sequences
 
     @staticmethod
-    def _sequence(row, seed, details):
+    def sequence(row, seed, params):
+        """A finished row as the Sequence the codec renders (token details when asked for)."""
         ids = [token for token, _, _ in row.tokens]
+        details = [TokenInfo(token, text, logprob) for token, text, logprob in row.tokens] if params.details else None
         return Sequence(row.text, ids, row.finish_reason, len(ids), seed, details, len(row.prompt_ids))
-
 
 class StopStrings:
     """Beam search's stop check: a hypothesis' detokenized text against the stop strings,
@@ -146,8 +157,4 @@ class StopStrings:
         piece = decoder.push(token)
         text += piece
         return (decoder, text), self.criteria(token, 0, text, len(piece)).reason == STOP_SEQUENCE
-
-
-def _details(row):
-    return [TokenInfo(token, text, logprob) for token, text, logprob in row.tokens]
 

@@ -1,11 +1,12 @@
-"""When a sequence ends, and why: `length`, `eos_token` or `stop_sequence`.
+"""When a sequence ends, and why: `length`, `eos_token`, `stop_sequence`, or `time_limit` (the
+serving engine ended it at the request's deadline).
 
 Stop strings are matched on the detokenized text, so a stop string spanning several tokens
 (or part of one) is found; the text is cut where the match starts.
 """
 from typing import NamedTuple, Optional
 
-LENGTH, EOS, STOP_SEQUENCE = "length", "eos_token", "stop_sequence"
+LENGTH, EOS, STOP_SEQUENCE, TIME_LIMIT = "length", "eos_token", "stop_sequence", "time_limit"
 
 
 class StopDecision(NamedTuple):

@@ -13,7 +13,7 @@ per-row strategies) or a function like :func:`beam_search` that drives `Engine.s
 import numpy as np
 
 from . import processors as P
-from .stopping import LENGTH, STOP_SEQUENCE
+from .stopping import LENGTH, STOP_SEQUENCE, TIME_LIMIT
 
 
 class Greedy:
@@ -80,6 +80,11 @@ class Row:
             elif decision.reason == LENGTH:
                 self.text += self.detok.flush()
 
+    def end(self, reason):
+        """Finish before any criterion did (e.g. `time_limit`): the text decoded so far is kept."""
+        self.finish_reason = reason
+        self.text += self.detok.flush()
+
 
 def decode_rows(engine, rows, max_new_tokens, filler_id):
     """Decode rows (each with max_new_tokens[i]) in one batch until all are finished."""
@@ -125,7 +130,7 @@ def length_normalized(sum_logprobs, length, length_penalty):
     return sum_logprobs / (length ** length_penalty)
 
 
-def beam_search(engine, prompt_ids, params, eos_id, processors, stop=None):
+def beam_search(engine, prompt_ids, params, eos_id, processors, stop=None, out_of_time=None):
     """Best `num_return_sequences` of `num_beams` hypotheses, best first.
 
     Each step expands every live beam, ranks the 2 x num_beams best continuations, keeps an
@@ -138,6 +143,8 @@ def beam_search(engine, prompt_ids, params, eos_id, processors, stop=None):
     otherwise once no live beam can beat the worst kept hypothesis: log-probabilities are
     <= 0, so a live beam's best possible score is its sum at the most favourable length it can
     still reach. With enough beams this is exact search (the tests check it exhaustively).
+    `out_of_time()` (optional), asked after every step, ends the search early: live beams then
+    become `time_limit` hypotheses.
     """
     beams, lp = params.num_beams, params.length_penalty
     state, logits = engine.start([prompt_ids], params.max_new_tokens)
@@ -166,6 +173,9 @@ def beam_search(engine, prompt_ids, params, eos_id, processors, stop=None):
         if step == params.max_new_tokens:
             finished += [h.finish(LENGTH, lp) for h in nxt]
         if step == params.max_new_tokens or not nxt or _done(finished, nxt, step, params):
+            break
+        if out_of_time is not None and out_of_time():
+            finished += [h.finish(TIME_LIMIT, lp) for h in nxt]
             break
         state.reorder(rows)
         live = nxt

@@ -92,6 +92,11 @@ class Engine:
                 "prompt of {} tokens + max_new_tokens {} = {} exceeds the model's {} positions".format(
                     prompt_len, max_new_tokens, total, self.max_positions))
 
+    @staticmethod
+    def capacity_for(length, future_slots):
+        """Cache slots a batch of `length` filled slots gets to feed `future_slots` more tokens."""
+        return _round_up(length + future_slots, CACHE_BUCKET)
+
     def start(self, prompts, max_new_tokens):
         """Prefill prompts (lists of ids, each non-empty) -> (state, next-token logits (B, V)).
         max_new_tokens: one int for all rows, or one per row."""
@@ -103,7 +108,7 @@ class Engine:
             self.check_length(length, budget)
         longest = max(lengths)
         # Slots: the padded prompt plus every fed-back token (the last one is never fed).
-        capacity = _round_up(longest + max(budgets) - 1, CACHE_BUCKET)
+        capacity = self.capacity_for(longest, max(budgets) - 1)
         pads = np.array([longest - n for n in lengths])
         ids = np.zeros((len(prompts), longest), dtype="int32")
         for row, (prompt, pad) in enumerate(zip(prompts, pads)):
@@ -141,6 +146,45 @@ class Engine:
         state.positions += 1
         state.length += 1
         return self._host(logits)
+
+    def merge(self, parts, future_slots):
+        """One batch from rows of several states -> a new DecodeState (TGI's concatenate and
+        filter in one copy). parts: [(state, rows)], `rows` the state rows to keep, in order;
+        the result holds them part after part. future_slots: how many more tokens any kept row
+        will feed (the capacity is the joined length plus that, rounded to CACHE_BUCKET).
+
+        Every row keeps writing into one shared slot: a part whose filled span is shorter than
+        the longest is placed to end at the same slot, its rows padded on the left. Slots no
+        kept row uses (leading pads of every kept row) are dropped, so a long-finished row does
+        not leave its length behind."""
+        import mxnet as mx
+
+        spans = []  # (state, rows, first slot used by a kept row)
+        for state, rows in parts:
+            if rows:
+                spans.append((state, list(rows), int(state.pads[np.asarray(rows)].min())))
+        length = max(state.length - start for state, _, start in spans)
+        capacity = self.capacity_for(length, future_slots)
+        first = spans[0][0]
+        layers, _, heads, head_size, _ = first.keys.shape
+        batch = sum(len(rows) for _, rows, _ in spans)
+        keys = mx.nd.zeros((layers, batch, heads, head_size, capacity), ctx=self.ctx, dtype=self.dtype)
+        values = mx.nd.zeros((layers, batch, heads, capacity, head_size), ctx=self.ctx, dtype=self.dtype)
+        mask = mx.nd.full((batch, capacity), MASKED, ctx=self.ctx, dtype=self.dtype)
+        positions, pads, offset = [], [], 0
+        for state, rows, start in spans:
+            index = mx.nd.array(rows, ctx=self.ctx, dtype="int32")
+            n, span = len(rows), state.length - start
+            shift = length - span  # where this part's first used slot lands
+            keys[:, offset:offset + n, :, :, shift:length] = \
+                state.keys.take(index, axis=1)[:, :, :, :, start:state.length]
+            values[:, offset:offset + n, :, shift:length, :] = \
+                state.values.take(index, axis=1)[:, :, :, start:state.length, :]
+            mask[offset:offset + n, shift:length] = state.mask.take(index, axis=0)[:, start:state.length]
+            positions.append(state.positions.take(index, axis=0))
+            pads.append(state.pads[np.asarray(rows)] - start + shift)
+            offset += n
+        return DecodeState(keys, values, mask, mx.nd.concat(*positions, dim=0), np.concatenate(pads), length)
 
     def _step_graph(self, rows):
         graph = self._steps.get(rows)

@@ -1,0 +1,381 @@
+"""Continuous batching: requests join and leave one running batch at step boundaries.
+
+The serving engine's loop (TGI's router + shard, vLLM's engine core, DJL's rolling batch, in
+one thread). Each round it
+
+1. ends rows whose request passed its deadline (`time_limit`, the text so far kept) or was
+   cancelled (its client is gone: no answer, no more steps);
+2. admits waiting prompts, first come first served, while the batch stays within
+   :class:`SchedulerLimits` (rows per step, cache slots): the newcomers are prefilled
+   together, choose their first token, and join the running batch (``Engine.merge``: the
+   shorter side left-padded so every row writes the same slot, dead rows dropped in the same
+   copy);
+3. feeds every row's pending token in one step and lets each live row choose its next one;
+   a request is answered the moment its last row finishes.
+
+A request's rows keep their own chooser, processors, seed and budget (see
+:mod:`.strategies`), so what a request gets does not depend on what it shared steps with: a
+seeded sample is the same, and greedy ids are the same as alone up to float rounding of the
+batch's kernels. Beam-search prompts reorder their rows by beam every step, so they do not
+join: one waits at the head of the queue until the running batch has drained, then runs
+alone (newcomers wait behind it, in order).
+
+Only the scheduling thread touches the engine; ``submit`` and ``cancel`` may be called from
+any thread.
+"""
+import collections
+import logging
+import threading
+import time
+from typing import NamedTuple
+
+from ..errors import RequestTooCostly, ServingError
+from .stopping import TIME_LIMIT
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(ServingError):
+    status = 503
+    kind = "queue_full"
+
+
+class QueueTimeout(ServingError):
+    status = 503
+    kind = "queue_timeout"
+
+
+class SchedulerLimits(NamedTuple):
+    max_rows: int = 16  # decode rows in one step
+    max_cache_tokens: int = 16384  # rows x cache capacity: the KV cache's memory
+    max_queue: int = 64  # requests waiting for a decode slot; beyond: 503 queue_full
+
+
+class Job:
+    """One request: its prepared prompts, answered (``on_done(job)``) once every one finished,
+    with ``results`` (one list of Sequences per prompt) or ``error`` (a ServingError)."""
+
+    def __init__(self, items, deadline=None, on_done=None):
+        self.items = list(items)
+        self.deadline = deadline  # time.time() at which it stops; None: never
+        self.on_done = on_done
+        self.results = [None] * len(self.items)
+        self.error = None
+        self.cancelled = False
+        self.started = False  # a prompt of it was admitted
+        self.submitted = time.time()
+        self.finished = None  # time.time() when answered
+        self._open = len(self.items)
+
+    @property
+    def rows(self):
+        return sum(item.params.rows for item in self.items)
+
+    def _finish_item(self, index, sequences):
+        self.results[index] = sequences
+        self._open -= 1
+        if self._open == 0:
+            self._answer()
+
+    def _fail(self, error):
+        if self._open:
+            self._open = 0
+            self.error = error
+            self._answer()
+
+    def _answer(self):
+        self.finished = time.time()
+        if self.on_done is not None and not self.cancelled:
+            self.on_done(self)
+
+
+class _Unit:
+    """One prompt of a job while it decodes: its rows and seed."""
+
+    def __init__(self, job, index):
+        self.job, self.index = job, index
+        self.item = job.items[index]
+        self.seed, self.rows = None, []
+
+    @property
+    def params(self):
+        return self.item.params
+
+    def done(self):
+        return all(row.finished for row in self.rows)
+
+
+class Stats:
+    """What the loop did, for logs, tests and the engine's metrics."""
+
+    def __init__(self):
+        self.steps = 0  # decode steps run
+        self.row_steps = 0  # live rows summed over steps
+        self.shared_steps = 0  # steps whose live rows belonged to two requests or more
+        self.joins = 0  # admissions into a batch that was already running
+        self.max_rows = 0
+        self.requests = 0
+        self.expired = 0
+        self.cancelled = 0
+
+    def as_dict(self):
+        return dict(vars(self))
+
+
+class ContinuousBatcher:
+    def __init__(self, generator, limits=SchedulerLimits(), clock=time.time):
+        self.generator = generator
+        self.engine = generator.engine
+        self.filler = generator.tokenizer.eos_id
+        self.limits = limits
+        self.clock = clock
+        self.stats = Stats()
+        self._waiting = collections.deque()  # _Unit, in arrival order
+        self._waiting_jobs = 0
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._state = None  # the engine's DecodeState of the running batch
+        self._slots = []  # per state row: (unit, row); every row has chosen a token not fed yet
+
+    # --- any thread ----------------------------------------------------------------------------
+
+    def submit(self, job):
+        """Queue a request (QueueFull when max_queue requests already wait)."""
+        self.check_fits(job)
+        with self._lock:
+            if self._waiting_jobs >= self.limits.max_queue:
+                raise QueueFull("the server is at capacity: {} requests are already waiting for a decode slot; "
+                                "retry later".format(self._waiting_jobs))
+            self._waiting.extend(_Unit(job, i) for i in range(len(job.items)))
+            self._waiting_jobs += 1
+            self.stats.requests += 1
+            self._wakeup.notify()
+
+    def check_fits(self, job):
+        """ServingError 400 for a prompt that could never be admitted under the limits."""
+        for item in job.items:
+            rows, need = item.params.rows, self._slots_needed(item)
+            if rows > self.limits.max_rows:
+                raise _too_big("needs {} decode rows; the engine runs at most {} per step "
+                               "(KOGPT2_MAX_BATCH_ROWS)".format(rows, self.limits.max_rows))
+            if rows * need > self.limits.max_cache_tokens:
+                raise _too_big("needs {} cache slots ({} rows x {}); the engine holds at most {} "
+                               "(KOGPT2_MAX_CACHE_TOKENS)".format(rows * need, rows, need,
+                                                                 self.limits.max_cache_tokens))
+
+    def cancel(self, job):
+        """The request's client is gone: stop spending steps on it; it is not answered."""
+        with self._lock:
+            if not job.cancelled:
+                job.cancelled = True
+                self.stats.cancelled += 1
+            self._wakeup.notify()
+
+    def wake(self):
+        with self._lock:
+            self._wakeup.notify()
+
+    @property
+    def busy(self):
+        return bool(self._slots) or bool(self._waiting)
+
+    # --- the scheduling thread -----------------------------------------------------------------
+
+    def run(self, stop):
+        """Schedule until the threading.Event `stop` is set."""
+        while not stop.is_set():
+            self.iterate(wait=0.5)
+
+    def iterate(self, wait=0.0):
+        """One round (see the module docstring); idle, it waits up to `wait` s for work."""
+        with self._lock:
+            if not self._slots and not self._waiting and wait:
+                self._wakeup.wait(wait)
+        self._end_rows()
+        admitted = self._admit()
+        if admitted and admitted[0].params.uses_beams:
+            self._beam_search(admitted[0])
+        elif admitted:
+            self._join(admitted)
+        if self._slots:
+            self._step()
+
+    def _end_rows(self):
+        """Rows of cancelled requests and of requests past their deadline stop here."""
+        now = self.clock()
+        for unit, row in self._slots:
+            job = unit.job
+            if row.finished:
+                continue
+            if job.cancelled:
+                row.end("cancelled")
+            elif job.deadline is not None and now >= job.deadline:
+                row.end(TIME_LIMIT)
+                self._unit_progress(unit, expired=True)
+
+    def _admit(self):
+        """Waiting prompts that fit, first come first served; [beam unit] alone when one is at the
+        head of the queue and nothing runs."""
+        admitted = []
+        with self._lock:
+            live = [(unit, row) for unit, row in self._slots if not row.finished]
+            while self._waiting:
+                unit = self._waiting[0]
+                if self._drop_if_gone(unit):
+                    continue
+                if unit.params.uses_beams:
+                    if not live and not admitted:
+                        admitted.append(self._pop())
+                    break
+                if not self._fits(live, admitted, unit):
+                    break
+                admitted.append(self._pop())
+        return admitted
+
+    def _pop(self):
+        unit = self._waiting.popleft()
+        if not unit.job.started:
+            unit.job.started = True
+            self._waiting_jobs -= 1
+        return unit
+
+    def _drop_if_gone(self, unit):
+        """A waiting prompt of a cancelled request, or past its deadline, leaves the queue."""
+        job = unit.job
+        expired = job.deadline is not None and self.clock() >= job.deadline
+        if not (job.cancelled or expired):
+            return False
+        self._waiting.popleft()
+        if not job.started:
+            job.started = True  # it leaves the waiting count once
+            self._waiting_jobs -= 1
+        if job.cancelled:
+            return True
+        self.stats.expired += 1
+        if not any(r is not None for r in job.results) and not self._running(job):
+            job._fail(QueueTimeout("the request waited {:.1f} s for a decode slot and reached its deadline "
+                                   "before it started; retry later".format(self.clock() - job.submitted)))
+        else:  # part of it ran: this prompt gets no tokens, ended for time
+            unit.rows = []
+            job._finish_item(unit.index, self._empty_sequences(unit))
+        return True
+
+    def _running(self, job):
+        return any(unit.job is job for unit, _ in self._slots)
+
+    def _fits(self, live, admitted, unit):
+        rows = len(live) + sum(u.params.rows for u in admitted) + unit.params.rows
+        if rows > self.limits.max_rows:
+            return False
+        length, future = 0, 0
+        if live:
+            starts = self._state.pads[[slot for slot, (_, row) in enumerate(self._slots) if not row.finished]]
+            length = self._state.length - int(starts.min())
+            future = max(u.params.max_new_tokens - len(row.tokens) for u, row in live)
+        for u in admitted + [unit]:
+            length = max(length, len(u.item.ids))
+            future = max(future, u.params.max_new_tokens)
+        return rows * self.engine.capacity_for(length, future) <= self.limits.max_cache_tokens
+
+    def _slots_needed(self, item):
+        return self.engine.capacity_for(len(item.ids), item.params.max_new_tokens)
+
+    def _join(self, units):
+        """Prefill the newcomers, let them choose a first token, and merge them into the batch."""
+        rows = []
+        for unit in units:
+            unit.seed, unit.rows = self.generator.rows_of(unit.item)
+            rows += [(unit, row) for row in unit.rows]
+        state, logits = self.engine.start([row.prompt_ids for _, row in rows],
+                                          [unit.params.max_new_tokens for unit, _ in rows])
+        for slot, (unit, row) in enumerate(rows):
+            row.advance(logits[slot])
+        if self._slots:
+            self.stats.joins += 1
+            self._rebuild([(self._state, self._slots), (state, rows)])
+        elif all(not row.finished for _, row in rows):
+            self._state, self._slots = state, rows  # the prefill's own cache, no copy
+        else:
+            self._rebuild([(state, rows)])
+        for unit in units:
+            self._unit_progress(unit)
+        log.debug("admitted %d prompt(s), %d row(s); batch now %d row(s)", len(units), len(rows), len(self._slots))
+
+    def _rebuild(self, parts):
+        """The running batch = the live rows of `parts` [(state, slots)], in order."""
+        keep = [(state, [i for i, (_, row) in enumerate(slots) if not row.finished], slots) for state, slots in parts]
+        slots = [slots[i] for _, rows, slots in keep for i in rows]
+        if not slots:
+            self._state, self._slots = None, []
+            return
+        future = max(unit.params.max_new_tokens - len(row.tokens) for unit, row in slots)
+        self._state = self.engine.merge([(state, rows) for state, rows, _ in keep], future)
+        self._slots = slots
+
+    def _step(self):
+        """Feed every row's pending token; live rows choose their next one."""
+        tokens = [row.tokens[-1][0] if not row.finished else self.filler for _, row in self._slots]
+        live = [unit for unit, row in self._slots if not row.finished]
+        if not live:
+            self._state, self._slots = None, []
+            return
+        self._count_step(live)
+        logits = self.engine.step(self._state, tokens)  # (B, V)
+        for slot, (unit, row) in enumerate(self._slots):
+            if not row.finished:
+                row.advance(logits[slot])
+                if row.finished:
+                    self._unit_progress(unit)
+        dead = sum(row.finished for _, row in self._slots)
+        if dead == len(self._slots):
+            self._state, self._slots = None, []
+        elif dead * 2 >= len(self._slots):  # finished rows are half the batch: stop feeding them
+            self._rebuild([(self._state, self._slots)])
+
+    def _count_step(self, live):
+        self.stats.steps += 1
+        self.stats.row_steps += len(live)
+        self.stats.max_rows = max(self.stats.max_rows, len(live))
+        if len({id(unit.job) for unit in live}) > 1:
+            self.stats.shared_steps += 1
+
+    def _unit_progress(self, unit, expired=False):
+        """Answer a prompt (and maybe its request) once all its rows finished."""
+        if unit.done() and unit.job.results[unit.index] is None and not unit.job.cancelled:
+            if expired:
+                self.stats.expired += 1
+            unit.job._finish_item(unit.index, [self.generator.sequence(row, unit.seed, unit.params)
+                                               for row in unit.rows])
+
+    def _beam_search(self, unit):
+        job = unit.job
+        out_of_time = None
+        if job.deadline is not None:
+            def out_of_time():
+                return job.cancelled or self.clock() >= job.deadline
+        started = time.time()
+        sequences = self.generator.beam_search(unit.item, out_of_time)
+        log.debug("beam search of %d beams took %.2f s", unit.params.num_beams, time.time() - started)
+        if not job.cancelled:
+            job._finish_item(unit.index, sequences)
+
+    def _empty_sequences(self, unit):
+        seed, rows = self.generator.rows_of(unit.item)
+        for row in rows:
+            row.end(TIME_LIMIT)
+        return [self.generator.sequence(row, seed, unit.params) for row in rows]
+
+    def fail_all(self, error):
+        """Answer every waiting and running request with `error` (the engine is going away)."""
+        with self._lock:
+            jobs = {id(u.job): u.job for u in self._waiting}
+            jobs.update({id(u.job): u.job for u, _ in self._slots})
+            self._waiting.clear()
+            self._waiting_jobs = 0
+        self._state, self._slots = None, []
+        for job in jobs.values():
+            job._fail(error)
+
+
+def _too_big(message):
+    return RequestTooCostly("a prompt of this request " + message)

@@ -1,0 +1,213 @@
+"""Continuous batching: requests that join a running batch get what they get alone."""
+import numpy as np
+import pytest
+
+from kogpt2_serving.errors import RequestTooCostly
+from kogpt2_serving.generation.generator import Prepared
+from kogpt2_serving.generation.params import parse_parameters
+from kogpt2_serving.generation.scheduler import ContinuousBatcher, Job, QueueFull, QueueTimeout, SchedulerLimits
+
+PROMPTS = ["대한민국은", "아기 공룡 둘리는 희동이와", "서울에서 부산까지 기차로 3시간 20분이 걸린다!", "학생들은", "오늘"]
+
+
+def prepared(generator, prompt, **params):
+    return generator.prepare(prompt, parse_parameters(params))
+
+
+def run_until_idle(batcher, arrivals=(), limit=10000):
+    """Iterate the loop; arrivals: {round: [job, ...]} submitted before that round."""
+    arrivals = dict(arrivals)
+    for round_ in range(limit):
+        for job in arrivals.pop(round_, []):
+            batcher.submit(job)
+        if not batcher.busy and not arrivals:
+            return round_
+        batcher.iterate()
+    raise AssertionError("the loop did not go idle")
+
+
+def alone(generator, job):
+    return [generator.decode([item])[0] for item in job.items]
+
+
+def assert_same(results, expected):
+    """Ids, texts, reasons and seeds exactly; log-probabilities to float rounding (batches of
+    other shapes run other kernels)."""
+    assert len(results) == len(expected)
+    for got, want in zip(results, expected):
+        assert [s._replace(tokens=None) for s in got] == [s._replace(tokens=None) for s in want]
+        for g, w in zip(got, want):
+            assert (g.tokens is None) == (w.tokens is None)
+            for a, b in zip(g.tokens or (), w.tokens or ()):
+                assert (a.id, a.text) == (b.id, b.text) and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
+def test_merge_keeps_every_rows_logits(tiny_model):
+    """Rows of two batches of different lengths, merged (the shorter left-padded, one row
+    dropped), step exactly as they did apart."""
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    a_prompts = [tok.encode_prompt(p) for p in PROMPTS[:3]]
+    b_prompts = [tok.encode_prompt(p) for p in PROMPTS[3:]]
+    a, a_logits = engine.start(a_prompts, 30)
+    for _ in range(5):  # a runs ahead: its filled span is longer than b's
+        a_logits = engine.step(a, a_logits.argmax(-1))
+    b, b_logits = engine.start(b_prompts, 30)
+    a_tokens, b_tokens = a_logits.argmax(-1), b_logits.argmax(-1)
+    assert a.length != b.length
+    merged = engine.merge([(a, [0, 2]), (b, [0, 1])], future_slots=20)
+    assert merged.batch_size == 4 and merged.capacity % 64 == 0
+    m_logits = engine.step(merged, [a_tokens[0], a_tokens[2], b_tokens[0], b_tokens[1]])
+    a_logits, b_logits = engine.step(a, a_tokens), engine.step(b, b_tokens)
+    np.testing.assert_allclose(m_logits, np.concatenate([a_logits[[0, 2]], b_logits]), atol=1e-4)
+    for _ in range(10):
+        m_next, a_next, b_next = m_logits.argmax(-1), a_logits.argmax(-1), b_logits.argmax(-1)
+        np.testing.assert_array_equal(m_next, np.concatenate([a_next[[0, 2]], b_next]))
+        m_logits, a_logits, b_logits = engine.step(merged, m_next), engine.step(a, a_next), engine.step(b, b_next)
+        np.testing.assert_allclose(m_logits, np.concatenate([a_logits[[0, 2]], b_logits]), atol=1e-4)
+
+
+def test_merge_drops_slots_no_kept_row_uses(tiny_model):
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    long_, short = tok.encode_prompt(PROMPTS[2]), tok.encode_prompt(PROMPTS[4])
+    state, _ = engine.start([long_, short], 4)
+    kept = engine.merge([(state, [1])], future_slots=3)
+    assert kept.length == len(short) and list(kept.pads) == [0]
+
+
+def mixed_jobs(generator):
+    """Greedy, seeded sampling, stop strings, several sequences, different lengths."""
+    return [
+        Job([prepared(generator, PROMPTS[0], max_new_tokens=30)]),
+        Job([prepared(generator, PROMPTS[1], max_new_tokens=12, do_sample=True, seed=7, top_k=20)]),
+        Job([prepared(generator, PROMPTS[2], max_new_tokens=25, do_sample=True, seed=3, num_return_sequences=2),
+             prepared(generator, PROMPTS[3], max_new_tokens=5, details=True)]),
+        Job([prepared(generator, PROMPTS[4], max_new_tokens=40, repetition_penalty=1.3, stop=["다"])]),
+        Job([prepared(generator, PROMPTS[3], max_new_tokens=8, do_sample=True, seed=11, temperature=0.7)]),
+    ]
+
+
+def test_requests_that_join_a_running_batch_get_what_they_get_alone(generator):
+    jobs = mixed_jobs(generator)
+    batcher = ContinuousBatcher(generator)
+    run_until_idle(batcher, {0: jobs[:2], 3: jobs[2:4], 9: jobs[4:]})
+    for job in jobs:
+        assert job.error is None
+        assert_same(job.results, alone(generator, job))
+    stats = batcher.stats
+    assert stats.joins >= 2  # arrivals at rounds 3 and 9 joined a batch that was running
+    assert stats.shared_steps > 0 and stats.max_rows >= 4
+    assert stats.row_steps > stats.steps  # steps really carried several rows
+
+
+def test_a_short_request_is_answered_while_a_long_one_decodes(generator):
+    done = []
+    long_ = Job([prepared(generator, PROMPTS[0], max_new_tokens=60)], on_done=done.append)
+    short = Job([prepared(generator, PROMPTS[1], max_new_tokens=3)], on_done=done.append)
+    batcher = ContinuousBatcher(generator)
+    run_until_idle(batcher, {0: [long_], 2: [short]})
+    assert done == [short, long_]
+    assert short.finished < long_.finished
+
+
+def test_limits_bound_rows_per_step_and_cache(generator):
+    jobs = mixed_jobs(generator)
+    limits = SchedulerLimits(max_rows=3, max_cache_tokens=3 * 128)
+    batcher = ContinuousBatcher(generator, limits)
+    run_until_idle(batcher, {0: jobs})
+    assert batcher.stats.max_rows <= 3
+    for job in jobs:
+        assert_same(job.results, alone(generator, job))
+
+
+def test_a_prompt_that_can_never_fit_is_refused_at_submit(generator):
+    batcher = ContinuousBatcher(generator, SchedulerLimits(max_rows=2, max_cache_tokens=200))
+    with pytest.raises(RequestTooCostly, match=r"needs 3 decode rows; the engine runs at most 2 per step"):
+        batcher.submit(Job([prepared(generator, PROMPTS[0], num_return_sequences=3, do_sample=True)]))
+    with pytest.raises(RequestTooCostly, match=r"needs 256 cache slots \(2 rows x 128\); the engine holds at most 200"):
+        batcher.submit(Job([prepared(generator, PROMPTS[0], max_new_tokens=80, num_return_sequences=2,
+                                     do_sample=True)]))
+
+
+def test_queue_full(generator):
+    batcher = ContinuousBatcher(generator, SchedulerLimits(max_queue=2))
+    batcher.submit(Job([prepared(generator, PROMPTS[0])]))
+    batcher.submit(Job([prepared(generator, PROMPTS[1])]))
+    with pytest.raises(QueueFull, match="2 requests are already waiting") as e:
+        batcher.submit(Job([prepared(generator, PROMPTS[2])]))
+    assert e.value.status == 503
+    batcher.iterate()  # both admitted: the queue has room again
+    batcher.submit(Job([prepared(generator, PROMPTS[2])]))
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_deadline_ends_a_running_request_with_the_text_so_far(generator):
+    clock = Clock()
+    batcher = ContinuousBatcher(generator, clock=clock)
+    job = Job([prepared(generator, PROMPTS[0], max_new_tokens=50, num_return_sequences=2, do_sample=True, seed=1)],
+              deadline=clock.now + 5)
+    other = Job([prepared(generator, PROMPTS[1], max_new_tokens=20)])
+    batcher.submit(job)
+    batcher.submit(other)
+    for _ in range(6):
+        batcher.iterate()
+    clock.now += 10
+    run_until_idle(batcher)
+    sequences = job.results[0]
+    assert [s.finish_reason for s in sequences] == ["time_limit", "time_limit"]
+    assert all(0 < s.generated_tokens < 50 for s in sequences)
+    full = alone(generator, Job([job.items[0]]))[0]  # the same seed, run to the end
+    for cut, whole in zip(sequences, full):
+        assert whole.token_ids[:cut.generated_tokens] == cut.token_ids
+    assert_same(other.results, alone(generator, other))  # the request beside it is unaffected
+
+
+def test_a_request_still_waiting_at_its_deadline_gets_503(generator):
+    clock = Clock()
+    batcher = ContinuousBatcher(generator, SchedulerLimits(max_rows=1), clock=clock)
+    running = Job([prepared(generator, PROMPTS[0], max_new_tokens=20)])
+    waiting = Job([prepared(generator, PROMPTS[1], max_new_tokens=5)], deadline=clock.now + 1)
+    batcher.submit(running)
+    batcher.submit(waiting)
+    batcher.iterate()
+    clock.now += 2
+    run_until_idle(batcher)
+    assert isinstance(waiting.error, QueueTimeout) and waiting.error.status == 503
+    assert "reached its deadline before it started" in waiting.error.message
+    assert_same(running.results, alone(generator, running))
+
+
+def test_a_cancelled_request_stops_costing_steps(generator):
+    done = []
+    batcher = ContinuousBatcher(generator)
+    gone = Job([prepared(generator, PROMPTS[0], max_new_tokens=60)], on_done=done.append)
+    stays = Job([prepared(generator, PROMPTS[1], max_new_tokens=10)], on_done=done.append)
+    batcher.submit(gone)
+    batcher.submit(stays)
+    for _ in range(3):
+        batcher.iterate()
+    batcher.cancel(gone)
+    run_until_idle(batcher)
+    assert done == [stays]
+    assert_same(stays.results, alone(generator, stays))
+    assert batcher.stats.steps < 15  # not the 60 the cancelled request asked for
+
+
+def test_beam_search_waits_for_the_batch_to_drain_then_runs_alone(generator):
+    greedy = Job([prepared(generator, PROMPTS[0], max_new_tokens=10)])
+    beams = Job([prepared(generator, PROMPTS[1], max_new_tokens=8, num_beams=3, num_return_sequences=2)])
+    after = Job([prepared(generator, PROMPTS[2], max_new_tokens=6)])
+    done = []
+    for job in (greedy, beams, after):
+        job.on_done = done.append
+    batcher = ContinuousBatcher(generator)
+    run_until_idle(batcher, {0: [greedy], 2: [beams, after]})
+    assert done == [greedy, beams, after]  # first come, first served
+    for job in (greedy, beams, after):
+        assert_same(job.results, alone(generator, job))
