@@ -5,7 +5,8 @@ import pytest
 from kogpt2_serving.errors import RequestTooCostly
 from kogpt2_serving.generation.generator import Prepared
 from kogpt2_serving.generation.params import parse_parameters
-from kogpt2_serving.generation.scheduler import ContinuousBatcher, Job, QueueFull, QueueTimeout, SchedulerLimits
+from kogpt2_serving.generation.scheduler import ContinuousBatcher, Job, QueueFull, QueueTimeout
+from kogpt2_serving.settings import EngineLimits
 
 PROMPTS = ["대한민국은", "아기 공룡 둘리는 희동이와", "서울에서 부산까지 기차로 3시간 20분이 걸린다!", "학생들은", "오늘"]
 
@@ -111,7 +112,7 @@ def test_a_short_request_is_answered_while_a_long_one_decodes(generator):
 
 def test_limits_bound_rows_per_step_and_cache(generator):
     jobs = mixed_jobs(generator)
-    limits = SchedulerLimits(max_rows=3, max_cache_tokens=3 * 128)
+    limits = EngineLimits(max_rows=3, max_cache_tokens=3 * 128)
     batcher = ContinuousBatcher(generator, limits)
     run_until_idle(batcher, {0: jobs})
     assert batcher.stats.max_rows <= 3
@@ -120,7 +121,7 @@ def test_limits_bound_rows_per_step_and_cache(generator):
 
 
 def test_a_prompt_that_can_never_fit_is_refused_at_submit(generator):
-    batcher = ContinuousBatcher(generator, SchedulerLimits(max_rows=2, max_cache_tokens=200))
+    batcher = ContinuousBatcher(generator, EngineLimits(max_rows=2, max_cache_tokens=200))
     with pytest.raises(RequestTooCostly, match=r"needs 3 decode rows; the engine runs at most 2 per step"):
         batcher.submit(Job([prepared(generator, PROMPTS[0], num_return_sequences=3, do_sample=True)]))
     with pytest.raises(RequestTooCostly, match=r"needs 256 cache slots \(2 rows x 128\); the engine holds at most 200"):
@@ -129,7 +130,7 @@ def test_a_prompt_that_can_never_fit_is_refused_at_submit(generator):
 
 
 def test_queue_full(generator):
-    batcher = ContinuousBatcher(generator, SchedulerLimits(max_queue=2))
+    batcher = ContinuousBatcher(generator, EngineLimits(max_queue=2))
     batcher.submit(Job([prepared(generator, PROMPTS[0])]))
     batcher.submit(Job([prepared(generator, PROMPTS[1])]))
     with pytest.raises(QueueFull, match="2 requests are already waiting") as e:
@@ -170,7 +171,7 @@ def test_deadline_ends_a_running_request_with_the_text_so_far(generator):
 
 def test_a_request_still_waiting_at_its_deadline_gets_503(generator):
     clock = Clock()
-    batcher = ContinuousBatcher(generator, SchedulerLimits(max_rows=1), clock=clock)
+    batcher = ContinuousBatcher(generator, EngineLimits(max_rows=1), clock=clock)
     running = Job([prepared(generator, PROMPTS[0], max_new_tokens=20)])
     waiting = Job([prepared(generator, PROMPTS[1], max_new_tokens=5)], deadline=clock.now + 1)
     batcher.submit(running)
@@ -194,7 +195,8 @@ def test_a_cancelled_request_stops_costing_steps(generator):
         batcher.iterate()
     batcher.cancel(gone)
     run_until_idle(batcher)
-    assert done == [stays]
+    assert done == [gone, stays]  # answered at the next step boundary, so its worker is free
+    assert gone.error.kind == "cancelled" and gone.results == [None]
     assert_same(stays.results, alone(generator, stays))
     assert batcher.stats.steps < 15  # not the 60 the cancelled request asked for
 

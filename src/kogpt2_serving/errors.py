@@ -46,6 +46,14 @@ class PromptTooLong(ServingError):
     status = 413
     kind = "prompt_too_long"
 
+    @classmethod
+    def check(cls, prompt_len, max_new_tokens, positions):
+        """Raise when the prompt and its new tokens do not fit the model's positions."""
+        total = prompt_len + max_new_tokens
+        if total > positions:
+            raise cls("prompt of {} tokens + max_new_tokens {} = {} exceeds the model's {} positions".format(
+                prompt_len, max_new_tokens, total, positions))
+
 
 class UnsupportedContentType(ServingError):
     status = 415

@@ -7,7 +7,12 @@ Names (who reads them):
 - ``SAGEMAKER_MODEL_SERVER_WORKERS``, ``SAGEMAKER_BIND_TO_PORT``,
   ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``: the toolkit's meanings (serving, cli.serve);
 - ``KOGPT2_BATCH_SIZE``, ``KOGPT2_MAX_BATCH_DELAY_MS``: MMS batching (cli.serve);
-- ``KOGPT2_MAX_REQUEST_ROWS``, ``KOGPT2_MAX_REQUEST_TOKENS``: the per-request budget (below).
+- ``KOGPT2_MAX_REQUEST_ROWS``, ``KOGPT2_MAX_REQUEST_TOKENS``: the per-request budget (below);
+- ``KOGPT2_ENGINE`` (on | off), ``KOGPT2_MAX_BATCH_ROWS``, ``KOGPT2_MAX_CACHE_TOKENS``,
+  ``KOGPT2_MAX_QUEUE``, ``KOGPT2_REQUEST_TIMEOUT_SECONDS``, ``KOGPT2_DRAIN_SECONDS``,
+  ``KOGPT2_WATCHDOG_SECONDS``: the engine process, its continuous batching
+  (:class:`EngineLimits`), shutdown and the watchdog (cli.serve);
+- ``KOGPT2_ENGINE_SOCKET``: set by ``serve`` for the light workers (the engine's address).
 
 The rest of sagemaker-inference's ``SAGEMAKER_*`` variables are read through its own
 ``Environment`` (serving.server).
@@ -41,6 +46,14 @@ BATCH_SIZE_ENV = "KOGPT2_BATCH_SIZE"
 BATCH_DELAY_ENV = "KOGPT2_MAX_BATCH_DELAY_MS"
 MAX_REQUEST_ROWS_ENV = "KOGPT2_MAX_REQUEST_ROWS"
 MAX_REQUEST_TOKENS_ENV = "KOGPT2_MAX_REQUEST_TOKENS"
+ENGINE_ENV = "KOGPT2_ENGINE"
+ENGINE_SOCKET_ENV = "KOGPT2_ENGINE_SOCKET"
+MAX_BATCH_ROWS_ENV = "KOGPT2_MAX_BATCH_ROWS"
+MAX_CACHE_TOKENS_ENV = "KOGPT2_MAX_CACHE_TOKENS"
+MAX_QUEUE_ENV = "KOGPT2_MAX_QUEUE"
+REQUEST_TIMEOUT_ENV = "KOGPT2_REQUEST_TIMEOUT_SECONDS"
+DRAIN_ENV = "KOGPT2_DRAIN_SECONDS"
+WATCHDOG_ENV = "KOGPT2_WATCHDOG_SECONDS"
 
 
 class SettingError(ServingError):
@@ -52,6 +65,43 @@ class SettingError(ServingError):
 class RequestLimits(NamedTuple):
     max_rows: int = 64  # decode rows per request
     max_new_tokens: int = 4096  # rows x max_new_tokens, summed over the request
+
+
+class EngineLimits(NamedTuple):
+    """The engine's continuous batching (see docs/serving.md, "Limits").
+
+    16 rows: past about 16 rows a decode step on 2-8 CPU cores stops being bound by reading the
+    weights, so more rows add latency faster than throughput. 16384 cache slots: 1.2 GB of float32
+    KV cache at KoGPT2 size (12 layers x 2 x 768 x 4 bytes = 72 KiB per slot), e.g. 16 rows of
+    1024 positions. 64 waiting requests: two full batches of 32 workers. 50 s: SageMaker gives a
+    request 60 s, and the answer still has to be rendered and sent."""
+
+    max_rows: int = 16  # decode rows in one step
+    max_cache_tokens: int = 16384  # rows x cache capacity, summed over the batch
+    max_queue: int = 64  # requests waiting for a decode slot; beyond: 503 queue_full
+    request_timeout: float = 50.0  # s from arrival; then the answer ends with finish_reason time_limit
+
+
+def engine_limits(environ: Optional[Mapping[str, str]] = None) -> EngineLimits:
+    env = os.environ if environ is None else environ
+    defaults = EngineLimits()
+    return EngineLimits(
+        max_rows=_positive_int(env, MAX_BATCH_ROWS_ENV, defaults.max_rows),
+        max_cache_tokens=_positive_int(env, MAX_CACHE_TOKENS_ENV, defaults.max_cache_tokens),
+        max_queue=_positive_int(env, MAX_QUEUE_ENV, defaults.max_queue),
+        request_timeout=_positive_seconds(env, REQUEST_TIMEOUT_ENV, defaults.request_timeout),
+    )
+
+
+def drain_seconds(environ: Optional[Mapping[str, str]] = None) -> float:
+    """KOGPT2_DRAIN_SECONDS (default 20): how long SIGTERM lets requests in flight finish. Keep it
+    below the container runtime's stop grace period (docker stop: 10 s unless -t)."""
+    return _positive_seconds(os.environ if environ is None else environ, DRAIN_ENV, 20.0, zero_ok=True)
+
+
+def watchdog_seconds(environ: Optional[Mapping[str, str]] = None) -> float:
+    """KOGPT2_WATCHDOG_SECONDS (default 10): seconds between the watchdog's probes; 0 turns it off."""
+    return _positive_seconds(os.environ if environ is None else environ, WATCHDOG_ENV, 10.0, zero_ok=True)
 
 
 def explicit_threads(environ: Optional[Mapping[str, str]] = None) -> str:
@@ -69,6 +119,20 @@ def request_limits(environ: Optional[Mapping[str, str]] = None) -> RequestLimits
         max_rows=_positive_int(env, MAX_REQUEST_ROWS_ENV, defaults.max_rows),
         max_new_tokens=_positive_int(env, MAX_REQUEST_TOKENS_ENV, defaults.max_new_tokens),
     )
+
+
+def _positive_seconds(env, name, default, zero_ok=False):
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds > 0 or (zero_ok and seconds == 0)) or seconds == float("inf"):
+        raise SettingError("{} must be a number of seconds {} 0, got {!r}".format(
+            name, ">=" if zero_ok else ">", value[:40]))
+    return seconds
 
 
 def _positive_int(env, name, default):

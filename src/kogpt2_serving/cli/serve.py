@@ -2,8 +2,13 @@
 
 The same stack a SageMaker container runs on `serve`, runnable locally without root paths
 (see :mod:`kogpt2_serving.serving.server`). Flags win over the SAGEMAKER_* variables, which win over
-the defaults; unlike SageMaker (one worker per core) the default is one worker, because
-every worker holds its own model copy and each gets cores // workers threads.
+the defaults.
+
+By default one engine process holds the model and batches continuously, and MMS runs
+LIGHT_WORKERS light workers (parse, validate, render; no MXNet), so that many requests can be
+in flight. ``--engine off`` (or a user ``inference.py`` that defines ``model_fn``,
+``predict_fn`` or ``transform_fn``, or ``--batch-size`` > 1) gives the in-process workers of
+before: each holds its own model copy with cores // workers threads, default one worker.
 """
 import logging
 import os
@@ -11,11 +16,14 @@ import os
 from ..errors import ServingError
 from ..files.default_model import resolve_model_dir
 from ..model.device import check_dtype, check_dtype_runs, parse_device
+from ..serving.handler_functions import in_process_reason
 from ..serving.server import MAX_PORT, ServerConfig, in_sagemaker_container, serve
-from ..settings import BATCH_DELAY_ENV, BATCH_SIZE_ENV, BIND_TO_PORT_ENV, DTYPE_ENV, WORKERS_ENV, request_limits
+from ..settings import (BATCH_DELAY_ENV, BATCH_SIZE_ENV, BIND_TO_PORT_ENV, DTYPE_ENV, ENGINE_ENV, WORKERS_ENV,
+                        drain_seconds, engine_limits, request_limits, watchdog_seconds)
 
 log = logging.getLogger(__name__)
 
+LIGHT_WORKERS = 32  # requests in flight at once with the engine: each light worker holds one
 
 
 def add_arguments(parser):
@@ -28,15 +36,19 @@ def add_arguments(parser):
                         help="port for POST /invocations and GET /ping (nothing else is served there), 1-{} "
                              "(default $SAGEMAKER_BIND_TO_PORT or 8080)".format(MAX_PORT))
     parser.add_argument("--workers", type=int, default=None,
-                        help="worker processes, each with its own model copy (default "
-                             "$SAGEMAKER_MODEL_SERVER_WORKERS or 1)")
+                        help="MMS worker processes: light ones with the engine (default {}), else each with its own "
+                             "model copy (default 1); $SAGEMAKER_MODEL_SERVER_WORKERS if set".format(LIGHT_WORKERS))
+    parser.add_argument("--engine", choices=("on", "off"), default=None,
+                        help="on: one engine process with continuous batching behind light workers; off: the model "
+                             "in every worker (default ${} or on)".format(ENGINE_ENV))
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default auto)")
     parser.add_argument("--dtype", default=None,
                         help="float32 | float16 (GPU) | bfloat16 (CPU with AVX-512: weights in bfloat16, logits within "
                              "~1%%; 1.3-1.5x faster decoding measured on AVX512-BF16) (default ${} or float32)".format(
                                  DTYPE_ENV))
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="MMS batching (experimental): up to N concurrent requests share decode steps "
+                        help="MMS batching of in-process workers (--engine off; experimental, served at "
+                             "/predictions/model): up to N concurrent requests share decode steps "
                              "(default ${} or 1 = off)".format(BATCH_SIZE_ENV))
     parser.add_argument("--max-batch-delay", type=int, default=None, metavar="MS",
                         help="how long MMS waits to fill a batch (default ${} or 50)".format(BATCH_DELAY_ENV))
@@ -48,9 +60,13 @@ def add_arguments(parser):
 def config_from_args(args):
     """Flags > SAGEMAKER_* / KOGPT2_* variables > defaults, checked."""
     model_dir = resolve_model_dir(args.model_dir, log)
-    workers = args.workers or _env_int(WORKERS_ENV, 1)
+    batch_size = args.batch_size if args.batch_size is not None else _env_int(BATCH_SIZE_ENV, 1)
+    engine = _engine_mode(args, model_dir, batch_size)
+    default_workers = LIGHT_WORKERS if engine else 1
+    workers = args.workers or _env_int(WORKERS_ENV, default_workers)
     if args.workers is None and WORKERS_ENV not in os.environ:
-        log.info("using 1 worker (--workers N or SAGEMAKER_MODEL_SERVER_WORKERS for more)")
+        log.info("using %d %sworker(s) (--workers N or SAGEMAKER_MODEL_SERVER_WORKERS to change)", workers,
+                 "light " if engine else "")
     config = ServerConfig(
         model_dir=model_dir,
         host=args.host or ("0.0.0.0" if in_sagemaker_container() else "127.0.0.1"),
@@ -58,10 +74,12 @@ def config_from_args(args):
         workers=workers,
         device=args.device,
         dtype=args.dtype or os.environ.get(DTYPE_ENV) or "float32",
-        batch_size=args.batch_size if args.batch_size is not None else _env_int(BATCH_SIZE_ENV, 1),
+        batch_size=batch_size,
         max_batch_delay=args.max_batch_delay if args.max_batch_delay is not None else _env_int(BATCH_DELAY_ENV, 50),
         log_file=args.log_file,
         install_requirements=args.install_requirements,
+        engine=engine,
+        watchdog_interval=watchdog_seconds(),
     )
     for name in ("workers", "batch_size"):
         if getattr(config, name) < 1:
@@ -79,7 +97,29 @@ def config_from_args(args):
         raise ServingError("--max-batch-delay must be >= 0 ms, got {}".format(config.max_batch_delay))
     limits = request_limits()  # the workers read them per request: refuse a bad value now
     log.info("per-request budget: %d decode rows, %d new tokens", limits.max_rows, limits.max_new_tokens)
+    engine_limits(), drain_seconds()  # likewise the engine's and the shutdown's
     return config
+
+
+def _engine_mode(args, model_dir, batch_size):
+    """Whether to run the engine process: the flag, else KOGPT2_ENGINE, else on, except where
+    a user's code or MMS batching needs the model in each worker (the log says why)."""
+    choice = args.engine or os.environ.get(ENGINE_ENV, "").strip().lower() or None
+    if choice not in (None, "on", "off"):
+        raise ServingError("{} must be on or off, got {!r}".format(ENGINE_ENV, choice[:20]))
+    if choice == "off":
+        return False
+    if batch_size > 1:
+        if choice == "on":
+            raise ServingError("--batch-size is MMS batching for in-process workers (--engine off); the engine "
+                               "batches continuously (KOGPT2_MAX_BATCH_ROWS sets its rows per step)")
+        log.info("--batch-size %d: MMS batching with the model in every worker (no engine process)", batch_size)
+        return False
+    reason = in_process_reason(model_dir)
+    if reason:
+        log.info("%s: the model runs in every worker (each holds its own copy), not in an engine process", reason)
+        return False
+    return True
 
 
 def run(args):

@@ -6,7 +6,7 @@ one thread). Each round it
 1. ends rows whose request passed its deadline (`time_limit`, the text so far kept) or was
    cancelled (its client is gone: no answer, no more steps);
 2. admits waiting prompts, first come first served, while the batch stays within
-   :class:`SchedulerLimits` (rows per step, cache slots): the newcomers are prefilled
+   :class:`~kogpt2_serving.settings.EngineLimits` (rows per step, cache slots): the newcomers are prefilled
    together, choose their first token, and join the running batch (``Engine.merge``: the
    shorter side left-padded so every row writes the same slot, dead rows dropped in the same
    copy);
@@ -27,9 +27,9 @@ import collections
 import logging
 import threading
 import time
-from typing import NamedTuple
-
 from ..errors import RequestTooCostly, ServingError
+from ..model.cache import capacity_for
+from ..settings import EngineLimits
 from .stopping import TIME_LIMIT
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,11 @@ class QueueTimeout(ServingError):
     kind = "queue_timeout"
 
 
-class SchedulerLimits(NamedTuple):
-    max_rows: int = 16  # decode rows in one step
-    max_cache_tokens: int = 16384  # rows x cache capacity: the KV cache's memory
-    max_queue: int = 64  # requests waiting for a decode slot; beyond: 503 queue_full
+class Cancelled(ServingError):
+    """The request's client (or its worker) is gone; nobody reads this answer."""
+
+    status = 503
+    kind = "cancelled"
 
 
 class Job:
@@ -85,7 +86,7 @@ class Job:
 
     def _answer(self):
         self.finished = time.time()
-        if self.on_done is not None and not self.cancelled:
+        if self.on_done is not None:
             self.on_done(self)
 
 
@@ -123,7 +124,7 @@ class Stats:
 
 
 class ContinuousBatcher:
-    def __init__(self, generator, limits=SchedulerLimits(), clock=time.time):
+    def __init__(self, generator, limits=EngineLimits(), clock=time.time):
         self.generator = generator
         self.engine = generator.engine
         self.filler = generator.tokenizer.eos_id
@@ -141,7 +142,7 @@ class ContinuousBatcher:
 
     def submit(self, job):
         """Queue a request (QueueFull when max_queue requests already wait)."""
-        self.check_fits(job)
+        check_fits(job.items, self.limits)
         with self._lock:
             if self._waiting_jobs >= self.limits.max_queue:
                 raise QueueFull("the server is at capacity: {} requests are already waiting for a decode slot; "
@@ -151,20 +152,9 @@ class ContinuousBatcher:
             self.stats.requests += 1
             self._wakeup.notify()
 
-    def check_fits(self, job):
-        """ServingError 400 for a prompt that could never be admitted under the limits."""
-        for item in job.items:
-            rows, need = item.params.rows, self._slots_needed(item)
-            if rows > self.limits.max_rows:
-                raise _too_big("needs {} decode rows; the engine runs at most {} per step "
-                               "(KOGPT2_MAX_BATCH_ROWS)".format(rows, self.limits.max_rows))
-            if rows * need > self.limits.max_cache_tokens:
-                raise _too_big("needs {} cache slots ({} rows x {}); the engine holds at most {} "
-                               "(KOGPT2_MAX_CACHE_TOKENS)".format(rows * need, rows, need,
-                                                                 self.limits.max_cache_tokens))
-
     def cancel(self, job):
-        """The request's client is gone: stop spending steps on it; it is not answered."""
+        """The request's client is gone: stop spending steps on it; it is answered `Cancelled` at
+        the next step boundary."""
         with self._lock:
             if not job.cancelled:
                 job.cancelled = True
@@ -209,6 +199,7 @@ class ContinuousBatcher:
                 continue
             if job.cancelled:
                 row.end("cancelled")
+                job._fail(Cancelled("the request was cancelled: its client is gone"))
             elif job.deadline is not None and now >= job.deadline:
                 row.end(TIME_LIMIT)
                 self._unit_progress(unit, expired=True)
@@ -250,6 +241,7 @@ class ContinuousBatcher:
             job.started = True  # it leaves the waiting count once
             self._waiting_jobs -= 1
         if job.cancelled:
+            job._fail(Cancelled("the request was cancelled: its client is gone"))
             return True
         self.stats.expired += 1
         if not any(r is not None for r in job.results) and not self._running(job):
@@ -275,10 +267,7 @@ class ContinuousBatcher:
         for u in admitted + [unit]:
             length = max(length, len(u.item.ids))
             future = max(future, u.params.max_new_tokens)
-        return rows * self.engine.capacity_for(length, future) <= self.limits.max_cache_tokens
-
-    def _slots_needed(self, item):
-        return self.engine.capacity_for(len(item.ids), item.params.max_new_tokens)
+        return rows * capacity_for(length, future) <= self.limits.max_cache_tokens
 
     def _join(self, units):
         """Prefill the newcomers, let them choose a first token, and merge them into the batch."""
@@ -375,6 +364,18 @@ class ContinuousBatcher:
         self._state, self._slots = None, []
         for job in jobs.values():
             job._fail(error)
+
+
+def check_fits(items, limits):
+    """RequestTooCostly (400) for a prepared prompt that could never be admitted under `limits`."""
+    for item in items:
+        rows, need = item.params.rows, capacity_for(len(item.ids), item.params.max_new_tokens)
+        if rows > limits.max_rows:
+            raise _too_big("needs {} decode rows; the engine runs at most {} per step "
+                           "(KOGPT2_MAX_BATCH_ROWS)".format(rows, limits.max_rows))
+        if rows * need > limits.max_cache_tokens:
+            raise _too_big("needs {} cache slots ({} rows x {}); the engine holds at most {} "
+                           "(KOGPT2_MAX_CACHE_TOKENS)".format(rows * need, rows, need, limits.max_cache_tokens))
 
 
 def _too_big(message):

@@ -2,7 +2,7 @@
 
 The KV cache is two preallocated arrays per generation, keys (L, B, H, D, C) (each head's keys
 transposed, as the attention reads them) and values (L, B, H, C, D), with capacity C rounded up
-to a multiple of CACHE_BUCKET so that requests of similar length reuse the same hybridized
+to a multiple of cache.CACHE_BUCKET so that requests of similar length reuse the same hybridized
 graph. A step reads the cache through per-layer views (no copies) and writes the new column
 back with one slice assignment per array, so its cost does not grow with a re-copied cache.
 
@@ -18,9 +18,8 @@ import warnings
 import numpy as np
 
 from ..errors import PromptTooLong
+from .cache import capacity_for
 from .network import MASKED, PrefillGraph, StepGraph, fill_step_weights
-
-CACHE_BUCKET = 64
 MAX_STEP_GRAPHS = 32  # step graphs kept (one per batch size seen; beam search shrinks batches)
 
 
@@ -86,16 +85,7 @@ class Engine:
         return self.config.n_positions
 
     def check_length(self, prompt_len, max_new_tokens):
-        total = prompt_len + max_new_tokens
-        if total > self.max_positions:
-            raise PromptTooLong(
-                "prompt of {} tokens + max_new_tokens {} = {} exceeds the model's {} positions".format(
-                    prompt_len, max_new_tokens, total, self.max_positions))
-
-    @staticmethod
-    def capacity_for(length, future_slots):
-        """Cache slots a batch of `length` filled slots gets to feed `future_slots` more tokens."""
-        return _round_up(length + future_slots, CACHE_BUCKET)
+        PromptTooLong.check(prompt_len, max_new_tokens, self.max_positions)
 
     def start(self, prompts, max_new_tokens):
         """Prefill prompts (lists of ids, each non-empty) -> (state, next-token logits (B, V)).
@@ -108,7 +98,7 @@ class Engine:
             self.check_length(length, budget)
         longest = max(lengths)
         # Slots: the padded prompt plus every fed-back token (the last one is never fed).
-        capacity = self.capacity_for(longest, max(budgets) - 1)
+        capacity = capacity_for(longest, max(budgets) - 1)
         pads = np.array([longest - n for n in lengths])
         ids = np.zeros((len(prompts), longest), dtype="int32")
         for row, (prompt, pad) in enumerate(zip(prompts, pads)):
@@ -164,7 +154,7 @@ class Engine:
             if rows:
                 spans.append((state, list(rows), int(state.pads[np.asarray(rows)].min())))
         length = max(state.length - start for state, _, start in spans)
-        capacity = self.capacity_for(length, future_slots)
+        capacity = capacity_for(length, future_slots)
         first = spans[0][0]
         layers, _, heads, head_size, _ = first.keys.shape
         batch = sum(len(rows) for _, rows, _ in spans)
@@ -221,7 +211,3 @@ def _run(graph, *inputs):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Parameter .* is not used by any computation")
         return graph(*inputs)
-
-
-def _round_up(n, multiple):
-    return -(-n // multiple) * multiple

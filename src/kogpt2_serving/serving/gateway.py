@@ -15,6 +15,15 @@ gateway is what clients reach. It answers unknown routes (404) and methods (405 
 the rest to MMS over kept-alive unix-socket connections, and rewrites MMS's own error answers
 into the package's schema, keeping their status. Nothing it is sent can reach management.
 
+It also knows what MMS hides from its workers. Each ``/invocations`` it forwards carries
+``X-Kogpt2-Request-Id`` and ``X-Kogpt2-Received`` (set here, replacing whatever a client sent),
+so the engine can count a request's deadline from its arrival; a client that hangs up before
+its answer is reported through ``on_client_gone(request_id)`` (``serve`` then cancels the
+request in the engine, which stops spending steps on it). ``GET /ping`` is answered from
+``health()`` (``serve``'s view of the engine and its watchdog), not by MMS, which says 200
+whatever its state. ``drain()`` (SIGTERM) answers new requests 503 and waits for those in
+flight.
+
 It is a plain asyncio server (Python 3.6's asyncio has all it needs) running on a thread of
 the ``serve`` process. HTTP/1.1 with keep-alive, Content-Length or chunked request bodies and
 ``Expect: 100-continue``; answers always carry a Content-Length.
@@ -23,6 +32,8 @@ import asyncio
 import json
 import logging
 import threading
+import time
+import uuid
 from http.client import responses
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -34,8 +45,12 @@ MAX_HEAD = 64 * 1024  # request line + headers
 # before reading (most do) would otherwise get a reset instead of the answer.
 LINGER_SECONDS, LINGER_BYTES = 10.0, 64 * 1024 * 1024
 ROUTES = {"/invocations": ("POST",), "/ping": ("GET", "HEAD")}
+REQUEST_ID_HEADER = "X-Kogpt2-Request-Id"
+RECEIVED_HEADER = "X-Kogpt2-Received"
+CLIENT_WATCH_SECONDS = 0.1  # how often a waiting request checks that its client is still there
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                        "upgrade", "host", "content-length", "expect"))
+                        "upgrade", "host", "content-length", "expect", REQUEST_ID_HEADER.lower(),
+                        RECEIVED_HEADER.lower()))
 # MMS's own error answers, by what its message says (else by status): (error_type, our message)
 MMS_ERRORS = {
     "Worker died.": ("worker_died", "the worker handling this request died or did not answer within the response "
@@ -46,7 +61,7 @@ FALLBACK_KIND = "model_server_error"
 # error_types the frontend (gateway or MMS) answers, never the handler: a readiness probe
 # that gets one has not reached the model.
 FRONTEND_KINDS = frozenset([kind for kind, _ in MMS_ERRORS.values()] + list(MMS_KINDS.values()) +
-                           [FALLBACK_KIND, "server_unavailable"])
+                           [FALLBACK_KIND, "server_unavailable", "shutting_down", "unhealthy"])
 
 Headers = List[Tuple[str, str]]
 
@@ -76,15 +91,22 @@ class Gateway:
     `inference_path`: where MMS serves the model (/invocations, or /predictions/model for a
     model registered with a batch size). `max_body`: bytes (MMS's max_request_size).
     `timeout`: seconds to wait for MMS's answer before a 504 (MMS's own timeout is shorter).
+    `health()`: None when healthy, else why not (then /ping answers 503 with it).
+    `on_client_gone(request_id)`: called (on the gateway's thread: it must not block) when a
+    client hangs up while its request is being answered.
     """
 
     def __init__(self, host, port, backend_socket, inference_path="/invocations", max_body=6 * 1024 * 1024,
-                 timeout=3600.0):
+                 timeout=3600.0, health=None, on_client_gone=None):
         self.host, self.port = host, port
         self.backend_socket = backend_socket
         self.inference_path = inference_path
         self.max_body = max_body
         self.timeout = timeout
+        self.health = health or (lambda: None)
+        self.on_client_gone = on_client_gone
+        self.in_flight = 0  # /invocations requests forwarded and not answered yet
+        self.draining = False
         self._loop = None
         self._server = None
         self._thread = None
@@ -119,6 +141,15 @@ class Gateway:
         loop.run_until_complete(self._cancel_tasks())
         loop.close()
 
+    def drain(self, grace):
+        """Answer new requests 503 from now on and wait up to `grace` s for those in flight;
+        True if none is left."""
+        self.draining = True
+        deadline = time.time() + grace
+        while self.in_flight and time.time() < deadline:
+            time.sleep(0.05)
+        return not self.in_flight
+
     def stop(self):
         """Stop listening, end every connection and the thread; idempotent."""
         if self._thread is None:
@@ -152,8 +183,10 @@ class Gateway:
                     break
                 if request is None:
                     break
-                answer = await self._answer(request)
-                keep = request.keep_alive
+                answer = await self._answer(request, reader)
+                if answer is None:
+                    break  # the client is gone
+                keep = request.keep_alive and not self.draining
                 await _send(writer, answer, keep, head_only=request.method == "HEAD")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away
@@ -164,10 +197,30 @@ class Gateway:
         finally:
             writer.close()
 
-    async def _answer(self, request):
+    async def _answer(self, request, reader):
+        """The answer to a routed request; None if its client hung up before it was ready."""
         if request.path == "/ping":
-            return await self._forward("GET", "/ping", [], b"")
-        return await self._forward("POST", self.inference_path, request.headers, request.body)
+            problem = "the server is shutting down" if self.draining else self.health()
+            if problem:
+                return error_answer(503, "unhealthy", problem)
+            return Answer(200, [("Content-Type", "application/json")], b'{"status": "Healthy"}\n')
+        if self.draining:
+            return error_answer(503, "shutting_down", "the server is shutting down; retry the request")
+        request_id = uuid.uuid4().hex
+        headers = list(request.headers) + [(REQUEST_ID_HEADER, request_id), (RECEIVED_HEADER, repr(time.time()))]
+        self.in_flight += 1
+        try:
+            forward = asyncio.ensure_future(self._forward("POST", self.inference_path, headers, request.body))
+            while not forward.done():
+                await asyncio.wait([forward], timeout=CLIENT_WATCH_SECONDS)
+                if not forward.done() and reader.at_eof():
+                    if self.on_client_gone is not None:
+                        self.on_client_gone(request_id)
+                    await forward  # MMS's answer still comes; the connection to it stays in step
+                    return None
+            return forward.result()
+        finally:
+            self.in_flight -= 1
 
     # --- MMS ------------------------------------------------------------------------------------
 

@@ -8,7 +8,9 @@ toolkit passes it when a function has one parameter more than the contract).
 - ``model_fn(model_dir)`` -> :class:`~kogpt2_serving.serving.model_cache.ServingModel`: loads
   once per process (:mod:`.model_cache`: the stock MXNet toolkit calls it twice per worker),
   chooses threads before MXNet starts, and warms up so the first request does not pay for
-  graph building.
+  graph building. Under ``kogpt2-serving serve`` with its engine (``KOGPT2_ENGINE_SOCKET`` set)
+  it returns an :class:`~kogpt2_serving.serving.engine_client.EngineModel` instead: a light
+  worker that holds only the tokenizer and sends generation to the engine process.
 - ``input_fn(body, content_type)`` -> :class:`~kogpt2_serving.serving.codec.Payload` (see
   :mod:`kogpt2_serving.serving.codec` for the request shapes).
 - ``predict_fn(payload, model)`` -> :class:`~kogpt2_serving.serving.codec.Prediction`.
@@ -29,15 +31,19 @@ choice: ``kogpt2-serving serve`` passes ``KOGPT2_THREADS``; elsewhere set it you
 import os
 
 from ..errors import ServingError
-from ..settings import DEFAULT_ACCEPT_ENV
+from ..settings import DEFAULT_ACCEPT_ENV, ENGINE_SOCKET_ENV
 from . import codec
-from .batching import predict_batch
 from .model_cache import ServingModel, cached_model  # noqa: F401  (ServingModel: what model_fn returns)
 
 
 def model_fn(model_dir, context=None):
     """Load (once per process and model directory/device) and warm up. A model directory with
     no model files at all (model.tar.gz with only code/) serves the shipped demo model."""
+    engine_socket = os.environ.get(ENGINE_SOCKET_ENV)
+    if engine_socket:
+        from .engine_client import EngineModel
+
+        return EngineModel(model_dir, engine_socket)
     return cached_model(model_dir, context)
 
 
@@ -57,6 +63,12 @@ def predict_fn(data, model, context=None):
 def output_fn(prediction, accept, context=None):
     """Prediction -> (body, content type) for the Accept header (406 when unsupported)."""
     return codec.encode_prediction(prediction, codec.choose_accept(accept, default_accept()))
+
+
+def predict_batch(payloads, model, metas=None):
+    """Several payloads -> one Prediction or ServingError each: decoded together in this process
+    (serving.batching), or by the engine process (serving.engine_client)."""
+    return model.predict_batch(payloads, metas)
 
 
 def default_accept():

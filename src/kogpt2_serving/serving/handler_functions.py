@@ -12,6 +12,7 @@ This mirrors ``sagemaker_inference.transformer.Transformer`` (1.10) without its 
 attributes, so the handler service can also batch: requests are decoded together only
 while ``predict_fn`` is the package's own.
 """
+import ast
 import importlib
 import importlib.util
 import inspect
@@ -24,6 +25,7 @@ from . import handler
 
 DEFAULT_PROGRAM = "inference"
 OVERRIDABLE = ("model_fn", "input_fn", "predict_fn", "output_fn")
+IN_PROCESS = ("model_fn", "predict_fn", "transform_fn")  # a user's own: the model lives in the worker
 
 
 class HandlerFunctions(NamedTuple):
@@ -70,6 +72,42 @@ def resolve(module_name=None):
         found.update({name: fn for name, fn in own.items() if fn is not None and name in OVERRIDABLE})
         extra.update({name: own[name] for name in extra})
     return HandlerFunctions(user_module=module_name if module else None, **found, **extra)
+
+
+def in_process_reason(model_dir, module_name=None):
+    """Why a user module needs the model inside each worker (it defines model_fn, predict_fn or
+    transform_fn), or None. Read from its source, not imported: ``serve`` decides before any
+    worker exists, and the module may import MXNet or do work at import."""
+    module_name = module_name or user_module_name()
+    code_dir = os.path.join(model_dir, "code")
+    sys.path.insert(0, code_dir)
+    importlib.invalidate_caches()
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    finally:
+        sys.path.remove(code_dir)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    try:
+        with open(spec.origin, "rb") as f:
+            tree = ast.parse(f.read(), spec.origin)
+    except (OSError, SyntaxError, ValueError) as e:
+        return "{} cannot be read ({}): it runs in each worker as before".format(spec.origin, e)
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.ImportFrom):
+            if any(alias.name == "*" for alias in node.names):
+                return "{} has 'from {} import *', which may define model_fn or predict_fn".format(
+                    spec.origin, node.module)
+            names.update(alias.asname or alias.name for alias in node.names)
+    defined = [name for name in IN_PROCESS if name in names]
+    return "{} defines {}".format(spec.origin, " and ".join(defined)) if defined else None
 
 
 def call(func, args, context):

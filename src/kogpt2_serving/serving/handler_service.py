@@ -27,6 +27,8 @@ from http.client import responses
 
 from ..errors import ModelLoadError, ServingError, cause_of
 from . import codec, handler
+from .engine_client import RequestMeta
+from .gateway import RECEIVED_HEADER, REQUEST_ID_HEADER
 from .handler_functions import add_code_dir, call, resolve
 
 log = logging.getLogger(__name__)
@@ -66,12 +68,13 @@ class HandlerService(object):
         if data is None:
             return None
         incoming = [_incoming(item, context, i) for i, item in enumerate(data)]
+        metas = [_meta(context, i) for i in range(len(data))]
         if self._functions is None:
             return [_fail(context, i, self._load_error) for i in range(len(data))]
         if self._functions.transform_fn is not None:
             return [self._transform(context, i, *request) for i, request in enumerate(incoming)]
         if self._functions.batchable:
-            return self._batched(context, incoming)
+            return self._batched(context, incoming, metas)
         return [self._one(context, i, *request) for i, request in enumerate(incoming)]
 
     def _transform(self, context, i, body, content_type, accept):
@@ -91,7 +94,7 @@ class HandlerService(object):
         except Exception as e:  # noqa: B902
             return _fail(context, i, e)
 
-    def _batched(self, context, incoming):
+    def _batched(self, context, incoming, metas):
         """input_fn per request, one shared predict for the valid ones, output_fn per request."""
         fns = self._functions
         answers = [None] * len(incoming)
@@ -107,7 +110,8 @@ class HandlerService(object):
                 answers[i] = _fail(context, i, e)
         if pending:
             try:
-                outcomes = handler.predict_batch([payload for _, payload, _ in pending], self._model)
+                outcomes = handler.predict_batch([payload for _, payload, _ in pending], self._model,
+                                                 [metas[i] for i, _, _ in pending])
             except Exception as e:  # noqa: B902 -- a fault in generation fails the whole batch
                 outcomes = [e] * len(pending)
             for (i, _, media), outcome in zip(pending, outcomes):
@@ -132,7 +136,7 @@ def _cause(error):
 def _incoming(item, context, i):
     """(body, Content-Type, Accept) of request i; Accept missing or */* -> the default."""
     headers = context.request_processor[i].get_request_properties() or {}
-    lowered = {str(k).lower().replace("-", ""): v for k, v in headers.items()}
+    lowered = _headers(context, i)
     content_type = lowered.get("contenttype")
     if not content_type and isinstance(headers.get("body"), dict):
         content_type = headers["body"].get("content-type")
@@ -140,6 +144,24 @@ def _incoming(item, context, i):
     if not accept or accept == codec.ANY:
         accept = handler.default_accept()
     return (item or {}).get("body"), content_type or None, accept
+
+
+def _meta(context, i):
+    """The gateway's request id and arrival time (headers it sets, replacing any a client sent)."""
+    headers = _headers(context, i)
+    received = headers.get(RECEIVED_HEADER.replace("-", ""))
+    try:
+        received = float(received) if received else None
+    except ValueError:
+        received = None
+    return RequestMeta(headers.get(REQUEST_ID_HEADER.replace("-", "")) or None, received)
+
+
+def _headers(context, i):
+    """Request i's headers, names lower-cased without dashes; values as str."""
+    headers = context.request_processor[i].get_request_properties() or {}
+    return {str(k).lower().replace("-", ""): (v.decode("latin-1") if isinstance(v, bytes) else v)
+            for k, v in headers.items()}
 
 
 def _toolkit_body(body, content_type):

@@ -18,14 +18,15 @@ MMS_MAX_REQUEST_SIZE = 6553500  # bytes: MMS's default max_request_size
 
 
 class Sockets(NamedTuple):
-    """Where MMS listens: unix socket paths (in the server's private directory)."""
+    """Where MMS and the engine listen: unix socket paths (in the server's private directory)."""
 
     inference: str
     management: str
+    engine: str
 
     @classmethod
     def in_dir(cls, run_dir):
-        return cls(os.path.join(run_dir, "inference.sock"), os.path.join(run_dir, "management.sock"))
+        return cls(*(os.path.join(run_dir, name + ".sock") for name in cls._fields))
 
 
 def mms_properties(config, sockets, environment=None):

@@ -16,6 +16,7 @@ from ..files.default_model import or_demo_model
 from ..generation.params import GenerationParameters
 from ..model.device import configure_threads, cpu_count
 from ..settings import DEVICE_ENV, DTYPE_ENV, WORKERS_ENV
+from .batching import predict_batch
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ class ServingModel(NamedTuple):
     @property
     def device(self):
         return self.loaded.ctx
+
+    def predict_batch(self, payloads, metas=None):
+        """Payloads decoded together in this process (metas: the gateway's, unused here)."""
+        return predict_batch(payloads, self)
 
 
 _models = {}

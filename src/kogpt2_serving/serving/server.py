@@ -58,17 +58,22 @@ from urllib.parse import urlencode
 from ..errors import ServingError
 from ..files.model_dir import find_model_files
 from ..model.device import cpu_count, threads_per_worker
-from ..settings import BIND_TO_PORT_ENV, DEVICE_ENV, DTYPE_ENV, THREADS_ENV, WORKERS_ENV, explicit_threads
+from ..settings import (BIND_TO_PORT_ENV, DEVICE_ENV, DTYPE_ENV, ENGINE_SOCKET_ENV, OMP_THREADS_ENV, THREADS_ENV,
+                        WORKERS_ENV, drain_seconds, engine_limits, explicit_threads)
 from . import local_http
+from .engine_client import engine_call
+from .engine_supervisor import EngineSupervisor
 from .gateway import FRONTEND_KINDS, Gateway
 from .mms_config import MODEL_NAME, SERVICE, Sockets, max_request_size, mms_command, mms_properties, response_timeout
 from .process_group import signal_group, wait_group_gone
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 MAX_PORT = 32766  # the MMS frontend rejects 32767 and above
 SOCKET_DIR_LIMIT = 80  # TMPDIR + "/.mms.sock.9000" must fit a unix socket path (108 bytes)
 PROBE = {"inputs": "안녕", "parameters": {"max_new_tokens": 1}}
+WATCHDOG_MARGIN = 15.0  # s past the request timeout before a probe counts as unanswered
 NOT_READY = (404, 500, 502, 503, 504, 507)  # MMS: model or worker not there (yet)
 LOAD_FAILED = re.compile(r"loading the model from .*? failed: (.*)$")  # handler_service's log line
 
@@ -89,6 +94,8 @@ class ServerConfig(NamedTuple):
     log_file: Optional[str] = None  # None: MMS logs to this process's stdout
     startup_timeout: Optional[float] = None  # None: SAGEMAKER_STARTUP_TIMEOUT (600 s)
     install_requirements: bool = False  # pip install <model_dir>/code/requirements.txt first
+    engine: bool = False  # one engine process with continuous batching; light MMS workers
+    watchdog_interval: float = 0.0  # s between the watchdog's probes; 0: no watchdog
 
 
 def in_sagemaker_container():
@@ -113,6 +120,9 @@ class ModelServer:
         self._proc = None
         self._gateway = None
         self._output = None
+        self._engine = None
+        self._watchdog = None
+        self._ready = False
 
     @property
     def url(self):
@@ -141,8 +151,9 @@ class ModelServer:
     def __exit__(self, *exc):
         self.stop()
 
-    def start(self):
-        """Launch MMS (does not wait for the model; see wait_ready)."""
+    def start(self, should_stop=None):
+        """Launch the engine (if any; waits until its model is loaded) and MMS (does not wait for
+        the workers; see wait_ready)."""
         config = self.config
         check_port(config.port)
         find_model_files(config.model_dir)  # a clear error now rather than a worker log line later
@@ -155,7 +166,8 @@ class ModelServer:
         try:  # binding the public address first: a taken port fails before anything is installed or launched
             self._gateway = Gateway(config.host, config.port, self.sockets.inference, self._mms_path,
                                     max_body=max_request_size(toolkit_env),
-                                    timeout=response_timeout(toolkit_env) + 30).start()
+                                    timeout=response_timeout(toolkit_env) + 30,
+                                    health=self._health, on_client_gone=self._client_gone).start()
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio wraps the OS's own words
             raise ServerError("cannot listen on {}:{}: {}".format(config.host, config.port, reason))
@@ -166,15 +178,23 @@ class ModelServer:
         if config.install_requirements:
             _install_requirements(config.model_dir, env)
         self._output = _Output(config.log_file)
+        if config.engine:
+            self._engine = EngineSupervisor(os.path.abspath(config.model_dir), self.sockets.engine, config.device,
+                                            config.dtype, self._engine_environment(env), self._output)
+            self._engine.start(self._startup_timeout(), should_stop)
+            env = self._light_worker_environment(env)
         self._proc = subprocess.Popen(mms_command(config, properties), env=env, cwd=self.run_dir,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         self._output.follow(self._proc.stdout)
         log.info("Multi Model Server starting (pid %d) for %s on %s, %d worker(s), %s", self._proc.pid,
-                 config.model_dir, self.url, config.workers, _threads_note(config.workers))
+                 config.model_dir, self.url, config.workers,
+                 "light: generation runs in the engine process (pid {})".format(self._engine.pid) if config.engine
+                 else _threads_note(config.workers))
         log.info("only GET /ping and POST /invocations are served on %s; Multi Model Server listens on unix "
                  "sockets in %s (management API: %s)", self.url, self.run_dir, self.sockets.management)
-        _warn_if_oversubscribed(config.workers)
+        if not config.engine:
+            _warn_if_oversubscribed(config.workers)
         if config.batch_size > 1:
             log.warning("MMS batching (batch_size %d) is experimental: MMS 1.1 can drop a worker's connection when "
                         "a multi-request response arrives in pieces (docs/serving.md)", config.batch_size)
@@ -203,9 +223,84 @@ class ModelServer:
         # docs/serving.md, "Performance", for what a shorter spin cost after idle pauses).
         return env
 
+    def _engine_environment(self, env):
+        """The engine computes with the whole machine unless the operator chose its threads."""
+        engine_env = dict(env)
+        if not explicit_threads(os.environ):
+            engine_env.pop(THREADS_ENV, None)
+        engine_env[WORKERS_ENV] = "1"
+        return engine_env
+
+    def _light_worker_environment(self, env):
+        """Light workers compute nothing: one thread each, and the engine's address."""
+        light = dict(env)
+        light.update({ENGINE_SOCKET_ENV: self.sockets.engine, THREADS_ENV: "1", OMP_THREADS_ENV: "1"})
+        return light
+
+    def _start_watchdog(self):
+        if self.config.watchdog_interval > 0 and self._watchdog is None:
+            timeout = engine_limits().request_timeout + WATCHDOG_MARGIN
+            self._watchdog = Watchdog(self.invoke, self.config.watchdog_interval, timeout).start()
+
+    def _health(self):
+        """None when /ping may say 200, else why not (the gateway answers 503 with it)."""
+        if not self._ready:
+            return "the model is not loaded yet"
+        if self._proc is None or self._proc.poll() is not None:
+            return "Multi Model Server is not running"
+        if self._engine is not None and not self._engine.ready:
+            return self._engine.failed or "the engine process is restarting"
+        if self._watchdog is not None and self._watchdog.problem:
+            return self._watchdog.problem
+        return None
+
+    def failure(self):
+        """Why the server cannot go on (serve then exits non-zero), or None."""
+        if self._engine is not None and self._engine.failed:
+            return self._engine.failed
+        if self._watchdog is not None and self._watchdog.wedged.is_set():
+            return "the watchdog found the server wedged: " + self._watchdog.problem
+        return None
+
+    def _client_gone(self, request_id):
+        """The gateway's client hung up: the engine stops spending steps on its request."""
+        if self._engine is not None:
+            threading.Thread(target=self._cancel, args=(request_id,), name="cancel", daemon=True).start()
+
+    def _cancel(self, request_id):
+        try:
+            engine_call(self.sockets.engine, {"op": "cancel", "id": request_id}, timeout=5)
+        except ServingError as e:
+            log.debug("cancelling %s: %s", request_id, e.message)
+
+    def engine_stats(self):
+        """The engine's scheduler counters (steps, rows per step, joins, ...); {} without an engine."""
+        if self._engine is None:
+            return {}
+        return engine_call(self.sockets.engine, {"op": "stats"}, timeout=10)
+
+    @property
+    def engine_pid(self):
+        return self._engine.pid if self._engine is not None else None
+
+    def drain(self, grace):
+        """Answer new requests 503 and give those in flight up to `grace` s; True if all finished."""
+        if self._gateway is None:
+            return True
+        in_flight = self._gateway.in_flight
+        if in_flight:
+            log.info("draining: waiting up to %.0f s for %d request(s) in flight", grace, in_flight)
+        done = self._gateway.drain(grace)
+        if not done:
+            log.warning("draining: %d request(s) still in flight after %.0f s", self._gateway.in_flight, grace)
+        return done
+
+    def _startup_timeout(self):
+        return self.config.startup_timeout or _toolkit_startup_timeout()
+
     def wait_ready(self, timeout=None, should_stop=None):
         """Block until the model answers; False if should_stop() became true first."""
-        timeout = timeout or self.config.startup_timeout or _toolkit_startup_timeout()
+        timeout = timeout or self._startup_timeout()
         deadline = time.time() + timeout
         registered = self.config.batch_size <= 1
         while True:
@@ -220,6 +315,8 @@ class ModelServer:
             if not registered:
                 registered = self._register()
             elif self._workers_ready() and self._probe():
+                self._ready = True
+                self._start_watchdog()
                 return True
             time.sleep(0.25)
 
@@ -284,7 +381,12 @@ class ModelServer:
         return self._proc.poll() if self._proc else 0
 
     def stop(self, timeout=15.0):
-        """SIGTERM the server's process group, SIGKILL what is left after `timeout`; idempotent."""
+        """SIGTERM the server's process groups (MMS, then the engine), SIGKILL what is left after
+        `timeout`; idempotent."""
+        self._ready = False
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
         if self._proc is not None:
             group = self._proc.pid
             signal_group(group, signal.SIGTERM)
@@ -294,6 +396,9 @@ class ModelServer:
                 wait_group_gone(group, self._proc, 5.0)
             self._proc.wait()
             self._proc = None
+        if self._engine is not None:
+            self._engine.stop(timeout)
+            self._engine = None
         if self._gateway is not None:
             self._gateway.stop()
             self._gateway = None
@@ -321,8 +426,8 @@ def serve(config):
     handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = ModelServer(config)
     try:
-        server.start()
-        if not server.wait_ready(should_stop=stop.is_set):
+        server.start(should_stop=stop.is_set)
+        if stop.is_set() or not server.wait_ready(should_stop=stop.is_set):
             log.info("stopping before the model was ready")
             return 0
         log.info("serving %s at %s (POST %s, GET /ping); Ctrl-C or SIGTERM stops it",
@@ -331,7 +436,12 @@ def serve(config):
             if server.poll() is not None:
                 log.error("Multi Model Server exited with status %s", server.poll())
                 return 1
+            failure = server.failure()
+            if failure:
+                log.error("%s: exiting so that the container is replaced", failure)
+                return 1
         log.info("stopping")
+        server.drain(drain_seconds())
         return 0
     finally:
         server.stop()
@@ -340,35 +450,42 @@ def serve(config):
 
 
 class _Output:
-    """MMS's output (JVM and workers) copied line by line to the log file or our stdout, and
-    read for the handler service's load-failure line, so a start-up error can name its cause."""
+    """The output of MMS (JVM and workers) and of the engine process, copied line by line to
+    the log file or our stdout, and read for a load-failure line (the handler service's or the
+    engine's), so a start-up error can name its cause."""
 
     def __init__(self, log_file):
         self._file = open(log_file, "ab") if log_file else None
-        self._thread = None
+        self._threads = []
+        self._lock = threading.Lock()
         self.load_failure = None
 
-    def follow(self, stream):
-        self._thread = threading.Thread(target=self._copy, args=(stream,), name="mms-output", daemon=True)
-        self._thread.start()
+    def follow(self, stream, on_line=None):
+        thread = threading.Thread(target=self._copy, args=(stream, on_line), name="output", daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
 
-    def _copy(self, stream):
+    def _copy(self, stream, on_line):
         target = self._file or getattr(sys.stdout, "buffer", None)
         for line in iter(stream.readline, b""):
-            match = LOAD_FAILED.search(line.decode("utf-8", "replace").rstrip())
+            text = line.decode("utf-8", "replace").rstrip()
+            match = LOAD_FAILED.search(text)
             if match and self.load_failure is None:
                 self.load_failure = match.group(1)
+            if on_line is not None:
+                on_line(text)
             if target is not None:
                 try:
-                    target.write(line)
-                    target.flush()
+                    with self._lock:
+                        target.write(line)
+                        target.flush()
                 except (OSError, ValueError):  # stdout gone: keep draining, or MMS would block on a full pipe
                     target = None
         stream.close()
 
     def close(self):
-        if self._thread is not None:
-            self._thread.join(5)
+        for thread in self._threads:
+            thread.join(5)
         if self._file is not None:
             self._file.close()
 

@@ -1,0 +1,119 @@
+"""The light worker's side of the engine: what ``model_fn`` returns when ``serve`` runs an engine.
+
+A light worker never imports MXNet. It holds the tokenizer (to encode and check prompts, so a
+413 or a 400 costs no engine time) and the engine's socket path; ``predict_fn`` sends the
+encoded prompts and their parameters to the engine process and waits for the answer, which
+``output_fn`` renders as before. The weights exist once, in the engine, whatever the number
+of workers.
+"""
+import logging
+import socket
+import time
+from typing import NamedTuple, Optional
+
+from ..errors import PromptTooLong, ServingError
+from ..files.default_model import or_demo_model
+from ..files.loader import load_tokenizer
+from ..files.model_dir import find_model_files
+from ..generation.generator import Prepared
+from ..generation.scheduler import check_fits
+from ..settings import engine_limits
+from . import engine_protocol as protocol
+from .codec import Answer, Prediction
+
+log = logging.getLogger(__name__)
+
+CONNECT_WAIT = 30.0  # s model_fn waits for the engine (serve starts MMS only once it answers)
+ANSWER_MARGIN = 30.0  # s past a request's deadline before the worker stops waiting for the engine
+
+
+class RequestMeta(NamedTuple):
+    """What the gateway tells a worker about a request (headers it sets itself)."""
+
+    request_id: Optional[str] = None
+    received: Optional[float] = None  # time.time() at the gateway
+
+
+class EngineModel:
+    """The tokenizer, the engine's limits, and the engine's address."""
+
+    def __init__(self, model_dir, socket_path):
+        self.socket_path = socket_path
+        self.files = find_model_files(or_demo_model(model_dir, log))
+        self.tokenizer = load_tokenizer(self.files)
+        self.limits = engine_limits()
+        self.info = self._wait_for_engine()
+        self.positions = int(self.info["positions"])
+        log.info("light worker: generation runs in the engine process (pid %s, %s) at %s", self.info.get("pid"),
+                 self.info.get("device"), socket_path)
+
+    def _wait_for_engine(self):
+        deadline = time.time() + CONNECT_WAIT
+        while True:
+            try:
+                return self.call({"op": "info"}, timeout=10)
+            except protocol.EngineUnavailable:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def prepare(self, prompt):
+        """A codec Prompt -> Prepared (ids encoded once, checked against the model's positions)."""
+        ids = self.tokenizer.encode_prompt(prompt.text)
+        PromptTooLong.check(len(ids), prompt.params.max_new_tokens, self.positions)
+        return Prepared(ids, prompt.params)
+
+    def predict_batch(self, payloads, metas=None):
+        """Payloads -> one Prediction or ServingError each, as serving.batching.predict_batch."""
+        metas = metas or [RequestMeta()] * len(payloads)
+        outcomes = []
+        for payload, meta in zip(payloads, metas):
+            try:
+                outcomes.append(self.predict(payload, meta))
+            except ServingError as e:
+                outcomes.append(e)
+        return outcomes
+
+    def predict(self, payload, meta=RequestMeta()):
+        items = [self.prepare(prompt) for prompt in payload.prompts]
+        check_fits(items, self.limits)
+        received = meta.received if meta.received is not None else time.time()
+        deadline = received + self.limits.request_timeout
+        answer = self.call({"op": "generate", "id": meta.request_id, "deadline": deadline,
+                            "items": [{"ids": item.ids, "params": protocol.params_to_json(item.params)}
+                                      for item in items]},
+                           timeout=max(1.0, deadline - time.time()) + ANSWER_MARGIN)
+        results = iter([[protocol.sequence_from_json(s) for s in sequences] for sequences in answer["results"]])
+        answers = tuple(Answer(request, [next(results) for _ in request.prompts], answer["seconds"])
+                        for request in payload.requests)
+        return Prediction(answers, payload.lines)
+
+    def call(self, message, timeout):
+        return engine_call(self.socket_path, message, timeout)
+
+
+def engine_call(socket_path, message, timeout):
+    """One exchange with the engine at `socket_path` -> its answer; its error as a ServingError
+    (EngineUnavailable when it is not there or ends mid-exchange)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(socket_path)
+        except OSError:
+            raise protocol.EngineUnavailable("the engine is not running (it may be restarting); retry the request")
+        try:
+            protocol.send(sock, message)
+            answer = protocol.receive(sock)
+        except socket.timeout:
+            raise protocol.EngineUnavailable("the engine did not answer within {:.0f} s".format(timeout))
+        except (OSError, protocol.ProtocolError):
+            answer = None
+        if answer is None:
+            raise protocol.EngineUnavailable("the engine process ended while handling this request (it is being "
+                                             "restarted); retry the request")
+    finally:
+        sock.close()
+    if not answer.get("ok"):
+        raise protocol.error_from_json(answer)
+    return answer

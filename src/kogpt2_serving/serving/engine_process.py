@@ -1,0 +1,219 @@
+"""The engine process: one per device, owning MXNet, the model and the continuous batcher.
+
+``kogpt2-serving serve`` starts it (``python -m kogpt2_serving.serving.engine_process``) before
+Multi Model Server, whose light workers reach it over a unix socket (the protocol:
+:mod:`.engine_protocol`). The main thread runs the scheduling loop, the only thread that
+touches MXNet; one thread per connection reads a request, submits it, waits for its answer
+and writes it back. A worker that hangs up while waiting (it died, or MMS timed it out)
+cancels its request, as does a ``cancel`` from the gateway whose client hung up.
+
+It prints ``engine ready`` once the model is loaded and warmed up, and a load failure as one
+line ``engine: loading the model from DIR failed: CAUSE``, which ``serve`` reads for its
+start-up error. SIGTERM answers what is still in flight with 503 and exits.
+"""
+import argparse
+import logging
+import os
+import select
+import signal
+import socket
+import socketserver
+import sys
+import threading
+import time
+
+from ..errors import ServingError, cause_of
+from ..settings import engine_limits
+from . import engine_protocol as protocol
+
+log = logging.getLogger("kogpt2_serving.engine")
+
+READY_LINE = "engine ready"
+LOAD_FAILED_PREFIX = "engine: loading the model from"
+CANCELLED_TTL = 120.0  # s a cancel is remembered for a request the engine has not seen yet
+STALL_MARGIN = 30.0  # s past the request timeout that the loop may take to come round while busy
+
+
+class EngineService:
+    """The batcher plus what the connection threads share: requests by id, cancels, health."""
+
+    def __init__(self, batcher, info, stall_after):
+        self.batcher = batcher
+        self.info = info
+        self.stall_after = stall_after  # s: one round (a beam search runs in one) takes at most a request's time
+        self.jobs = {}  # request id -> Job, while it runs
+        self.cancelled = {}  # request id -> time the cancel came, for requests not seen yet
+        self.lock = threading.Lock()
+        self.last_round = time.time()
+        self.stopping = threading.Event()
+
+    def run(self):
+        while not self.stopping.is_set():
+            self.batcher.iterate(wait=0.5)
+            self.last_round = time.time()
+        self.batcher.fail_all(protocol.EngineUnavailable("the engine is shutting down; retry the request"))
+        deadline = time.time() + 2.0
+        while self.jobs and time.time() < deadline:  # the connection threads are writing those answers
+            time.sleep(0.02)
+
+    def handle(self, conn):
+        message = protocol.receive(conn)
+        if message is None:
+            return
+        op = message.get("op")
+        if op == "generate":
+            self._generate(conn, message)
+        elif op == "cancel":
+            self.cancel(str(message.get("id")))
+            protocol.send(conn, {"ok": True})
+        elif op == "info":
+            protocol.send(conn, dict(self.info, ok=True))
+        elif op == "health":
+            protocol.send(conn, self.health())
+        elif op == "stats":
+            protocol.send(conn, dict(self.batcher.stats.as_dict(), ok=True))
+        else:
+            protocol.send(conn, {"ok": False, "status": 400, "kind": "bad_request", "message": "unknown op"})
+
+    def health(self):
+        stalled = self.batcher.busy and time.time() - self.last_round > self.stall_after
+        return {"ok": not stalled and not self.stopping.is_set(), "busy": self.batcher.busy,
+                "since_last_round": round(time.time() - self.last_round, 3)}
+
+    def cancel(self, request_id):
+        with self.lock:
+            job = self.jobs.get(request_id)
+            if job is None:
+                now = time.time()
+                self.cancelled = {k: t for k, t in self.cancelled.items() if now - t < CANCELLED_TTL}
+                self.cancelled[request_id] = now
+        if job is not None:
+            log.info("request %s cancelled: its client is gone", request_id)
+            self.batcher.cancel(job)
+
+    def _generate(self, conn, message):
+        from ..generation.generator import Prepared
+        from ..generation.scheduler import Job
+
+        if self.stopping.is_set():
+            protocol.send(conn, protocol.error_to_json(protocol.EngineUnavailable("the engine is shutting down; retry")))
+            return
+        request_id = str(message.get("id") or id(message))
+        items = [Prepared(list(item["ids"]), protocol.params_from_json(item["params"])) for item in message["items"]]
+        answered = threading.Event()
+        job = Job(items, deadline=message.get("deadline"), on_done=lambda _: answered.set())
+        with self.lock:
+            if self.cancelled.pop(request_id, None) is not None:
+                return  # its client left before it arrived
+            self.jobs[request_id] = job
+        try:
+            try:
+                self.batcher.submit(job)
+            except ServingError as e:
+                protocol.send(conn, protocol.error_to_json(e))
+                return
+            if not self._wait(conn, answered):
+                self.batcher.cancel(job)
+                log.info("request %s cancelled: its worker hung up", request_id)
+                return
+            protocol.send(conn, self._answer(job))
+        finally:
+            with self.lock:
+                self.jobs.pop(request_id, None)
+
+    @staticmethod
+    def _wait(conn, answered):
+        """Wait for the answer; False if the worker closed its end first."""
+        while not answered.wait(0.05):
+            readable, _, _ = select.select([conn], [], [], 0.2)
+            if readable and not conn.recv(1, socket.MSG_PEEK):
+                return False
+        return True
+
+    @staticmethod
+    def _answer(job):
+        if job.error is not None:
+            return protocol.error_to_json(job.error)
+        return {"ok": True, "seconds": job.finished - job.submitted,
+                "results": [[protocol.sequence_to_json(s) for s in sequences] for sequences in job.results]}
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path, service):
+        self.service = service
+        super().__init__(path, _Connection)
+
+    def handle_error(self, request, client_address):
+        log.exception("engine: error on a worker connection")
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    def handle(self):
+        try:
+            self.server.service.handle(self.request)
+        except (ConnectionError, protocol.ProtocolError) as e:
+            log.warning("engine: a worker connection failed: %s", e)
+
+
+def load_engine(model_dir, device, dtype):
+    """Load and warm up -> (Generator, info dict)."""
+    from ..files.default_model import or_demo_model
+    from ..files.loader import load_model
+    from ..generation.generator import Generator
+    from ..generation.params import GenerationParameters
+    from ..model.device import configure_threads
+
+    configure_threads(1)  # the whole machine (or KOGPT2_THREADS): the engine is the only process computing
+    loaded = load_model(or_demo_model(model_dir, log), device=device, dtype=dtype)
+    generator = Generator(loaded)
+    started = time.time()
+    generator.generate(["안녕하세요"], GenerationParameters(max_new_tokens=4))
+    log.info("warm-up generation took %.2f s", time.time() - started)
+    return generator, {"positions": loaded.config.n_positions, "device": str(loaded.ctx), "dtype": loaded.dtype}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="kogpt2_serving.serving.engine_process")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [engine %(process)d] %(levelname)s %(message)s")
+    from ..generation.scheduler import ContinuousBatcher
+
+    try:
+        limits = engine_limits()
+        generator, info = load_engine(args.model_dir, args.device, args.dtype)
+    except Exception as e:  # noqa: B902 -- one line with the cause, for serve's start-up error
+        print("{} {} failed: {}".format(LOAD_FAILED_PREFIX, args.model_dir,
+                                        e.message if isinstance(e, ServingError) else cause_of(e)), flush=True)
+        if not isinstance(e, ServingError):
+            log.exception("traceback of the load failure")
+        return 1
+    service = EngineService(ContinuousBatcher(generator, limits), dict(info, pid=os.getpid(), **limits._asdict()),
+                            stall_after=limits.request_timeout + STALL_MARGIN)
+    signal.signal(signal.SIGTERM, lambda *_: service.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: service.stopping.set())
+    if os.path.exists(args.socket):
+        os.unlink(args.socket)  # a previous engine's, after a crash
+    server = _Server(args.socket, service)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="engine-socket",
+                     daemon=True).start()
+    log.info("limits: %d rows per step, %d cache tokens, %d waiting requests", limits.max_rows,
+             limits.max_cache_tokens, limits.max_queue)
+    print("{} on {} (pid {})".format(READY_LINE, args.socket, os.getpid()), flush=True)
+    try:
+        service.run()
+    finally:
+        server.shutdown()
+        server.server_close()
+    log.info("engine stopped after %d request(s), %d decode step(s)", service.batcher.stats.requests,
+             service.batcher.stats.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
