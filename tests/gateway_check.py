@@ -112,7 +112,9 @@ def check_all(gateway_module):
     socket_path = os.path.join(run_dir, "inference.sock")
     fake = FakeMMS(socket_path)
     port = free_port()
-    gateway = Gateway("127.0.0.1", port, socket_path, "/predictions/model", max_body=1000, timeout=1.5).start()
+    problems, gone = [None], []
+    gateway = Gateway("127.0.0.1", port, socket_path, "/predictions/model", max_body=1000, timeout=1.5,
+                      health=lambda: problems[0], on_client_gone=gone.append).start()
     try:
         # Forwarded to MMS's model path; query string, hop-by-hop headers and Host are not passed on.
         status, headers, body = post(port, "/invocations?model_name=evil", b"hello", {
@@ -124,11 +126,36 @@ def check_all(gateway_module):
         assert (sent["Content-Type"], sent["Accept"], sent["X-Amzn-SageMaker-Custom-Attributes"]) == (
             "application/json", "text/plain", "a=1")
         assert not {"Keep-Alive", "Proxy-Connection", "Upgrade"} & set(sent) and sent["Host"] == "localhost", sent
-        # /ping is a GET to MMS's /ping; HEAD gets the headers only.
-        assert post(port, "/ping", None, method="GET")[2] == b"echo:"
-        assert fake.requests[-1][:2] == ("GET", "/ping")
+        # Each request gets an id and its arrival time, set by the gateway whatever a client sent.
+        before = time.time()
+        post(port, "/invocations", b"x", {"X-Kogpt2-Request-Id": "forged", "X-Kogpt2-Received": "1"})
+        sent = fake.requests[-1][2]
+        assert len(sent["X-Kogpt2-Request-Id"]) == 32 and sent["X-Kogpt2-Request-Id"] != "forged", sent
+        assert before <= float(sent["X-Kogpt2-Received"]) <= time.time(), sent
+        post(port, "/invocations", b"y")
+        assert fake.requests[-1][2]["X-Kogpt2-Request-Id"] != sent["X-Kogpt2-Request-Id"]
+
+        # /ping is answered from health(), not by MMS (which says 200 whatever its state); HEAD: headers only.
+        asked = len(fake.requests)
+        assert post(port, "/ping", None, method="GET")[::2] == (200, b'{"status": "Healthy"}\n')
         status, headers, body = post(port, "/ping", None, method="HEAD")
-        assert (status, body, headers["content-length"]) == (200, b"", "5")
+        assert (status, body, headers["content-length"]) == (200, b"", "22")
+        problems[0] = "the engine process is restarting"
+        status, _, body = post(port, "/ping", None, method="GET")
+        assert (status, json.loads(body.decode())) == (503, {"error": "the engine process is restarting",
+                                                             "error_type": "unhealthy"})
+        problems[0] = None
+        assert len(fake.requests) == asked  # MMS was never asked
+
+        # A client that hangs up while its request is answered: reported with the request's id.
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nsleep 0.6")
+        time.sleep(0.3)
+        sock.close()
+        time.sleep(0.4)
+        assert gone == [fake.requests[-1][2]["X-Kogpt2-Request-Id"]], (gone, fake.requests[-1])
+        time.sleep(0.3)
+        assert post(port, "/invocations", b"after")[2] == b"echo:after"  # the MMS connection stayed in step
 
         # Kept-alive connections to MMS are reused: 5 requests in a row open no new one.
         before = fake.connections
@@ -164,6 +191,26 @@ def check_all(gateway_module):
         assert (status, headers["connection"], json.loads(body.decode())["error_type"]) == (
             413, "close", "payload_too_large")
         assert post(port, "/invocations", b"x" * 1000)[0] == 200  # exactly the limit
+
+        # Draining (SIGTERM): a request in flight finishes, new ones get 503, /ping says 503.
+        results = []
+        slow = threading.Thread(target=lambda: results.append(post(port, "/invocations", b"sleep 0.5")))
+        slow.start()
+        time.sleep(0.2)
+        assert gateway.in_flight == 1
+        started = time.time()
+        drained = [None]
+        drainer = threading.Thread(target=lambda: drained.__setitem__(0, gateway.drain(5)))
+        drainer.start()
+        time.sleep(0.05)
+        status, headers, body = post(port, "/invocations", b"late")
+        assert (status, json.loads(body.decode())["error_type"]) == (503, "shutting_down"), body
+        assert post(port, "/ping", None, method="GET")[0] == 503
+        drainer.join()
+        slow.join()
+        assert drained[0] is True and time.time() - started < 2
+        assert results[0][::2] == (200, b"echo:sleep 0.5")
+        gateway.draining = False
 
         # MMS gone: 503 in our schema, not a hang or a reset.
         fake.close()

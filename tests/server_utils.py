@@ -32,6 +32,7 @@ from kogpt2_serving.serving import local_http
 from kogpt2_serving.testing import free_port  # noqa: F401  (tests import it from here)
 
 READY = re.compile(r"serving .* at (http://\S+) \(POST (\S+),")
+ENGINE_GROUP = re.compile(r"engine process starting \(pid (\d+)\)")
 MMS_GROUP = re.compile(r"Multi Model Server starting \(pid (\d+)\)")
 MANAGEMENT = re.compile(r"\(management API: (\S+)\)")
 
@@ -47,6 +48,7 @@ class ServeProcess:
         self.work_dir = None
         self.proc = None
         self.mms_group = None
+        self.engine_groups = set()  # every engine process started (restarts too): each leads its own group
         self.inference_path = "/invocations"  # from the readiness line
         self.management_socket = None  # MMS's management API: a unix socket, from the log
         self.returncode = None
@@ -80,6 +82,7 @@ class ServeProcess:
         deadline = time.time() + self.startup_timeout
         while time.time() < deadline:
             text = self.log_text(cli_only=True)
+            self._note_engines(text)
             if self.mms_group is None and MMS_GROUP.search(text):
                 self.mms_group = int(MMS_GROUP.search(text).group(1))
             if self.management_socket is None and MANAGEMENT.search(text):
@@ -111,7 +114,7 @@ class ServeProcess:
                 time.sleep(0.1)
             leftovers += self.group_members()
         finally:
-            for group in (self.proc.pid, self.mms_group):
+            for group in [self.proc.pid, self.mms_group] + sorted(self.engine_groups):
                 _killpg(group, signal.SIGKILL)
             self.returncode = self.proc.wait()
             log = self.log_text()
@@ -121,9 +124,19 @@ class ServeProcess:
             raise AssertionError("processes left running after SIGTERM: {}\n{}".format(sorted(set(leftovers)), log))
 
     def group_members(self):
-        """Live pids in the CLI's or the MMS server's process group."""
-        groups = {g for g in (self.proc.pid if self.proc else None, self.mms_group) if g}
+        """Live pids in the CLI's, the MMS server's or an engine's process group."""
+        self._note_engines(self.log_text(cli_only=True))
+        groups = {g for g in (self.proc.pid if self.proc else None, self.mms_group) if g} | self.engine_groups
         return [pid for pid, group in _processes() if group in groups]
+
+    def _note_engines(self, text):
+        self.engine_groups.update(int(pid) for pid in ENGINE_GROUP.findall(text))
+
+    @property
+    def engine_pid(self):
+        """The engine process running now (the last one started), or None."""
+        pids = ENGINE_GROUP.findall(self.log_text(cli_only=True))
+        return int(pids[-1]) if pids else None
 
     # --- HTTP --------------------------------------------------------------------------------
 
@@ -167,6 +180,12 @@ class ServeProcess:
         assert status == 200, (status, body)
         described = json.loads(body.decode("utf-8"))
         return described[0] if isinstance(described, list) else described
+
+    def engine_stats(self):
+        """The engine's scheduler counters (its socket sits beside MMS's in the server's directory)."""
+        from kogpt2_serving.serving.engine_client import engine_call
+
+        return engine_call(os.path.join(os.path.dirname(self.management_socket), "engine.sock"), {"op": "stats"}, 10)
 
     def workers(self):
         """(id, start time, status) of each MMS worker: a restarted worker gets a new id/start time."""

@@ -9,7 +9,6 @@ import threading
 
 import pytest
 
-from kogpt2_serving.model.device import cpu_count, threads_per_worker
 from kogpt2_serving.generation.params import GenerationParameters
 from server_utils import ServeProcess
 
@@ -32,13 +31,13 @@ def expected(generator, prompt, **params):
     return generator.generate([prompt], DEFAULTS._replace(**params))[0]
 
 
-def test_serve_reports_readiness_with_a_loaded_model_and_one_worker(server, workers_at_start):
+def test_serve_reports_readiness_with_an_engine_and_light_workers(server, workers_at_start):
     log = server.log_text(cli_only=True)
-    threads, cores = threads_per_worker(1), cpu_count()
-    assert "using 1 worker" in log
-    assert "1 worker(s), {} CPU thread(s) per worker on {} core(s)".format(threads, cores) in log
+    assert "using 32 light worker(s)" in log
+    assert "32 worker(s), light: generation runs in the engine process (pid {})".format(server.engine_pid) in log
+    assert "engine ready on" in server.log_text()
     assert re.search(r"serving .* at http://127\.0\.0\.1:{} ".format(server.port), log)
-    assert [status for _, _, status in workers_at_start] == ["READY"]
+    assert [status for _, _, status in workers_at_start] == ["READY"] * 32
     assert server.request("GET", "/ping")[0] == 200
 
 

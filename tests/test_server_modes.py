@@ -11,6 +11,8 @@ import time
 import pytest
 
 from kogpt2_serving.cli import main
+from kogpt2_serving.model.device import cpu_count, threads_per_worker
+from kogpt2_serving.settings import explicit_threads
 from server_utils import ServeProcess, free_port
 
 
@@ -78,6 +80,9 @@ def test_a_user_inference_py_overrides_the_handler_functions(tiny_model_dir, tmp
     (model_dir / "code").mkdir()
     (model_dir / "code" / "inference.py").write_text(USER_CODE, encoding="utf-8")
     with ServeProcess(str(model_dir)) as server:
+        assert re.search(r"inference\.py defines predict_fn: the model runs in every worker \(each holds its own "
+                         r"copy\), not in an engine process", server.log_text(cli_only=True))
+        assert server.engine_pid is None
         status, _, headers, body = server.request("POST", "/invocations", '{"text": "오늘은"}'.encode("utf-8"),
                                                   {"Content-Type": "application/json", "X-Client": "t-1"})
         expected = generator.generate(["오늘은"], generator_params(max_new_tokens=3))[0][0].text
@@ -95,21 +100,40 @@ def generator_params(**values):
     return GenerationParameters()._replace(**values)
 
 
-def test_a_model_that_fails_to_load_ends_start_up_with_an_error(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("engine, failed", [
+    ("on", "the engine process exited with status 1 during start-up"),
+    ("off", "the model failed to load in the worker"),
+])
+def test_a_model_that_fails_to_load_ends_start_up_with_an_error(tiny_model_dir, tmp_path, engine, failed):
     model_dir = tmp_path / "broken"
     shutil.copytree(tiny_model_dir, str(model_dir))
     for params in model_dir.glob("*.params"):
         params.write_bytes(b"not an MXNet file")
-    server = ServeProcess(str(model_dir), startup_timeout=120)
+    server = ServeProcess(str(model_dir), ["--engine", engine], startup_timeout=120)
     with pytest.raises(RuntimeError) as e:
         with server:
             pass
     message = str(e.value)
     assert "serve exited with 1 before it was ready" in message
-    cause = re.search(r"error: the model failed to load in the worker: (.*?)(; last lines of|$)", message).group(1)
+    cause = re.search(r"error: {}: (.*?)(; last lines of|$)".format(failed), message, re.M).group(1)
     assert cause.startswith("cannot read checkpoint {}".format(next(model_dir.glob("*.params"))))
     assert cause.endswith("Invalid NDArray file format") and "Traceback" not in cause  # the cause, not a header
     assert server.proc is None  # stopped; stop() checked that nothing was left running
+
+
+def test_engine_off_loads_the_model_in_each_worker(tiny_model_dir):
+    with ServeProcess(tiny_model_dir, ["--engine", "off"]) as server:
+        log = server.log_text(cli_only=True)
+        assert "using 1 worker(s)" in log and server.engine_pid is None
+        threads, cores = int(explicit_threads() or threads_per_worker(1)), cpu_count()
+        assert "1 worker(s), {} CPU thread(s) per worker on {} core(s)".format(threads, cores) in log
+        assert [status for _, _, status in server.workers()] == ["READY"]
+        assert server.post(b'"a"', "application/json")[0] == 200
+
+
+def test_engine_on_with_mms_batching_is_refused(tiny_model_dir, capsys):
+    assert main(["serve", "--model-dir", tiny_model_dir, "--engine", "on", "--batch-size", "4"]) == 1
+    assert "--batch-size is MMS batching for in-process workers (--engine off)" in capsys.readouterr().err
 
 
 def test_sigint_stops_the_server_cleanly(tiny_model_dir):

@@ -49,8 +49,8 @@ REQUEST_ID_HEADER = "X-Kogpt2-Request-Id"
 RECEIVED_HEADER = "X-Kogpt2-Received"
 CLIENT_WATCH_SECONDS = 0.1  # how often a waiting request checks that its client is still there
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                        "upgrade", "host", "content-length", "expect", REQUEST_ID_HEADER.lower(),
-                        RECEIVED_HEADER.lower()))
+                        "upgrade", "host", "content-length", "expect"))
+OWN_HEADERS = frozenset((REQUEST_ID_HEADER.lower(), RECEIVED_HEADER.lower()))  # a client's are dropped
 # MMS's own error answers, by what its message says (else by status): (error_type, our message)
 MMS_ERRORS = {
     "Worker died.": ("worker_died", "the worker handling this request died or did not answer within the response "
@@ -207,7 +207,8 @@ class Gateway:
         if self.draining:
             return error_answer(503, "shutting_down", "the server is shutting down; retry the request")
         request_id = uuid.uuid4().hex
-        headers = list(request.headers) + [(REQUEST_ID_HEADER, request_id), (RECEIVED_HEADER, repr(time.time()))]
+        headers = [(k, v) for k, v in request.headers if k.lower() not in OWN_HEADERS]
+        headers += [(REQUEST_ID_HEADER, request_id), (RECEIVED_HEADER, repr(time.time()))]
         self.in_flight += 1
         try:
             forward = asyncio.ensure_future(self._forward("POST", self.inference_path, headers, request.body))

@@ -149,19 +149,22 @@ def _incoming(item, context, i):
 def _meta(context, i):
     """The gateway's request id and arrival time (headers it sets, replacing any a client sent)."""
     headers = _headers(context, i)
-    received = headers.get(RECEIVED_HEADER.replace("-", ""))
+    received = headers.get(_key(RECEIVED_HEADER))
     try:
         received = float(received) if received else None
     except ValueError:
         received = None
-    return RequestMeta(headers.get(REQUEST_ID_HEADER.replace("-", "")) or None, received)
+    return RequestMeta(headers.get(_key(REQUEST_ID_HEADER)) or None, received)
 
 
 def _headers(context, i):
-    """Request i's headers, names lower-cased without dashes; values as str."""
+    """Request i's headers by _key(name); values as str."""
     headers = context.request_processor[i].get_request_properties() or {}
-    return {str(k).lower().replace("-", ""): (v.decode("latin-1") if isinstance(v, bytes) else v)
-            for k, v in headers.items()}
+    return {_key(k): (v.decode("latin-1") if isinstance(v, bytes) else v) for k, v in headers.items()}
+
+
+def _key(name):
+    return str(name).lower().replace("-", "")
 
 
 def _toolkit_body(body, content_type):
@@ -187,7 +190,9 @@ def _fail(context, i, error):
 
 def _error_answer(error):
     if isinstance(error, ServingError):
-        if error.status >= 500:
+        if error.kind == "cancelled":  # its client is gone: nobody reads this answer
+            log.info("request cancelled: %s", error.message)
+        elif error.status >= 500:
             log.error("request failed: %s", error.message)
         return error.status, codec.error_body(error)
     status = getattr(error, "status_code", None)  # sagemaker_inference's BaseInferenceToolkitError

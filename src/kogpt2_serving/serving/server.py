@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 MAX_PORT = 32766  # the MMS frontend rejects 32767 and above
 SOCKET_DIR_LIMIT = 80  # TMPDIR + "/.mms.sock.9000" must fit a unix socket path (108 bytes)
 PROBE = {"inputs": "안녕", "parameters": {"max_new_tokens": 1}}
-WATCHDOG_MARGIN = 15.0  # s past the request timeout before a probe counts as unanswered
+WATCHDOG_MARGIN = 5.0  # s past the request timeout before a probe counts as unanswered
 NOT_READY = (404, 500, 502, 503, 504, 507)  # MMS: model or worker not there (yet)
 LOAD_FAILED = re.compile(r"loading the model from .*? failed: (.*)$")  # handler_service's log line
 
