@@ -43,35 +43,65 @@ def assert_same(results, expected):
                 assert (a.id, a.text) == (b.id, b.text) and a.logprob == pytest.approx(b.logprob, abs=1e-4)
 
 
-def test_merge_keeps_every_rows_logits(tiny_model):
-    """Rows of two batches of different lengths, merged (the shorter left-padded, one row
-    dropped), step exactly as they did apart."""
+def step_apart_and_together(engine, merged, parts, tokens, steps=10):
+    """Step `merged` and each (state, rows) part side by side; the merged rows must see the
+    parts' logits (to float rounding) and choose the same greedy tokens every step."""
+    a_tokens = tokens
+    for _ in range(steps):
+        m_logits = engine.step(merged, [t for t in a_tokens])
+        apart = [engine.step(state, part_tokens)[rows] for state, rows, part_tokens in parts]
+        np.testing.assert_allclose(m_logits[:len(np.concatenate(apart))], np.concatenate(apart), atol=1e-4)
+        a_tokens = list(m_logits.argmax(-1))
+        offset, next_parts = 0, []
+        for (state, rows, part_tokens), logits in zip(parts, apart):
+            chosen = list(logits.argmax(-1))
+            assert a_tokens[offset:offset + len(rows)] == chosen
+            full = [0] * state.batch_size
+            for r, t in zip(rows, chosen):
+                full[r] = t
+            next_parts.append((state, rows, full))
+            offset += len(rows)
+        parts = next_parts
+
+
+def test_resize_and_insert_keep_every_rows_logits(tiny_model):
+    """Rows of a running batch, compacted into a bigger batch (one row dropped), and newcomers
+    inserted beside them (the shorter side left-padded), step exactly as they did apart."""
     engine, tok = tiny_model.engine, tiny_model.tokenizer
-    a_prompts = [tok.encode_prompt(p) for p in PROMPTS[:3]]
-    b_prompts = [tok.encode_prompt(p) for p in PROMPTS[3:]]
-    a, a_logits = engine.start(a_prompts, 30)
+    a, a_logits = engine.start([tok.encode_prompt(p) for p in PROMPTS[:3]], 30)
     for _ in range(5):  # a runs ahead: its filled span is longer than b's
         a_logits = engine.step(a, a_logits.argmax(-1))
-    b, b_logits = engine.start(b_prompts, 30)
-    a_tokens, b_tokens = a_logits.argmax(-1), b_logits.argmax(-1)
-    assert a.length != b.length
-    merged = engine.merge([(a, [0, 2]), (b, [0, 1])], future_slots=20)
-    assert merged.batch_size == 4 and merged.capacity % 64 == 0
-    m_logits = engine.step(merged, [a_tokens[0], a_tokens[2], b_tokens[0], b_tokens[1]])
-    a_logits, b_logits = engine.step(a, a_tokens), engine.step(b, b_tokens)
-    np.testing.assert_allclose(m_logits, np.concatenate([a_logits[[0, 2]], b_logits]), atol=1e-4)
-    for _ in range(10):
-        m_next, a_next, b_next = m_logits.argmax(-1), a_logits.argmax(-1), b_logits.argmax(-1)
-        np.testing.assert_array_equal(m_next, np.concatenate([a_next[[0, 2]], b_next]))
-        m_logits, a_logits, b_logits = engine.step(merged, m_next), engine.step(a, a_next), engine.step(b, b_next)
-        np.testing.assert_allclose(m_logits, np.concatenate([a_logits[[0, 2]], b_logits]), atol=1e-4)
+    b = engine.prefill([tok.encode_prompt(p) for p in PROMPTS[3:]])
+    assert a.length > b.width
+    merged = engine.resize(a, [0, 2], rows=4, capacity=128)
+    engine.insert(merged, [2, 3], b)
+    assert merged.batch_size == 4 and merged.capacity == 128
+    b_state, _ = engine.start([tok.encode_prompt(p) for p in PROMPTS[3:]], 30)
+    a_tokens, b_tokens = list(a_logits.argmax(-1)), list(b.logits.argmax(-1))
+    step_apart_and_together(engine, merged, [(a, [0, 2], a_tokens), (b_state, [0, 1], b_tokens)],
+                            [a_tokens[0], a_tokens[2]] + b_tokens)
 
 
-def test_merge_drops_slots_no_kept_row_uses(tiny_model):
+def test_a_newcomer_longer_than_the_batch_makes_its_length_jump(tiny_model):
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    short, long_ = tok.encode_prompt(PROMPTS[4]), tok.encode_prompt(PROMPTS[2])
+    a, a_logits = engine.start([short], 20)
+    state = engine.resize(a, [0], rows=2, capacity=128)
+    before = state.length
+    prefill = engine.prefill([long_])
+    engine.insert(state, [1], prefill)
+    assert before < prefill.width == state.length  # the running row got a gap of masked slots
+    alone, _ = engine.start([long_], 20)
+    step_apart_and_together(engine, state, [(a, [0], list(a_logits.argmax(-1))),
+                                            (alone, [0], list(prefill.logits.argmax(-1)))],
+                            [int(a_logits.argmax()), int(prefill.logits.argmax())])
+
+
+def test_resize_drops_slots_no_kept_row_uses(tiny_model):
     engine, tok = tiny_model.engine, tiny_model.tokenizer
     long_, short = tok.encode_prompt(PROMPTS[2]), tok.encode_prompt(PROMPTS[4])
     state, _ = engine.start([long_, short], 4)
-    kept = engine.merge([(state, [1])], future_slots=3)
+    kept = engine.resize(state, [1], rows=1, capacity=64)
     assert kept.length == len(short) and list(kept.pads) == [0]
 
 

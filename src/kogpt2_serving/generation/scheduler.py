@@ -6,10 +6,12 @@ one thread). Each round it
 1. ends rows whose request passed its deadline (`time_limit`, the text so far kept) or was
    cancelled (its client is gone: no answer, no more steps);
 2. admits waiting prompts, first come first served, while the batch stays within
-   :class:`~kogpt2_serving.settings.EngineLimits` (rows per step, cache slots): the newcomers are prefilled
-   together, choose their first token, and join the running batch (``Engine.merge``: the
-   shorter side left-padded so every row writes the same slot, dead rows dropped in the same
-   copy);
+   :class:`~kogpt2_serving.settings.EngineLimits` (rows per step, cache slots): the newcomers are
+   prefilled together, choose their first token, and take free rows of the running batch
+   (``Engine.insert``: no copy of the cache; every row writes the same slot, a newcomer padded
+   on the left). Only when there are not enough free rows or slots is the batch rebuilt
+   (``Engine.resize``: live rows kept, compacted, in a batch of the next row bucket: 1, 2, 4,
+   8, ...), and when rows are mostly free it shrinks the same way;
 3. feeds every row's pending token in one step and lets each live row choose its next one;
    a request is answered the moment its last row finishes.
 
@@ -28,7 +30,7 @@ import logging
 import threading
 import time
 from ..errors import RequestTooCostly, ServingError
-from ..model.cache import capacity_for
+from ..model.cache import CACHE_BUCKET, capacity_for
 from ..settings import EngineLimits
 from .stopping import TIME_LIMIT
 
@@ -136,7 +138,7 @@ class ContinuousBatcher:
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._state = None  # the engine's DecodeState of the running batch
-        self._slots = []  # per state row: (unit, row); every row has chosen a token not fed yet
+        self._slots = []  # per state row: (unit, row), a live row's latest token not fed yet; None: free
 
     # --- any thread ----------------------------------------------------------------------------
 
@@ -193,10 +195,8 @@ class ContinuousBatcher:
     def _end_rows(self):
         """Rows of cancelled requests and of requests past their deadline stop here."""
         now = self.clock()
-        for unit, row in self._slots:
+        for _, unit, row in self._live():
             job = unit.job
-            if row.finished:
-                continue
             if job.cancelled:
                 row.end("cancelled")
                 job._fail(Cancelled("the request was cancelled: its client is gone"))
@@ -209,7 +209,7 @@ class ContinuousBatcher:
         head of the queue and nothing runs."""
         admitted = []
         with self._lock:
-            live = [(unit, row) for unit, row in self._slots if not row.finished]
+            live = self._live()
             while self._waiting:
                 unit = self._waiting[0]
                 if self._drop_if_gone(unit):
@@ -218,7 +218,7 @@ class ContinuousBatcher:
                     if not live and not admitted:
                         admitted.append(self._pop())
                     break
-                if not self._fits(live, admitted, unit):
+                if not self._fits(live, admitted + [unit]):
                     break
                 admitted.append(self._pop())
         return admitted
@@ -252,80 +252,120 @@ class ContinuousBatcher:
             job._finish_item(unit.index, self._empty_sequences(unit))
         return True
 
-    def _running(self, job):
-        return any(unit.job is job for unit, _ in self._slots)
+    def _live(self):
+        """[(state row, unit, row)] of the rows still decoding."""
+        return [(slot, entry[0], entry[1]) for slot, entry in enumerate(self._slots)
+                if entry is not None and not entry[1].finished]
 
-    def _fits(self, live, admitted, unit):
-        rows = len(live) + sum(u.params.rows for u in admitted) + unit.params.rows
+    def _running(self, job):
+        return any(unit.job is job for _, unit, _ in self._live())
+
+    def _fits(self, live, units):
+        """Whether `units` can join the live rows within the limits (in a rebuilt batch if need be)."""
+        rows = len(live) + sum(u.params.rows for u in units)
         if rows > self.limits.max_rows:
             return False
-        length, future = 0, 0
-        if live:
-            starts = self._state.pads[[slot for slot, (_, row) in enumerate(self._slots) if not row.finished]]
-            length = self._state.length - int(starts.min())
-            future = max(u.params.max_new_tokens - len(row.tokens) for u, row in live)
-        for u in admitted + [unit]:
-            length = max(length, len(u.item.ids))
-            future = max(future, u.params.max_new_tokens)
-        return rows * capacity_for(length, future) <= self.limits.max_cache_tokens
+        span, future = self._span_and_future(live)
+        width = max(len(u.item.ids) for u in units)
+        future = max([future] + [u.params.max_new_tokens for u in units])
+        return rows * capacity_for(max(span, width), future) <= self.limits.max_cache_tokens
+
+    def _span_and_future(self, live):
+        """Slots the live rows use once compacted, and the most tokens any of them may still feed."""
+        if not live:
+            return 0, 0
+        start = int(self._state.pads[[slot for slot, _, _ in live]].min())
+        return self._state.length - start, max(u.params.max_new_tokens - len(row.tokens) for _, u, row in live)
+
+    def _batch_for(self, rows, capacity):
+        """Batch sizes come in powers of two (capped at max_rows), so there are few step graphs and
+        rebuilds are rare; exactly `rows` where the bucket's cache would exceed max_cache_tokens."""
+        size = 1
+        while size < rows:
+            size *= 2
+        size = min(size, self.limits.max_rows)
+        return size if size * capacity <= self.limits.max_cache_tokens else rows
 
     def _join(self, units):
-        """Prefill the newcomers, let them choose a first token, and merge them into the batch."""
+        """Prefill the newcomers, let them choose a first token, and put them in free rows."""
         rows = []
         for unit in units:
             unit.seed, unit.rows = self.generator.rows_of(unit.item)
             rows += [(unit, row) for row in unit.rows]
-        state, logits = self.engine.start([row.prompt_ids for _, row in rows],
-                                          [unit.params.max_new_tokens for unit, _ in rows])
-        for slot, (unit, row) in enumerate(rows):
-            row.advance(logits[slot])
-        if self._slots:
-            self.stats.joins += 1
-            self._rebuild([(self._state, self._slots), (state, rows)])
-        elif all(not row.finished for _, row in rows):
-            self._state, self._slots = state, rows  # the prefill's own cache, no copy
-        else:
-            self._rebuild([(state, rows)])
+        prefill = self.engine.prefill([row.prompt_ids for _, row in rows])
+        for i, (unit, row) in enumerate(rows):
+            row.advance(prefill.logits[i])
+        newcomers = [(i, unit, row) for i, (unit, row) in enumerate(rows) if not row.finished]
+        if newcomers:
+            live = self._live()
+            if live:
+                self.stats.joins += 1
+            targets = self._free_rows(live, newcomers, prefill.width)
+            self.engine.insert(self._state, targets, prefill, [i for i, _, _ in newcomers])
+            for target, (_, unit, row) in zip(targets, newcomers):
+                self._slots[target] = (unit, row)
         for unit in units:
             self._unit_progress(unit)
-        log.debug("admitted %d prompt(s), %d row(s); batch now %d row(s)", len(units), len(rows), len(self._slots))
+        log.debug("admitted %d prompt(s), %d row(s); %d live in a batch of %d", len(units), len(rows),
+                  len(self._live()), len(self._slots))
 
-    def _rebuild(self, parts):
-        """The running batch = the live rows of `parts` [(state, slots)], in order."""
-        keep = [(state, [i for i, (_, row) in enumerate(slots) if not row.finished], slots) for state, slots in parts]
-        slots = [slots[i] for _, rows, slots in keep for i in rows]
-        if not slots:
-            self._state, self._slots = None, []
-            return
-        future = max(unit.params.max_new_tokens - len(row.tokens) for unit, row in slots)
-        self._state = self.engine.merge([(state, rows) for state, rows, _ in keep], future)
-        self._slots = slots
+    def _free_rows(self, live, newcomers, width):
+        """State rows for the newcomers: free rows of the running batch when it has enough rows and
+        slots, else those of a rebuilt one."""
+        _, future = self._span_and_future(live)
+        future = max([future] + [u.params.max_new_tokens - len(row.tokens) for _, u, row in newcomers])
+        state = self._state
+        free = [slot for slot, entry in enumerate(self._slots) if entry is None or entry[1].finished]
+        if state is not None and len(free) >= len(newcomers) and \
+                max(state.length, width) + future <= state.capacity:
+            return free[:len(newcomers)]
+        self._rebuild(live, len(live) + len(newcomers), width, future)
+        return list(range(len(live), len(live) + len(newcomers)))
+
+    def _rebuild(self, live, rows, width=0, future=None):
+        """The running batch rebuilt for `rows` rows: the live rows first (compacted), the rest free."""
+        span, live_future = self._span_and_future(live)
+        future = live_future if future is None else future
+        capacity = capacity_for(max(span, width), future)
+        batch = self._batch_for(rows, capacity)
+        # One bucket of slots to spare, when memory allows: the shared slot moves on one slot per
+        # step, so without them the next long newcomer would need another rebuild (a copy of the
+        # whole cache) at once; with them, only after CACHE_BUCKET steps at the earliest.
+        if batch * (capacity + CACHE_BUCKET) <= self.limits.max_cache_tokens:
+            capacity += CACHE_BUCKET
+        if self._state is None:
+            self._state = self.engine.allocate(batch, capacity)
+        else:
+            self._state = self.engine.resize(self._state, [slot for slot, _, _ in live], batch, capacity)
+        self._slots = [(unit, row) for _, unit, row in live] + [None] * (batch - len(live))
 
     def _step(self):
         """Feed every row's pending token; live rows choose their next one."""
-        tokens = [row.tokens[-1][0] if not row.finished else self.filler for _, row in self._slots]
-        live = [unit for unit, row in self._slots if not row.finished]
+        live = self._live()
         if not live:
             self._state, self._slots = None, []
             return
+        tokens = [self.filler] * len(self._slots)
+        for slot, _, row in live:
+            tokens[slot] = row.tokens[-1][0]
         self._count_step(live)
         logits = self.engine.step(self._state, tokens)  # (B, V)
-        for slot, (unit, row) in enumerate(self._slots):
-            if not row.finished:
-                row.advance(logits[slot])
-                if row.finished:
-                    self._unit_progress(unit)
-        dead = sum(row.finished for _, row in self._slots)
-        if dead == len(self._slots):
+        for slot, unit, row in live:
+            row.advance(logits[slot])
+            if row.finished:
+                self._slots[slot] = None
+                self._unit_progress(unit)
+        live = self._live()
+        if not live:
             self._state, self._slots = None, []
-        elif dead * 2 >= len(self._slots):  # finished rows are half the batch: stop feeding them
-            self._rebuild([(self._state, self._slots)])
+        elif len(live) * 4 <= len(self._slots):
+            self._rebuild(live, len(live))  # mostly free rows: a smaller batch steps faster
 
     def _count_step(self, live):
         self.stats.steps += 1
         self.stats.row_steps += len(live)
         self.stats.max_rows = max(self.stats.max_rows, len(live))
-        if len({id(unit.job) for unit in live}) > 1:
+        if len({id(unit.job) for _, unit, _ in live}) > 1:
             self.stats.shared_steps += 1
 
     def _unit_progress(self, unit, expired=False):
@@ -358,7 +398,7 @@ class ContinuousBatcher:
         """Answer every waiting and running request with `error` (the engine is going away)."""
         with self._lock:
             jobs = {id(u.job): u.job for u in self._waiting}
-            jobs.update({id(u.job): u.job for u, _ in self._slots})
+            jobs.update({id(u.job): u.job for _, u, _ in self._live()})
             self._waiting.clear()
             self._waiting_jobs = 0
         self._state, self._slots = None, []

@@ -14,6 +14,7 @@ Logits leave the device as float32 NumPy (B, V) once per step; token choice happ
 host (see :mod:`kogpt2_serving.generation`).
 """
 import warnings
+from typing import List, NamedTuple
 
 import numpy as np
 
@@ -21,6 +22,20 @@ from ..errors import PromptTooLong
 from .cache import capacity_for
 from .network import MASKED, PrefillGraph, StepGraph, fill_step_weights
 MAX_STEP_GRAPHS = 32  # step graphs kept (one per batch size seen; beam search shrinks batches)
+
+
+class Prefill(NamedTuple):
+    """Prompts after one pass, left-padded to the longest (`width` slots)."""
+
+    logits: np.ndarray  # (n, V) float32: each row's next-token scores
+    keys: object  # (L, n, H, D, T) NDArray
+    values: object  # (L, n, H, T, D) NDArray
+    pads: np.ndarray  # (n,) left padding per row
+    lengths: List[int]  # prompt lengths
+
+    @property
+    def width(self):
+        return int(self.values.shape[3])
 
 
 class DecodeState:
@@ -57,12 +72,21 @@ class DecodeState:
         import mxnet as mx
 
         index = mx.nd.array(rows, ctx=self.values.context, dtype="int32")
-        self.keys = self.keys.take(index, axis=1)
-        self.values = self.values.take(index, axis=1)
+        self.keys = take_rows(self.keys, index)
+        self.values = take_rows(self.values, index)
         self.mask = self.mask.take(index, axis=0)
         self.positions = self.positions.take(index, axis=0)
         self.pads = self.pads[np.asarray(rows)]
         self._views = None
+
+
+def take_rows(cache, index):
+    """cache (L, B, ...) -> (L, len(index), ...): rows by index, layer by layer. take() along
+    axis 1 of the 5-D cache is a slow kernel (~10x below memory speed on CPU); along axis 0 of
+    one layer it is a plain gather."""
+    import mxnet as mx
+
+    return mx.nd.stack(*[cache[layer].take(index, axis=0) for layer in range(cache.shape[0])], axis=0)
 
 
 class Engine:
@@ -90,15 +114,20 @@ class Engine:
     def start(self, prompts, max_new_tokens):
         """Prefill prompts (lists of ids, each non-empty) -> (state, next-token logits (B, V)).
         max_new_tokens: one int for all rows, or one per row."""
-        import mxnet as mx
-
-        lengths = [len(p) for p in prompts]
         budgets = max_new_tokens if isinstance(max_new_tokens, (list, tuple)) else [max_new_tokens] * len(prompts)
-        for length, budget in zip(lengths, budgets):
-            self.check_length(length, budget)
-        longest = max(lengths)
+        for prompt, budget in zip(prompts, budgets):
+            self.check_length(len(prompt), budget)
+        prefill = self.prefill(prompts)
         # Slots: the padded prompt plus every fed-back token (the last one is never fed).
-        capacity = capacity_for(longest, max(budgets) - 1)
+        state = self.allocate(len(prompts), capacity_for(prefill.width, max(budgets) - 1))
+        self.insert(state, list(range(len(prompts))), prefill)
+        return state, prefill.logits
+
+    def prefill(self, prompts):
+        """Prompts (lists of ids) left-padded to the longest, in one pass -> Prefill: the next-token
+        logits and every layer's keys/values, for `insert` into a state."""
+        lengths = [len(p) for p in prompts]
+        longest = max(lengths)
         pads = np.array([longest - n for n in lengths])
         ids = np.zeros((len(prompts), longest), dtype="int32")
         for row, (prompt, pad) in enumerate(zip(prompts, pads)):
@@ -108,19 +137,67 @@ class Engine:
         valid = slots[None, :] >= pads[:, None]  # (B, T)
         causal = slots[:, None] >= slots[None, :]  # (T, T)
         mask = np.where(valid[:, None, :] & causal[None], 0.0, MASKED)  # (B, T, T)
-
-        logits, new_keys, new_values = _run(
+        logits, keys, values = _run(
             self._prefill, self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
-        layers, batch, heads, _, head_size = new_values.shape
-        keys = mx.nd.zeros((layers, batch, heads, head_size, capacity), ctx=self.ctx, dtype=self.dtype)
-        values = mx.nd.zeros((layers, batch, heads, capacity, head_size), ctx=self.ctx, dtype=self.dtype)
-        keys[:, :, :, :, :longest] = new_keys
-        values[:, :, :, :longest, :] = new_values
-        cache_mask = np.full((batch, capacity), MASKED)
-        cache_mask[:, :longest] = np.where(valid, 0.0, MASKED)
-        state = DecodeState(keys, values, self._nd(cache_mask), self._nd(np.array(lengths)[:, None], "int32"),
-                            pads, longest)
-        return state, self._host(logits)
+        return Prefill(self._host(logits), keys, values, pads, lengths)
+
+    def allocate(self, rows, capacity):
+        """An empty state: `rows` free rows (every slot masked) of `capacity` zeroed slots."""
+        import mxnet as mx
+
+        c = self.config
+        heads, head_size = c.n_head, c.n_embd // c.n_head
+        keys = mx.nd.zeros((c.n_layer, rows, heads, head_size, capacity), ctx=self.ctx, dtype=self.dtype)
+        values = mx.nd.zeros((c.n_layer, rows, heads, capacity, head_size), ctx=self.ctx, dtype=self.dtype)
+        mask = mx.nd.full((rows, capacity), MASKED, ctx=self.ctx, dtype=self.dtype)
+        positions = mx.nd.zeros((rows, 1), ctx=self.ctx, dtype="int32")
+        return DecodeState(keys, values, mask, positions, np.zeros(rows, dtype=np.int64), 0)
+
+    def insert(self, state, targets, prefill, sources=None):
+        """Put prefilled rows into rows `targets` of `state` (free rows: whatever they held is
+        overwritten or masked), so that they decode with the rows already there.
+
+        Every row writes its next token into one shared slot, `state.length`. A prefill of T
+        slots goes to [length - T, length); when T is longer than what the state holds, the
+        length first jumps to T: rows already there get a gap of empty, masked slots, which
+        changes nothing they compute (a masked slot's attention weight is exactly 0). The
+        caller sees to it that length + every row's remaining tokens fits the capacity.
+        `sources`: which prefill rows go to `targets` (default: all, in order)."""
+        sources = list(range(len(targets))) if sources is None else list(sources)
+        width = prefill.width
+        state.length = max(state.length, width)
+        end, begin = state.length, state.length - width
+        if end > state.capacity:
+            raise RuntimeError("KV cache full: a prefill of {} slots does not fit {}".format(width, state.capacity))
+        for target, i in zip(targets, sources):  # a few small copies per row
+            pad = int(prefill.pads[i])
+            state.keys[:, target:target + 1, :, :, begin:end] = prefill.keys[:, i:i + 1]
+            state.values[:, target:target + 1, :, begin:end, :] = prefill.values[:, i:i + 1]
+            mask = np.full(state.capacity, MASKED)
+            mask[begin + pad:end] = 0
+            state.mask[target] = self._nd(mask)
+            state.positions[target] = prefill.lengths[i]
+            state.pads[target] = begin + pad
+
+    def resize(self, state, keep, rows, capacity):
+        """A new state of `rows` rows and `capacity` slots holding the state's rows `keep` (first,
+        in that order; the rest free), shifted left so that the earliest slot a kept row uses
+        becomes slot 0 (TGI's filter and concatenate)."""
+        import mxnet as mx
+
+        new = self.allocate(rows, capacity)
+        if not keep:
+            return new
+        start = int(state.pads[np.asarray(keep)].min())
+        span, n = state.length - start, len(keep)
+        index = mx.nd.array(keep, ctx=self.ctx, dtype="int32")
+        new.keys[:, :n, :, :, :span] = take_rows(state.keys, index)[:, :, :, :, start:state.length]
+        new.values[:, :n, :, :span, :] = take_rows(state.values, index)[:, :, :, start:state.length, :]
+        new.mask[:n, :span] = state.mask.take(index, axis=0)[:, start:state.length]
+        new.positions[:n] = state.positions.take(index, axis=0)
+        new.pads[:n] = state.pads[np.asarray(keep)] - start
+        new.length = span
+        return new
 
     def step(self, state, tokens):
         """Feed one token per row (B,) -> next-token logits (B, V)."""
@@ -136,45 +213,6 @@ class Engine:
         state.positions += 1
         state.length += 1
         return self._host(logits)
-
-    def merge(self, parts, future_slots):
-        """One batch from rows of several states -> a new DecodeState (TGI's concatenate and
-        filter in one copy). parts: [(state, rows)], `rows` the state rows to keep, in order;
-        the result holds them part after part. future_slots: how many more tokens any kept row
-        will feed (the capacity is the joined length plus that, rounded to CACHE_BUCKET).
-
-        Every row keeps writing into one shared slot: a part whose filled span is shorter than
-        the longest is placed to end at the same slot, its rows padded on the left. Slots no
-        kept row uses (leading pads of every kept row) are dropped, so a long-finished row does
-        not leave its length behind."""
-        import mxnet as mx
-
-        spans = []  # (state, rows, first slot used by a kept row)
-        for state, rows in parts:
-            if rows:
-                spans.append((state, list(rows), int(state.pads[np.asarray(rows)].min())))
-        length = max(state.length - start for state, _, start in spans)
-        capacity = capacity_for(length, future_slots)
-        first = spans[0][0]
-        layers, _, heads, head_size, _ = first.keys.shape
-        batch = sum(len(rows) for _, rows, _ in spans)
-        keys = mx.nd.zeros((layers, batch, heads, head_size, capacity), ctx=self.ctx, dtype=self.dtype)
-        values = mx.nd.zeros((layers, batch, heads, capacity, head_size), ctx=self.ctx, dtype=self.dtype)
-        mask = mx.nd.full((batch, capacity), MASKED, ctx=self.ctx, dtype=self.dtype)
-        positions, pads, offset = [], [], 0
-        for state, rows, start in spans:
-            index = mx.nd.array(rows, ctx=self.ctx, dtype="int32")
-            n, span = len(rows), state.length - start
-            shift = length - span  # where this part's first used slot lands
-            keys[:, offset:offset + n, :, :, shift:length] = \
-                state.keys.take(index, axis=1)[:, :, :, :, start:state.length]
-            values[:, offset:offset + n, :, shift:length, :] = \
-                state.values.take(index, axis=1)[:, :, :, start:state.length, :]
-            mask[offset:offset + n, shift:length] = state.mask.take(index, axis=0)[:, start:state.length]
-            positions.append(state.positions.take(index, axis=0))
-            pads.append(state.pads[np.asarray(rows)] - start + shift)
-            offset += n
-        return DecodeState(keys, values, mask, mx.nd.concat(*positions, dim=0), np.concatenate(pads), length)
 
     def _step_graph(self, rows):
         graph = self._steps.get(rows)

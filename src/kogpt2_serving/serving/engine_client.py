@@ -24,7 +24,7 @@ from .codec import Answer, Prediction
 log = logging.getLogger(__name__)
 
 CONNECT_WAIT = 30.0  # s model_fn waits for the engine (serve starts MMS only once it answers)
-ANSWER_MARGIN = 30.0  # s past a request's deadline before the worker stops waiting for the engine
+ANSWER_MARGIN = 10.0  # s past a request's deadline before the worker stops waiting for the engine
 
 
 class RequestMeta(NamedTuple):

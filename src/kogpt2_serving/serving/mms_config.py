@@ -5,16 +5,19 @@ Both APIs listen on unix sockets in the server's private directory (see
 :mod:`kogpt2_serving.serving.gateway` for why), and the model store is the model's own
 directory: MMS can reach nothing else.
 """
+import math
 import os
 import sys
 from typing import NamedTuple
 
+from ..settings import engine_limits
 from .local_http import UNIX
 
 SERVICE = "kogpt2_serving.handler_service"
 MODEL_NAME = "model"  # the toolkit's DEFAULT_MMS_MODEL_NAME
 EXTRA_VMARGS = "-XX:-UsePerfData"  # no hsperfdata files in /tmp
 MMS_MAX_REQUEST_SIZE = 6553500  # bytes: MMS's default max_request_size
+MMS_TIMEOUT_MARGIN = 15.0  # s past the request timeout before MMS gives up on a light worker
 
 
 class Sockets(NamedTuple):
@@ -48,7 +51,7 @@ def mms_properties(config, sockets, environment=None):
         ("vmargs", " ".join(filter(None, [env.vmargs, EXTRA_VMARGS]))),
         ("max_request_size", max_request_size(env)),
         ("default_service_handler", SERVICE),
-        ("default_response_timeout_seconds", getattr(env, "model_server_timeout_seconds", None)),
+        ("default_response_timeout_seconds", response_timeout_seconds(config, env)),
     ]
     return text + "".join("{}={}\n".format(k, v) for k, v in values if v)
 
@@ -69,9 +72,19 @@ def max_request_size(env):
     return getattr(env, "max_request_size", None) or MMS_MAX_REQUEST_SIZE
 
 
-def response_timeout(env):
-    """Seconds MMS waits for a worker's answer (it reads SAGEMAKER_MODEL_SERVER_TIMEOUT in minutes)."""
+def response_timeout_seconds(config, env):
+    """The seconds key MMS gets, or None (then SAGEMAKER_MODEL_SERVER_TIMEOUT, read in minutes):
+    SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS when set; with the engine, the request timeout plus a
+    margin (the engine ends every request at its deadline, so MMS's timeout is only a backstop)."""
     seconds = getattr(env, "model_server_timeout_seconds", None)
+    if seconds is None and config.engine:
+        seconds = int(math.ceil(engine_limits().request_timeout + MMS_TIMEOUT_MARGIN))
+    return seconds
+
+
+def response_timeout(config, env):
+    """Seconds MMS waits for a worker's answer."""
+    seconds = response_timeout_seconds(config, env)
     return float(seconds if seconds is not None else env.model_server_timeout * 60)
 
 

@@ -166,7 +166,7 @@ class ModelServer:
         try:  # binding the public address first: a taken port fails before anything is installed or launched
             self._gateway = Gateway(config.host, config.port, self.sockets.inference, self._mms_path,
                                     max_body=max_request_size(toolkit_env),
-                                    timeout=response_timeout(toolkit_env) + 30,
+                                    timeout=response_timeout(config, toolkit_env) + 30,
                                     health=self._health, on_client_gone=self._client_gone).start()
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio wraps the OS's own words
