@@ -99,8 +99,8 @@ bench: $(STAMP) $(BENCH_STAMP)  ## run the benchmarks (ISA=AVX2: as that CPU cla
 	$(BENCH_ENV) $(PY) benchmarks/decode_latency.py $(BENCH_FLAGS) --output $(BENCH_OUT)/decode_latency.json
 	$(BENCH_ENV) $(PY) benchmarks/peers.py $(BENCH_FLAGS) --repeats $(if $(QUICK),1,3) --output $(BENCH_OUT)/peers.json
 	$(BENCH_ENV) $(PY) benchmarks/length_scaling.py $(BENCH_FLAGS) --output $(BENCH_OUT)/length_scaling.json
-	$(BENCH_ENV) $(PY) benchmarks/server_load.py --kogpt2-size $(if $(QUICK),--requests-per-client 1 --new-tokens 8 \
-	  --concurrency 1$(COMMA)2,--requests-per-client 4) --output $(BENCH_OUT)/server_load.json
+	$(BENCH_ENV) $(PY) benchmarks/server_load.py --kogpt2-size $(if $(QUICK),--requests-per-client 1 --new-tokens 4-8 \
+	  --concurrency 1$(COMMA)2,--requests-per-client 2) --output $(BENCH_OUT)/server_load.json
 	$(BENCH_ENV) $(PY) benchmarks/endpoint_latency.py --serve $(BENCH_FLAGS) $(if $(QUICK),,--calls 11) \
 	  --output $(BENCH_OUT)/endpoint-local-w1.json
 	$(BENCH_ENV) $(PY) benchmarks/endpoint_latency.py --serve --workers 2 $(BENCH_FLAGS) $(if $(QUICK),,--calls 6) \

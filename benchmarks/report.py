@@ -481,10 +481,14 @@ def section_server(results, plots):
     if not r:
         return "\n".join(out + ["", missing("server_load")])
     args = r.get("args", {})
-    out += ["", "Multi Model Server + our handler over loopback HTTP, sampling requests of up to %s "
-            "new tokens, %s requests per client; batching on = MMS batch size %s, max delay %s ms. Each worker "
-            "gets cores / workers OpenMP threads." % (args.get("new_tokens"), args.get("requests_per_client"),
-                args.get("batch_size"), args.get("max_batch_delay")), ""]
+    out += ["", "Multi Model Server + our handler over loopback HTTP at POST /invocations, sampling requests of %s "
+            "new tokens (a range: drawn per request, the same draws in every mode), %s requests per client. "
+            "`off`: the model in one MMS worker, no batching (the default before the engine process); `on`: "
+            "MMS batching, batch size %s, max delay %s ms; `engine`: the engine process with continuous "
+            "batching behind as many light workers as the highest concurrency (today's default). A worker "
+            "holding the model gets cores / workers OpenMP threads; the engine gets every core." % (
+                args.get("new_tokens"), args.get("requests_per_client"), args.get("batch_size"),
+                args.get("max_batch_delay")), ""]
     rows = []
     for mode, levels in r.get("modes", {}).items():
         for row in levels:
@@ -493,6 +497,7 @@ def section_server(results, plots):
                          f2(row["requests_per_s"]), f1(row["tokens_per_s"])])
     out += [table(["batching", "workers", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms",
                    "requests/s", "tokens/s"], rows), ""]
+    out += engine_ratios(r)
     overhead = r.get("overhead_ms")
     if overhead:
         out += ["Server overhead (HTTP latency minus in-process generation, %s one-token requests): p50 %s ms, "
@@ -512,6 +517,40 @@ def section_server(results, plots):
     out.append(plots.figure("server_load", r, lambda fig: _draw_server(fig, r), size=(10, 4.2)))
     out += ["", caption(r)]
     return "\n".join(out)
+
+
+def engine_ratios(r):
+    """The engine's targets (#14): tokens/s vs `off` (>= 5x) and `on` (>= 1.3x) at 16 clients,
+    p50 at 1 client within 5% of `off`."""
+    modes = r.get("modes", {})
+    engine = {row["concurrency"]: row for row in modes.get("engine", [])}
+    if not engine:
+        return []
+    lines = []
+    for base, target in (("off", 5.0), ("on", 1.3)):
+        rows = {row["concurrency"]: row for row in modes.get(base, [])}
+        ratios = ["%s clients %sx" % (c, f2(engine[c]["tokens_per_s"] / rows[c]["tokens_per_s"]))
+                  for c in sorted(engine) if c in rows and rows[c]["tokens_per_s"]]
+        if ratios:
+            met = ""
+            if 16 in engine and 16 in rows and rows[16]["tokens_per_s"]:
+                ratio = engine[16]["tokens_per_s"] / rows[16]["tokens_per_s"]
+                met = " (target at 16 clients >= %sx: %s)" % (target, "met" if ratio >= target else "**not met**")
+            lines.append("- engine / %s, tokens/s: %s%s" % (base, ", ".join(ratios), met))
+    off = {row["concurrency"]: row for row in modes.get("off", [])}
+    if 1 in engine and 1 in off and off[1]["p50_ms"]:
+        ratio = engine[1]["p50_ms"] / off[1]["p50_ms"]
+        lines.append("- engine / off at 1 client, p50 latency: %sx (target <= 1.05: %s)" % (
+            f3(ratio), "met" if ratio <= 1.05 else "**not met**"))
+    stats = r.get("engine")
+    if stats:
+        lines.append("- the engine ran %s decode steps, %s rows per step on average, %s of them shared by several "
+                     "requests; requests joined a running batch %s times" % (
+                         stats["steps"], f2(stats["row_steps"] / max(1, stats["steps"])), stats["shared_steps"],
+                         stats["joins"]))
+    errors = sum(row["errors"] for row in modes.get("engine", []))
+    lines.append("- errors with the engine: %s" % errors)
+    return ["**Continuous batching** (the engine process):", ""] + lines + [""]
 
 
 def gateway_text(r):

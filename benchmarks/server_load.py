@@ -1,11 +1,18 @@
 """Load on a real `serve` stack: Multi Model Server + our handler, over loopback HTTP.
 
-For each mode (batching off, then MMS batching on with --batch-size, each with 1 worker; then
-batching off with each further --workers count) the script starts its own server (kogpt2_serving.serving.server.ModelServer: own session, temp dir, free port), sends concurrent
-requests from 1, 2, 4 and 8 client threads (persistent connections, distinct prompts and
-seeds, HF-style JSON with details for the token count) and reports latency p50/p95/p99,
-requests/s, generated tokens/s and errors (anything but HTTP 200). It stops every server it
-started (process group), also on Ctrl-C.
+Modes, each its own server (kogpt2_serving.serving.server.ModelServer: own session, temp dir,
+free port), all reached at POST /invocations:
+- `off`: the default before the engine process: the model in one MMS worker, no batching;
+- `on`: static MMS batching (--batch-size, one worker; the gateway forwards to /predictions/model);
+- `engine`: today's default: one engine process with continuous batching behind light workers
+  (as many as the highest concurrency);
+- `off-wN`: the model in N workers, no batching (--workers).
+Each mode gets concurrent requests from 1, 2, 4, 8, 16 and 32 client threads (persistent
+connections, distinct prompts and seeds, HF-style JSON with details for the token count;
+output lengths drawn uniformly from --new-tokens, e.g. 16-128, the same draws in every mode,
+held exact by min_new_tokens) and reports latency p50/p95/p99, requests/s, generated tokens/s
+and errors (anything but HTTP 200), then the engine's ratios to `off` and `on`. It stops every
+server it started (process group), also on Ctrl-C.
 
 Server overhead: after the load, 20 short requests (1 new token, so generation noise does not
 hide milliseconds) go to the 1-worker "off" server one at a time, each followed by the same
@@ -14,8 +21,9 @@ both see the same machine load); each request's HTTP latency minus its in-proces
 reported (target: p50 < 5 ms). Then the same again with a 0.25 s pause before each request
 and each in-process run: real traffic has pauses, and idle threads must wake up.
 
-Usage: python benchmarks/server_load.py [--model-dir DIR | --kogpt2-size] [--batch-size 8]
-       [--max-batch-delay 10] [--workers 1,2] [--requests-per-client 6] [--new-tokens 32] [--output FILE.json]
+Usage: python benchmarks/server_load.py [--model-dir DIR | --kogpt2-size] [--modes off,on,engine]
+       [--batch-size 8] [--max-batch-delay 10] [--workers 1,2] [--requests-per-client 2]
+       [--new-tokens 16-128] [--concurrency 1,2,4,8,16,32] [--output FILE.json]
 Without a model it builds a tiny random model (seconds); --kogpt2-size uses the cached random
 model at KoGPT2 size (benchmarks/.cache, as the other benchmarks).
 """
@@ -34,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402  (puts src/ on the path; nothing here imports MXNet before setup_threads)
 
-CONCURRENCY = (1, 2, 4, 8)
+CONCURRENCY = (1, 2, 4, 8, 16, 32)
+MODES = ("off", "on", "engine")
 OVERHEAD_REQUESTS = 20
 IDLE_GAP = 0.25  # s before each request in the second overhead measurement
 
@@ -44,12 +53,14 @@ def parse_args():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", help="model directory to serve (default: a tiny random model)")
     p.add_argument("--kogpt2-size", action="store_true", help="serve the cached random model at KoGPT2 size")
-    p.add_argument("--batch-size", type=int, default=8, help="MMS batch size of the 'on' mode (default 8; 1: skip it)")
+    p.add_argument("--modes", default=",".join(MODES), help="default off,on,engine")
+    p.add_argument("--batch-size", type=int, default=8, help="MMS batch size of the 'on' mode (default 8)")
     p.add_argument("--max-batch-delay", type=int, default=10, help="ms MMS waits to fill a batch (default 10)")
-    p.add_argument("--requests-per-client", type=int, default=6)
-    p.add_argument("--new-tokens", type=int, default=32, help="max_new_tokens per request (default 32)")
-    p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="default 1,2,4,8")
-    p.add_argument("--workers", default="1,2",
+    p.add_argument("--requests-per-client", type=int, default=2)
+    p.add_argument("--new-tokens", default="16-128",
+                   help="tokens per request: N, or LO-HI drawn uniformly per request (default 16-128)")
+    p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="default 1,2,4,8,16,32")
+    p.add_argument("--workers", default="1",
                    help="worker counts to load with batching off (default 1,2; each worker gets cores / workers "
                         "threads); batching on and the overhead use 1 worker")
     p.add_argument("--output", help="write the results as JSON here")
@@ -60,17 +71,22 @@ def parse_args():
 def main():
     args = parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    lo, _, hi = args.new_tokens.partition("-")
+    args.token_range = (int(lo), int(hi or lo))
     threads = common.setup_threads(args)  # the in-process baseline uses what a single worker gets
     model_dir, cleanup = pick_model(args)
-    modes = [("off", 1, 1)] + ([("on", args.batch_size, 1)] if args.batch_size > 1 else [])
-    modes += [("off-w%d" % w, 1, w) for w in sorted({int(w) for w in args.workers.split(",")} - {1})]
+    chosen = args.modes.split(",")
+    modes = [(name, {"off": (1, 1, False), "on": (args.batch_size, 1, False),
+                     "engine": (1, max(levels), True)}[name]) for name in MODES if name in chosen]
+    modes += [("off-w%d" % w, (1, w, False)) for w in sorted({int(w) for w in args.workers.split(",")} - {1})]
     results = {}
     try:
-        for name, batch_size, workers in modes:
-            print("== batching {} (batch_size {}), {} worker(s) ==".format(name, batch_size, workers),
+        for name, (batch_size, workers, engine) in modes:
+            print("== {}: batch_size {}, {} worker(s){} ==".format(name, batch_size, workers,
+                                                                  ", engine process" if engine else ""),
                   file=sys.stderr, flush=True)
-            results[name] = run_mode(model_dir, batch_size, workers, args, levels)
-        overhead = results["off"]["overhead"]
+            results[name] = run_mode(model_dir, batch_size, workers, engine, args, levels)
+        overhead = results["off"]["overhead"] if "off" in results else None
     finally:
         if cleanup:
             cleanup()
@@ -78,6 +94,7 @@ def main():
     if args.output:
         common.write_result(args.output, "server_load", args, {"mxnet_omp_threads": threads},
                             {"modes": {k: v["table"] for k, v in results.items()},
+                             "engine": results.get("engine", {}).get("engine"),
                              "workers": {k: v["workers"] for k, v in results.items()}, "overhead_ms": overhead,
                              "load_average": os.getloadavg()})
 
@@ -95,19 +112,24 @@ def pick_model(args):
 
 
 def request_body(client, n, args):
+    """The same request in every mode: its length drawn from (client, n), held by min_new_tokens."""
+    import random
+
+    lo, hi = args.token_range
+    tokens = random.Random(1000 * client + n).randint(lo, hi)
     return json.dumps({"inputs": "{}번 손님의 {}번째 요청입니다".format(client, n), "parameters": {
-        "max_new_tokens": args.new_tokens, "do_sample": True, "seed": 1000 * client + n, "top_k": 50,
-        "details": True}}, ensure_ascii=False).encode("utf-8")
+        "max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": True, "seed": 1000 * client + n,
+        "top_k": 50, "details": True}}, ensure_ascii=False).encode("utf-8")
 
 
-def run_mode(model_dir, batch_size, workers, args, levels):
+def run_mode(model_dir, batch_size, workers, engine, args, levels):
     from kogpt2_serving.serving.server import ModelServer, ServerConfig
     from kogpt2_serving.testing import free_port
 
     log = tempfile.NamedTemporaryFile(prefix="kgs-bench-", suffix=".log", delete=False)
     log.close()
     config = ServerConfig(model_dir=model_dir, port=free_port(), workers=workers, device="cpu", batch_size=batch_size,
-                          max_batch_delay=args.max_batch_delay, log_file=log.name)
+                          max_batch_delay=args.max_batch_delay, log_file=log.name, engine=engine)
     server = ModelServer(config)
     # This process set OMP_NUM_THREADS for its own in-process baseline; the server must size
     # its workers' threads itself (cores / workers), as it does when started by `serve`.
@@ -130,14 +152,20 @@ def run_mode(model_dir, batch_size, workers, args, levels):
         overhead = measure_overhead(model_dir, config.port, path) if batch_size == 1 and workers == 1 else None
         died = sum(1 for line in open(log.name, encoding="utf-8", errors="replace") if "Worker died" in line
                    or "Backend worker process died" in line)
-        return {"table": table, "samples": samples, "worker_deaths": died, "overhead": overhead, "workers": workers}
+        stats = server.engine_stats()
+        return {"table": table, "samples": samples, "worker_deaths": died, "overhead": overhead, "workers": workers,
+                "engine": {k: stats[k] for k in ("steps", "row_steps", "shared_steps", "joins", "max_rows")}
+                if stats else None}
     finally:
         server.stop()
         os.remove(log.name)
 
 
 def warm_up(port, path, workers, args):
-    """Three requests from as many clients as workers, so every worker builds its graphs."""
+    """Three requests from as many clients as workers (at most 8: light workers build nothing),
+    so every model-holding worker builds its graphs."""
+    workers = min(workers, 8)
+
     def client(c):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         for n in range(3):
@@ -153,6 +181,7 @@ def warm_up(port, path, workers, args):
 
 def run_level(port, path, level, workers, args):
     results = []  # (client, n, seconds, status, generated tokens)
+    failures = []  # the first few error answers, to print
     lock = threading.Lock()
 
     def client(c):
@@ -164,6 +193,8 @@ def run_level(port, path, level, workers, args):
             tokens = sum(e["details"]["generated_tokens"] for e in json.loads(body)) if status == 200 else 0
             with lock:
                 results.append((c, n, elapsed, status, tokens))
+                if status != 200 and len(failures) < 3:
+                    failures.append("HTTP {}: {}".format(status, body[:300].decode("utf-8", "replace")))
             if status != 200:
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
@@ -181,6 +212,8 @@ def run_level(port, path, level, workers, args):
     row = {"concurrency": level, "workers": workers, "requests": len(results), "errors": len(results) - len(ok),
            "p50_ms": pct(latencies, 50), "p95_ms": pct(latencies, 95), "p99_ms": pct(latencies, 99),
            "requests_per_s": round(len(ok) / wall, 2), "tokens_per_s": round(sum(r[4] for r in ok) / wall, 1)}
+    if failures:
+        row["first_errors"] = failures
     return row, {(c, n): s for c, n, s, status, _ in results if status == 200}
 
 
@@ -245,10 +278,23 @@ def report(results, overhead, levels):
                 name, row["concurrency"], row["requests"], row["errors"], row["p50_ms"], row["p95_ms"], row["p99_ms"],
                 row["requests_per_s"], row["tokens_per_s"]))
         print("{:<5} worker deaths in the MMS log: {}".format(name, result["worker_deaths"]))
-    if "on" in results:
+    if "on" in results and "off" in results:
         print("\nbatching on / off, requests/s:  " + "  ".join(
             "c{}: {:.2f}x".format(a["concurrency"], b["requests_per_s"] / a["requests_per_s"])
             for a, b in zip(results["off"]["table"], results["on"]["table"]) if a["requests_per_s"]))
+    for base in ("off", "on"):
+        if "engine" in results and base in results:
+            print("engine / {}, tokens/s:  ".format(base) + "  ".join(
+                "c{}: {:.2f}x".format(a["concurrency"], b["tokens_per_s"] / a["tokens_per_s"])
+                for a, b in zip(results[base]["table"], results["engine"]["table"]) if a["tokens_per_s"]))
+    if "engine" in results and "off" in results:
+        one = [(a, b) for a, b in zip(results["off"]["table"], results["engine"]["table"]) if a["concurrency"] == 1]
+        if one and one[0][0]["p50_ms"]:
+            print("engine / off at 1 client, p50 latency: {:.3f}x (target <= 1.05)".format(
+                one[0][1]["p50_ms"] / one[0][0]["p50_ms"]))
+        e = results["engine"]["engine"]
+        print("engine: {} steps, {:.2f} rows per step, {} shared by several requests, {} joins of a running "
+              "batch".format(e["steps"], e["row_steps"] / max(1, e["steps"]), e["shared_steps"], e["joins"]))
     for name in (n for n in results if n.startswith("off-w")):
         print("\n{} workers / 1 worker (batching off), requests/s:  ".format(results[name]["workers"]) + "  ".join(
             "c{}: {:.2f}x".format(a["concurrency"], b["requests_per_s"] / a["requests_per_s"])

@@ -116,6 +116,7 @@ class Stats:
         self.row_steps = 0  # live rows summed over steps
         self.shared_steps = 0  # steps whose live rows belonged to two requests or more
         self.joins = 0  # admissions into a batch that was already running
+        self.rebuilds = 0  # copies of the running batch into a new one (more rows or slots, or fewer rows)
         self.max_rows = 0
         self.requests = 0
         self.expired = 0
@@ -336,6 +337,7 @@ class ContinuousBatcher:
         if self._state is None:
             self._state = self.engine.allocate(batch, capacity)
         else:
+            self.stats.rebuilds += 1
             self._state = self.engine.resize(self._state, [slot for slot, _, _ in live], batch, capacity)
         self._slots = [(unit, row) for _, unit, row in live] + [None] * (batch - len(live))
 
