@@ -238,7 +238,7 @@ def test_corrupt_spiece(model_copy):
 
 
 def test_the_weight_table_names_exactly_the_networks_parameters():
-    """files/weights.py is the one list of names and shapes: the network's structural names must
+    """model/weights.py is the one list of names and shapes: the network's structural names must
     be its canonical column, with the same shapes (a renamed attribute would break every reader)."""
     from kogpt2_serving.files.config import GPT2Config
     from kogpt2_serving.model.network import GPT2Model

@@ -18,8 +18,8 @@ import numpy as np
 
 from ..errors import ModelLoadError, cause_of
 from ..model.compat import load_parameter
+from ..model.weights import GLOBAL, PER_LAYER, shape_of, weights
 from .config import HEAD_SIZE, GPT2Config
-from .weights import GLOBAL, PER_LAYER, shape_of, weights
 
 LAYOUTS = ("structural", "deduplicated", "legacy")
 TIED = ("_embed.weight", "_logits_proj.weight")
