@@ -238,12 +238,23 @@ def test_corrupt_spiece(model_copy):
 
 
 def test_the_weight_table_names_exactly_the_networks_parameters():
-    """model/weights.py is the one list of names and shapes: the network's structural names must
-    be its canonical column, with the same shapes (a renamed attribute would break every reader)."""
+    """model/weights.py is the one list of names and shapes: its network column must name every
+    parameter of GPT2Model exactly once, with the table's shape (a renamed attribute would break
+    every reader), and named_weights must key those parameters by the canonical column."""
     from kogpt2_serving.files.config import GPT2Config
-    from kogpt2_serving.model.network import GPT2Model
+    from kogpt2_serving.model.compat import structural_parameters
+    from kogpt2_serving.model.network import STEP_WEIGHT, GPT2Model
+    from kogpt2_serving.model.weights import TIED, shape_of, weights
 
     config = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=3, n_head=2, n_inner=48)
-    network = {name: tuple(p.shape) for name, p in GPT2Model(config).named_weights().items()}
-    network.pop("_logits_proj.weight")  # the tied LM head: the embedding under its second name
-    assert network == checkpoint.expected_shapes(config)
+    model = GPT2Model(config)
+    table = weights(config.n_layer)
+    own = structural_parameters(model)  # the network's own names
+    assert own[TIED[1]] is own[TIED[0]]  # the tied LM head: the embedding under a second name
+    own = {name: p for name, p in own.items() if name != TIED[1] and not name.endswith("." + STEP_WEIGHT)}
+    assert sorted(w.network for w in table) == sorted(own)  # each once: a sorted list keeps duplicates
+    assert {w.network: shape_of(w, config) for w in table} == {name: tuple(p.shape) for name, p in own.items()}
+    assert len({id(p) for p in own.values()}) == len(own)
+    named = model.named_weights()
+    assert set(named) == set(checkpoint.expected_shapes(config)) | {TIED[1]}
+    assert all(named[w.canonical] is own[w.network] for w in table) and named[TIED[1]] is named[TIED[0]]

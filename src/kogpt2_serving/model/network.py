@@ -24,6 +24,7 @@ from mxnet import gluon, symbol
 from mxnet.gluon import nn
 
 from .compat import load_parameter, structural_parameters
+from .weights import TIED, weights
 
 MASKED = -1e4  # additive score for masked slots; finite and representable in float16
 # How MXNet spells bfloat16 as a NumPy dtype; the string "bfloat16" only works where
@@ -264,10 +265,13 @@ class GPT2Model(gluon.HybridBlock):
         return self._drop(x) if self._drop is not None else x
 
     def named_weights(self):
-        """{structural name: Parameter} of the checkpoint's parameters (the tied head included
-        under both names), without the step kernels, which are derived from them."""
-        return {name: param for name, param in structural_parameters(self).items()
-                if not name.endswith("." + STEP_WEIGHT)}
+        """{canonical name: Parameter} of the checkpoint's parameters (the tied head included
+        under both names), through the weight table (model/weights.py); not the step kernels,
+        which are derived from them."""
+        own = structural_parameters(self)
+        named = {w.canonical: own[w.network] for w in weights(self.config.n_layer)}
+        named[TIED[1]] = own[TIED[1]]  # the same Parameter as TIED[0]'s
+        return named
 
     def run_step(self, F, ids, positions, mask, caches, rows):
         """One token per row. caches: [keys0, values0, keys1, ...] as SelfAttention.step takes

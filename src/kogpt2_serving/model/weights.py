@@ -1,16 +1,20 @@
 """The one table of KoGPT2's weights: every parameter's canonical name (the structural name
-``save_parameters`` writes from the network's attributes), its name in the legacy
-``collect_params().save`` layout, its name in a HuggingFace GPT-2 checkpoint, and its shape.
+GluonNLP's ``save_parameters`` writes from its network's attributes, which every v1 ``.params``
+file uses), its name inside this package's network (``GPT2Model``'s structural name), its name in
+the legacy ``collect_params().save`` layout, its name in a HuggingFace GPT-2 checkpoint, and its
+shape.
 
 ``{i}`` is the layer; ``{last}`` the index of the last layer (the legacy final LayerNorm's
 prefix carries it: ``final_ln11_``); a HuggingFace Conv1D weight is stored transposed, (in,
-out). Readers and writers of every format, the shape check and the test models use this table.
+out). Readers and writers of every format, the shape check, the network's ``named_weights`` and
+the test models use this table.
 """
 from typing import NamedTuple, Tuple
 
 
 class Weight(NamedTuple):
     canonical: str
+    network: str  # GPT2Model's structural name for it
     legacy: str
     hf: str  # without the "transformer." prefix
     conv1d: bool  # HF stores it (in, out)
@@ -18,37 +22,46 @@ class Weight(NamedTuple):
 
 
 GLOBAL = (
-    Weight("_embed.weight", "embed_weight", "wte.weight", False, "V,U"),
-    Weight("_pos_embed.weight", "pos_embed_weight", "wpe.weight", False, "P,U"),
-    Weight("_final_ln.gamma", "final_ln{last}_gamma", "ln_f.weight", False, "U"),
-    Weight("_final_ln.beta", "final_ln{last}_beta", "ln_f.bias", False, "U"),
+    Weight("_embed.weight", "_embed.weight", "embed_weight", "wte.weight", False, "V,U"),
+    Weight("_pos_embed.weight", "_pos_embed.weight", "pos_embed_weight", "wpe.weight", False, "P,U"),
+    Weight("_final_ln.gamma", "_final_ln.gamma", "final_ln{last}_gamma", "ln_f.weight", False, "U"),
+    Weight("_final_ln.beta", "_final_ln.beta", "final_ln{last}_beta", "ln_f.bias", False, "U"),
 )
 PER_LAYER = (
-    Weight("_attn_ln.{i}.gamma", "attn_ln{i}_gamma", "h.{i}.ln_1.weight", False, "U"),
-    Weight("_attn_ln.{i}.beta", "attn_ln{i}_beta", "h.{i}.ln_1.bias", False, "U"),
-    Weight("_self_attention_layers.{i}._multi_head_qkv_proj.weight", "self_attn{i}_qkv_proj_weight",
+    Weight("_attn_ln.{i}.gamma", "_attn_ln.{i}.gamma", "attn_ln{i}_gamma", "h.{i}.ln_1.weight", False, "U"),
+    Weight("_attn_ln.{i}.beta", "_attn_ln.{i}.beta", "attn_ln{i}_beta", "h.{i}.ln_1.bias", False, "U"),
+    Weight("_self_attention_layers.{i}._multi_head_qkv_proj.weight",
+           "_self_attention_layers.{i}._multi_head_qkv_proj.weight", "self_attn{i}_qkv_proj_weight",
            "h.{i}.attn.c_attn.weight", True, "3U,U"),
-    Weight("_self_attention_layers.{i}._multi_head_qkv_proj.bias", "self_attn{i}_qkv_proj_bias",
+    Weight("_self_attention_layers.{i}._multi_head_qkv_proj.bias",
+           "_self_attention_layers.{i}._multi_head_qkv_proj.bias", "self_attn{i}_qkv_proj_bias",
            "h.{i}.attn.c_attn.bias", False, "3U"),
-    Weight("_self_attention_layers.{i}._out_proj.weight", "self_attn{i}_out_proj_weight",
-           "h.{i}.attn.c_proj.weight", True, "U,U"),
-    Weight("_self_attention_layers.{i}._out_proj.bias", "self_attn{i}_out_proj_bias", "h.{i}.attn.c_proj.bias",
-           False, "U"),
-    Weight("_ffn_ln.{i}.gamma", "ffn_ln{i}_gamma", "h.{i}.ln_2.weight", False, "U"),
-    Weight("_ffn_ln.{i}.beta", "ffn_ln{i}_beta", "h.{i}.ln_2.bias", False, "U"),
-    Weight("_ffn_layers.{i}._hidden_map.weight", "ffn{i}_dense0_weight", "h.{i}.mlp.c_fc.weight", True, "F,U"),
-    Weight("_ffn_layers.{i}._hidden_map.bias", "ffn{i}_dense0_bias", "h.{i}.mlp.c_fc.bias", False, "F"),
-    Weight("_ffn_layers.{i}._out_map.weight", "ffn{i}_dense1_weight", "h.{i}.mlp.c_proj.weight", True, "U,F"),
-    Weight("_ffn_layers.{i}._out_map.bias", "ffn{i}_dense1_bias", "h.{i}.mlp.c_proj.bias", False, "U"),
+    Weight("_self_attention_layers.{i}._out_proj.weight", "_self_attention_layers.{i}._out_proj.weight",
+           "self_attn{i}_out_proj_weight", "h.{i}.attn.c_proj.weight", True, "U,U"),
+    Weight("_self_attention_layers.{i}._out_proj.bias", "_self_attention_layers.{i}._out_proj.bias",
+           "self_attn{i}_out_proj_bias", "h.{i}.attn.c_proj.bias", False, "U"),
+    Weight("_ffn_ln.{i}.gamma", "_ffn_ln.{i}.gamma", "ffn_ln{i}_gamma", "h.{i}.ln_2.weight", False, "U"),
+    Weight("_ffn_ln.{i}.beta", "_ffn_ln.{i}.beta", "ffn_ln{i}_beta", "h.{i}.ln_2.bias", False, "U"),
+    Weight("_ffn_layers.{i}._hidden_map.weight", "_ffn_layers.{i}._hidden_map.weight", "ffn{i}_dense0_weight",
+           "h.{i}.mlp.c_fc.weight", True, "F,U"),
+    Weight("_ffn_layers.{i}._hidden_map.bias", "_ffn_layers.{i}._hidden_map.bias", "ffn{i}_dense0_bias",
+           "h.{i}.mlp.c_fc.bias", False, "F"),
+    Weight("_ffn_layers.{i}._out_map.weight", "_ffn_layers.{i}._out_map.weight", "ffn{i}_dense1_weight",
+           "h.{i}.mlp.c_proj.weight", True, "U,F"),
+    Weight("_ffn_layers.{i}._out_map.bias", "_ffn_layers.{i}._out_map.bias", "ffn{i}_dense1_bias",
+           "h.{i}.mlp.c_proj.bias", False, "U"),
 )
+# The LM head is the token embedding's table (tied). GluonNLP's save_parameters writes it a second
+# time under the head's name, which is also the head's name in GPT2Model; the table lists it once.
+TIED = ("_embed.weight", "_logits_proj.weight")
 
 
 def weights(n_layer):
     """Every weight of an n_layer model, its names filled in ({last} stays a field)."""
     rows = list(GLOBAL)
     for i in range(n_layer):
-        rows += [w._replace(canonical=w.canonical.format(i=i), legacy=w.legacy.replace("{i}", str(i)),
-                            hf=w.hf.format(i=i)) for w in PER_LAYER]
+        rows += [w._replace(canonical=w.canonical.format(i=i), network=w.network.format(i=i),
+                            legacy=w.legacy.replace("{i}", str(i)), hf=w.hf.format(i=i)) for w in PER_LAYER]
     return rows
 
 
