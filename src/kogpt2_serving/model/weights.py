@@ -13,8 +13,8 @@ from typing import NamedTuple, Tuple
 
 
 class Weight(NamedTuple):
-    canonical: str
-    network: str  # GPT2Model's structural name for it
+    canonical: str  # GluonNLP's: four parallel lists of layers (_self_attention_layers.0, _attn_ln.0, ...)
+    network: str  # GPT2Model's structural name: one list of DecoderLayers (layers.0.attention, ...)
     legacy: str
     hf: str  # without the "transformer." prefix
     conv1d: bool  # HF stores it (in, out)
@@ -28,27 +28,25 @@ GLOBAL = (
     Weight("_final_ln.beta", "_final_ln.beta", "final_ln{last}_beta", "ln_f.bias", False, "U"),
 )
 PER_LAYER = (
-    Weight("_attn_ln.{i}.gamma", "_attn_ln.{i}.gamma", "attn_ln{i}_gamma", "h.{i}.ln_1.weight", False, "U"),
-    Weight("_attn_ln.{i}.beta", "_attn_ln.{i}.beta", "attn_ln{i}_beta", "h.{i}.ln_1.bias", False, "U"),
-    Weight("_self_attention_layers.{i}._multi_head_qkv_proj.weight",
-           "_self_attention_layers.{i}._multi_head_qkv_proj.weight", "self_attn{i}_qkv_proj_weight",
-           "h.{i}.attn.c_attn.weight", True, "3U,U"),
-    Weight("_self_attention_layers.{i}._multi_head_qkv_proj.bias",
-           "_self_attention_layers.{i}._multi_head_qkv_proj.bias", "self_attn{i}_qkv_proj_bias",
-           "h.{i}.attn.c_attn.bias", False, "3U"),
-    Weight("_self_attention_layers.{i}._out_proj.weight", "_self_attention_layers.{i}._out_proj.weight",
+    Weight("_attn_ln.{i}.gamma", "layers.{i}.attn_ln.gamma", "attn_ln{i}_gamma", "h.{i}.ln_1.weight", False, "U"),
+    Weight("_attn_ln.{i}.beta", "layers.{i}.attn_ln.beta", "attn_ln{i}_beta", "h.{i}.ln_1.bias", False, "U"),
+    Weight("_self_attention_layers.{i}._multi_head_qkv_proj.weight", "layers.{i}.attention._multi_head_qkv_proj.weight",
+           "self_attn{i}_qkv_proj_weight", "h.{i}.attn.c_attn.weight", True, "3U,U"),
+    Weight("_self_attention_layers.{i}._multi_head_qkv_proj.bias", "layers.{i}.attention._multi_head_qkv_proj.bias",
+           "self_attn{i}_qkv_proj_bias", "h.{i}.attn.c_attn.bias", False, "3U"),
+    Weight("_self_attention_layers.{i}._out_proj.weight", "layers.{i}.attention._out_proj.weight",
            "self_attn{i}_out_proj_weight", "h.{i}.attn.c_proj.weight", True, "U,U"),
-    Weight("_self_attention_layers.{i}._out_proj.bias", "_self_attention_layers.{i}._out_proj.bias",
+    Weight("_self_attention_layers.{i}._out_proj.bias", "layers.{i}.attention._out_proj.bias",
            "self_attn{i}_out_proj_bias", "h.{i}.attn.c_proj.bias", False, "U"),
-    Weight("_ffn_ln.{i}.gamma", "_ffn_ln.{i}.gamma", "ffn_ln{i}_gamma", "h.{i}.ln_2.weight", False, "U"),
-    Weight("_ffn_ln.{i}.beta", "_ffn_ln.{i}.beta", "ffn_ln{i}_beta", "h.{i}.ln_2.bias", False, "U"),
-    Weight("_ffn_layers.{i}._hidden_map.weight", "_ffn_layers.{i}._hidden_map.weight", "ffn{i}_dense0_weight",
+    Weight("_ffn_ln.{i}.gamma", "layers.{i}.ffn_ln.gamma", "ffn_ln{i}_gamma", "h.{i}.ln_2.weight", False, "U"),
+    Weight("_ffn_ln.{i}.beta", "layers.{i}.ffn_ln.beta", "ffn_ln{i}_beta", "h.{i}.ln_2.bias", False, "U"),
+    Weight("_ffn_layers.{i}._hidden_map.weight", "layers.{i}.ffn._hidden_map.weight", "ffn{i}_dense0_weight",
            "h.{i}.mlp.c_fc.weight", True, "F,U"),
-    Weight("_ffn_layers.{i}._hidden_map.bias", "_ffn_layers.{i}._hidden_map.bias", "ffn{i}_dense0_bias",
+    Weight("_ffn_layers.{i}._hidden_map.bias", "layers.{i}.ffn._hidden_map.bias", "ffn{i}_dense0_bias",
            "h.{i}.mlp.c_fc.bias", False, "F"),
-    Weight("_ffn_layers.{i}._out_map.weight", "_ffn_layers.{i}._out_map.weight", "ffn{i}_dense1_weight",
+    Weight("_ffn_layers.{i}._out_map.weight", "layers.{i}.ffn._out_map.weight", "ffn{i}_dense1_weight",
            "h.{i}.mlp.c_proj.weight", True, "U,F"),
-    Weight("_ffn_layers.{i}._out_map.bias", "_ffn_layers.{i}._out_map.bias", "ffn{i}_dense1_bias",
+    Weight("_ffn_layers.{i}._out_map.bias", "layers.{i}.ffn._out_map.bias", "ffn{i}_dense1_bias",
            "h.{i}.mlp.c_proj.bias", False, "U"),
 )
 # The LM head is the token embedding's table (tied). GluonNLP's save_parameters writes it a second
