@@ -206,28 +206,23 @@ def train(args, vocab_size, ids):
     return config, model, time.time() - started, time.process_time() - cpu_started
 
 
-# GPT2Model's attributes (GluonNLP's, each a list over the layers) in the order the network
-# registered them when the shipped demo model was trained, the order model.initialize drew its
-# random weights in: Normal draws one array after another from MXNet's generator, so a network
-# registering the same parameters in another order would put other numbers into each weight for
-# the same --seed. `initialize` keeps this order whatever the network's own.
-OLD_ATTRIBUTES = ("_embed", "_pos_embed", "_self_attention_layers", "_ffn_layers", "_attn_ln", "_ffn_ln", "_final_ln")
-
-
 def registration_order(n_layer):
-    """[(canonical name, network name)] of every parameter in the old registration order: the
-    weight table (model/weights.py) sorted by OLD_ATTRIBUTES, each Linear's step kernel right after
-    its bias (kernels draw too, though fill_step_weights overwrites them), the LM head's kernel
-    last (its weight is the embedding's, drawn first)."""
+    """[(canonical name, network name)] of every parameter, step kernels included, in the order
+    the network registered them when the shipped demo model was trained, which is the order
+    model.initialize drew its random initial weights in: Normal draws one array after another
+    from MXNet's generator, so a network registering the same parameters in another order would
+    put other numbers into each weight for the same --seed. That order is the weight table's
+    checkpoint order (model/weights.py), with each Linear's step kernel right after its bias
+    (kernels draw too, though fill_step_weights overwrites them) and the LM head's kernel last
+    (its weight is the embedding's, drawn first)."""
     from kogpt2_serving.model.network import STEP_WEIGHT
-    from kogpt2_serving.model.weights import TIED, weights
+    from kogpt2_serving.model.weights import TIED, in_checkpoint_order, weights
 
     def kernel(name):  # '<linear>.bias' -> '<linear>.step_weight'
         return name.rsplit(".", 1)[0] + "." + STEP_WEIGHT
 
-    rows = sorted(enumerate(weights(n_layer)), key=lambda r: (OLD_ATTRIBUTES.index(r[1].canonical.split(".")[0]), r[0]))
     order = []
-    for _, w in rows:
+    for w in in_checkpoint_order(weights(n_layer)):
         order.append((w.canonical, w.network))
         if w.canonical.endswith(".bias"):  # only Linears have one (LayerNorms: gamma, beta)
             order.append((kernel(w.canonical), kernel(w.network)))
@@ -235,7 +230,8 @@ def registration_order(n_layer):
 
 
 def initialize(model, init):
-    """model.initialize(init), one parameter at a time in registration_order."""
+    """model.initialize(init), one parameter at a time in registration_order, whatever order
+    the network registers them in now: the same --seed gives the shipped model's initial weights."""
     from kogpt2_serving.model.compat import structural_parameters
     from kogpt2_serving.model.weights import TIED
 

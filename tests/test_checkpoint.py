@@ -237,6 +237,28 @@ def test_corrupt_spiece(model_copy):
         load_model(model_copy)
 
 
+def test_a_model_is_written_in_the_checkpoint_order(tmp_path):
+    """Weights go into a .params file in the order the network registered them while it had
+    GluonNLP's four lists of layers (the tied head last), so a model written then and now has
+    the same bytes (the shipped demo model, tests/test_demo_model.py)."""
+    import mxnet as mx
+
+    from kogpt2_serving.files.config import GPT2Config
+    from kogpt2_serving.model.network import GPT2Model
+
+    model = GPT2Model(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+    model.initialize()
+    checkpoint.save_params(model, str(tmp_path / "model.params"))
+    assert list(mx.nd.load(str(tmp_path / "model.params"))) == (
+        ["_embed.weight", "_pos_embed.weight"]
+        + ["_self_attention_layers.%d.%s.%s" % (i, linear, p) for i in range(2)
+           for linear in ("_multi_head_qkv_proj", "_out_proj") for p in ("weight", "bias")]
+        + ["_ffn_layers.%d.%s.%s" % (i, linear, p) for i in range(2)
+           for linear in ("_hidden_map", "_out_map") for p in ("weight", "bias")]
+        + ["_%s.%d.%s" % (ln, i, p) for ln in ("attn_ln", "ffn_ln") for i in range(2) for p in ("gamma", "beta")]
+        + ["_final_ln.gamma", "_final_ln.beta", "_logits_proj.weight"])
+
+
 def test_the_weight_table_names_exactly_the_networks_parameters():
     """model/weights.py is the one list of names and shapes: its network column must name every
     parameter of GPT2Model exactly once, with the table's shape (a renamed attribute would break

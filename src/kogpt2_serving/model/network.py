@@ -31,7 +31,7 @@ from mxnet import gluon, symbol
 from mxnet.gluon import nn
 
 from .compat import load_parameter, structural_parameters
-from .weights import TIED, weights
+from .weights import TIED, in_checkpoint_order, weights
 
 MASKED = -1e4  # additive score for masked slots; finite and representable in float16
 # How MXNet spells bfloat16 as a NumPy dtype; the string "bfloat16" only works where
@@ -297,10 +297,10 @@ class GPT2Model(gluon.HybridBlock):
 
     def named_weights(self):
         """{canonical name: Parameter} of the checkpoint's parameters (the tied head included
-        under both names), through the weight table (model/weights.py); not the step kernels,
-        which are derived from them."""
+        under both names, last), in checkpoint order, through the weight table (model/weights.py);
+        not the step kernels, which are derived from them."""
         own = structural_parameters(self)
-        named = {w.canonical: own[w.network] for w in weights(self.config.n_layer)}
+        named = {w.canonical: own[w.network] for w in in_checkpoint_order(weights(self.config.n_layer))}
         named[TIED[1]] = own[TIED[1]]  # the same Parameter as TIED[0]'s
         return named
 

@@ -54,6 +54,20 @@ PER_LAYER = (
 TIED = ("_embed.weight", "_logits_proj.weight")
 
 
+# The checkpoint's attributes in the order GPT2Model registered them while it had GluonNLP's four
+# lists of layers: the order `named_weights` lists the weights in, each attribute over the layers,
+# and so the order a model's checkpoint is written in (files/checkpoint.py), which keeps the bytes
+# of the shipped demo model reproducible. (Its initial weights were drawn in this order too.)
+CHECKPOINT_ORDER = ("_embed", "_pos_embed", "_self_attention_layers", "_ffn_layers", "_attn_ln", "_ffn_ln",
+                    "_final_ln")
+
+
+def in_checkpoint_order(rows):
+    """Weights sorted by CHECKPOINT_ORDER; the sort is stable, so layers stay in turn within each
+    attribute, and a layer's weights in table order."""
+    return sorted(rows, key=lambda w: CHECKPOINT_ORDER.index(w.canonical.split(".")[0]))
+
+
 def weights(n_layer):
     """Every weight of an n_layer model, its names filled in ({last} stays a field)."""
     rows = list(GLOBAL)
