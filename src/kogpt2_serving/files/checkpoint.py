@@ -2,7 +2,7 @@
 
 Which layout the real file has is not known, so all three are accepted:
 
-1. structural (`save_parameters`): `_embed.weight`, `_self_attention_layers.0._out_proj.bias`, ...
+1. structural (GluonNLP's `save_parameters`): `_embed.weight`, `_self_attention_layers.0._out_proj.bias`, ...
    with the tied LM head stored a second time as `_logits_proj.weight`;
 2. structural, de-duplicated: the same without one of the two tied copies;
 3. legacy prefix names (`collect_params().save`): `embed_weight`, `self_attn0_qkv_proj_weight`,
