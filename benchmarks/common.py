@@ -149,7 +149,7 @@ def floor_step(loaded, batch, steps):
     from mxnet import gluon
 
     params = loaded.engine.model._collect_params_with_prefix()
-    kernels = [p.data() for n, p in params.items() if n.endswith(".step_weight") and n.startswith(("_self", "_ffn"))]
+    kernels = [p.data() for n, p in params.items() if n.endswith(".step_weight") and n.startswith("layers.")]
     kernels.append(params["_logits_proj.step_weight"].data())
     shapes = [k.shape for k in kernels]
 

@@ -177,7 +177,7 @@ def train(args, vocab_size, ids):
     config = GPT2Config(vocab_size=vocab_size, n_positions=args.n_positions, n_embd=args.n_embd,
                         n_layer=args.n_layer, n_head=args.n_embd // 64)
     model = GPT2Model(config, dropout=0.1)
-    model.initialize(mx.init.Normal(0.02))
+    initialize(model, mx.init.Normal(0.02))
     model.hybridize(static_alloc=True, static_shape=True)
     schedule = WarmupCosine(args.lr, warmup=min(100, args.steps // 10 + 1), total=args.steps)
     trained = [p for p in model.collect_params().values() if p.grad_req != "null"]  # not the step kernels
@@ -204,6 +204,44 @@ def train(args, vocab_size, ids):
             print("step %d/%d loss %.3f lr %.2e %.0f s" % (step, args.steps, loss.asscalar(),
                                                           trainer.learning_rate, time.time() - started), flush=True)
     return config, model, time.time() - started, time.process_time() - cpu_started
+
+
+def registration_order(n_layer):
+    """[(canonical name, network name)] of every parameter, step kernels included, in the order
+    the network registered them when the shipped demo model was trained, which is the order
+    model.initialize drew its random initial weights in: Normal draws one array after another
+    from MXNet's generator, so a network registering the same parameters in another order would
+    put other numbers into each weight for the same --seed. That order is the weight table's
+    checkpoint order (model/weights.py), with each Linear's step kernel right after its bias
+    (kernels draw too, though fill_step_weights overwrites them) and the LM head's kernel last
+    (its weight is the embedding's, drawn first)."""
+    from kogpt2_serving.model.network import STEP_WEIGHT
+    from kogpt2_serving.model.weights import TIED, in_checkpoint_order, weights
+
+    def kernel(name):  # '<linear>.bias' -> '<linear>.step_weight'
+        return name.rsplit(".", 1)[0] + "." + STEP_WEIGHT
+
+    order = []
+    for w in in_checkpoint_order(weights(n_layer)):
+        order.append((w.canonical, w.network))
+        if w.canonical.endswith(".bias"):  # only Linears have one (LayerNorms: gamma, beta)
+            order.append((kernel(w.canonical), kernel(w.network)))
+    return order + [(kernel(TIED[1]), kernel(TIED[1]))]
+
+
+def initialize(model, init):
+    """model.initialize(init), one parameter at a time in registration_order, whatever order
+    the network registers them in now: the same --seed gives the shipped model's initial weights."""
+    from kogpt2_serving.model.compat import structural_parameters
+    from kogpt2_serving.model.weights import TIED
+
+    own = structural_parameters(model)
+    order = [network for _, network in registration_order(model.config.n_layer)]
+    if sorted(order) != sorted(set(own) - {TIED[1]}):  # the tied head is initialised as the embedding
+        raise RuntimeError("registration_order does not list the network's parameters: missing {}, unknown {}".format(
+            sorted(set(own) - set(order) - {TIED[1]}), sorted(set(order) - set(own))))
+    for name in order:
+        own[name].initialize(default_init=init)  # as Block.initialize does: the parameter's own init, else init
 
 
 def decay_weights(params, rate):

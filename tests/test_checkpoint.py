@@ -237,13 +237,46 @@ def test_corrupt_spiece(model_copy):
         load_model(model_copy)
 
 
-def test_the_weight_table_names_exactly_the_networks_parameters():
-    """files/weights.py is the one list of names and shapes: the network's structural names must
-    be its canonical column, with the same shapes (a renamed attribute would break every reader)."""
+def test_a_model_is_written_in_the_checkpoint_order(tmp_path):
+    """Weights go into a .params file in the order the network registered them while it had
+    GluonNLP's four lists of layers (the tied head last), so a model written then and now has
+    the same bytes (the shipped demo model, tests/test_demo_model.py)."""
+    import mxnet as mx
+
     from kogpt2_serving.files.config import GPT2Config
     from kogpt2_serving.model.network import GPT2Model
 
+    model = GPT2Model(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+    model.initialize()
+    checkpoint.save_params(model, str(tmp_path / "model.params"))
+    assert list(mx.nd.load(str(tmp_path / "model.params"))) == (
+        ["_embed.weight", "_pos_embed.weight"]
+        + ["_self_attention_layers.%d.%s.%s" % (i, linear, p) for i in range(2)
+           for linear in ("_multi_head_qkv_proj", "_out_proj") for p in ("weight", "bias")]
+        + ["_ffn_layers.%d.%s.%s" % (i, linear, p) for i in range(2)
+           for linear in ("_hidden_map", "_out_map") for p in ("weight", "bias")]
+        + ["_%s.%d.%s" % (ln, i, p) for ln in ("attn_ln", "ffn_ln") for i in range(2) for p in ("gamma", "beta")]
+        + ["_final_ln.gamma", "_final_ln.beta", "_logits_proj.weight"])
+
+
+def test_the_weight_table_names_exactly_the_networks_parameters():
+    """model/weights.py is the one list of names and shapes: its network column must name every
+    parameter of GPT2Model exactly once, with the table's shape (a renamed attribute would break
+    every reader), and named_weights must key those parameters by the canonical column."""
+    from kogpt2_serving.files.config import GPT2Config
+    from kogpt2_serving.model.compat import structural_parameters
+    from kogpt2_serving.model.network import STEP_WEIGHT, GPT2Model
+    from kogpt2_serving.model.weights import TIED, shape_of, weights
+
     config = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=3, n_head=2, n_inner=48)
-    network = {name: tuple(p.shape) for name, p in GPT2Model(config).named_weights().items()}
-    network.pop("_logits_proj.weight")  # the tied LM head: the embedding under its second name
-    assert network == checkpoint.expected_shapes(config)
+    model = GPT2Model(config)
+    table = weights(config.n_layer)
+    own = structural_parameters(model)  # the network's own names
+    assert own[TIED[1]] is own[TIED[0]]  # the tied LM head: the embedding under a second name
+    own = {name: p for name, p in own.items() if name != TIED[1] and not name.endswith("." + STEP_WEIGHT)}
+    assert sorted(w.network for w in table) == sorted(own)  # each once: a sorted list keeps duplicates
+    assert {w.network: shape_of(w, config) for w in table} == {name: tuple(p.shape) for name, p in own.items()}
+    assert len({id(p) for p in own.values()}) == len(own)
+    named = model.named_weights()
+    assert set(named) == set(checkpoint.expected_shapes(config)) | {TIED[1]}
+    assert all(named[w.canonical] is own[w.network] for w in table) and named[TIED[1]] is named[TIED[0]]

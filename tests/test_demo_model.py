@@ -48,6 +48,18 @@ def heldout_ids(demo):
     return next(ids for ids in articles if len(ids) >= 32)
 
 
+def test_saving_the_loaded_model_writes_the_shipped_file(demo, tmp_path):
+    """The train script's writer gives the shipped bytes back (float16 -> float32 -> float16 is
+    exact): names, shapes and the order of the weights in the file are what they were when the
+    model was trained, whatever the network's own names and order."""
+    from kogpt2_serving.files import checkpoint
+
+    path = str(tmp_path / "resaved.params")
+    checkpoint.save_params(demo.engine.model, path, layout="deduplicated", float16=True)
+    with open(path, "rb") as f, open(find_model_files(DEMO_MODEL_DIR).params, "rb") as shipped:
+        assert f.read() == shipped.read()
+
+
 def test_every_layer_and_head_has_its_own_queries_and_keys(demo, weights):
     """The first demo model's query and key rows were all 0.0 (scripts/train_demo_model.py says why)."""
     c = demo.config

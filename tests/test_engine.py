@@ -148,7 +148,7 @@ def test_step_kernels_are_copies_of_the_weights_and_not_saved(tiny_model, tmp_pa
     from kogpt2_serving.files.checkpoint import save_params
 
     model = tiny_model.engine.model
-    attention, ffn = model._self_attention_layers[0], model._ffn_layers[0]
+    attention, ffn = model.layers[0].attention, model.layers[0].ffn
     for linear in (attention._multi_head_qkv_proj, attention._out_proj, ffn._hidden_map, model._logits_proj):
         weight, kernel = linear.weight.data().asnumpy(), linear.step_weight.data().asnumpy()
         assert kernel.shape == weight.shape + (1,) and np.array_equal(kernel[:, :, 0], weight)

@@ -1,7 +1,7 @@
 """The package's folders are its layers, and imports only point down.
 
     errors, settings, ...    (the package's own top-level modules)
-    model/                   the Gluon network, engine, device, MXNet internals
+    model/                   the Gluon network and its weight-name table, engine, device, MXNet internals
     text/                    tokenizers
     files/                   model files and directories, loading, converting
     generation/              decoding

@@ -51,3 +51,43 @@ def test_queries_and_keys_survive_training(script):
         # decoupled decay they grow (0.019, 0.019).
         assert q > 0.8 * INIT_MEAN_ABS and k > 0.8 * INIT_MEAN_ABS, (i, q, k, v)
 
+
+
+# A 2-layer GPT2Model's parameters in the order the network registered them when the shipped
+# demo model was trained (model.collect_params(), in structural names), the order its random
+# initial weights were drawn in.
+OLD_REGISTRATION_ORDER = (
+    ["_embed.weight", "_pos_embed.weight"]
+    + ["_self_attention_layers.%d.%s.%s" % (i, linear, p) for i in range(2)
+       for linear in ("_multi_head_qkv_proj", "_out_proj") for p in ("weight", "bias", "step_weight")]
+    + ["_ffn_layers.%d.%s.%s" % (i, linear, p) for i in range(2)
+       for linear in ("_hidden_map", "_out_map") for p in ("weight", "bias", "step_weight")]
+    + ["_%s.%d.%s" % (ln, i, p) for ln in ("attn_ln", "ffn_ln") for i in range(2) for p in ("gamma", "beta")]
+    + ["_final_ln.gamma", "_final_ln.beta", "_logits_proj.step_weight"])
+
+
+def test_initialization_draws_in_the_old_registration_order(script):
+    """The same --seed must keep giving the shipped model's initial weights, whatever order the
+    network registers its parameters in now."""
+    import mxnet as mx
+
+    from kogpt2_serving.files.config import GPT2Config
+    from kogpt2_serving.model.compat import structural_parameters
+    from kogpt2_serving.model.network import GPT2Model
+
+    order = script.registration_order(2)
+    assert [canonical for canonical, _ in order] == OLD_REGISTRATION_ORDER
+    model = GPT2Model(GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+    mx.random.seed(3)
+    script.initialize(model, mx.init.Normal(0.02))
+    own = structural_parameters(model)
+    # Normal fills weights (step kernels included) with one draw each, in turn; biases, gammas and
+    # betas are constants and draw nothing.
+    mx.random.seed(3)
+    for _, name in order:
+        param = own[name]
+        if name.endswith("weight"):
+            expected = mx.nd.random.normal(0, 0.02, shape=param.shape).asnumpy()
+        else:
+            expected = np.full(param.shape, 1.0 if name.endswith(".gamma") else 0.0, dtype="float32")
+        np.testing.assert_array_equal(param.data().asnumpy(), expected, err_msg=name)

@@ -2,14 +2,15 @@
 
 Which layout the real file has is not known, so all three are accepted:
 
-1. structural (`save_parameters`): `_embed.weight`, `_self_attention_layers.0._out_proj.bias`, ...
+1. structural (GluonNLP's `save_parameters`): `_embed.weight`, `_self_attention_layers.0._out_proj.bias`, ...
    with the tied LM head stored a second time as `_logits_proj.weight`;
 2. structural, de-duplicated: the same without one of the two tied copies;
 3. legacy prefix names (`collect_params().save`): `embed_weight`, `self_attn0_qkv_proj_weight`,
    `ffn0_dense0_weight`, `final_ln11_gamma`, ... with or without a block prefix (`gpt2model0_`).
 
-Everything is normalized to the structural names ("canonical"), which are also the parameter
-names of :class:`kogpt2_serving.model.network.GPT2Model`.
+Everything is normalized to the structural names ("canonical"), the names
+:meth:`kogpt2_serving.model.network.GPT2Model.named_weights` gives the network's parameters
+(model/weights.py maps them to the network's own).
 """
 import hashlib
 import re
@@ -18,11 +19,10 @@ import numpy as np
 
 from ..errors import ModelLoadError, cause_of
 from ..model.compat import load_parameter
+from ..model.weights import GLOBAL, PER_LAYER, TIED, shape_of, weights
 from .config import HEAD_SIZE, GPT2Config
-from .weights import GLOBAL, PER_LAYER, shape_of, weights
 
 LAYOUTS = ("structural", "deduplicated", "legacy")
-TIED = ("_embed.weight", "_logits_proj.weight")
 
 # (legacy template, canonical template): {i} layer index, {p} parameter kind, {last} last layer.
 _NAMES = [(w.legacy, w.canonical) for w in GLOBAL + PER_LAYER]  # (legacy, canonical) templates

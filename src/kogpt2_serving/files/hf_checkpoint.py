@@ -13,10 +13,10 @@ Both imports are lazy: the base package must import on Python 3.6 without them.
 import numpy as np
 
 from ..errors import HF_INSTALL_HINT, ModelLoadError, cause_of
-from .checkpoint import expected_shapes
 from ..json_file import read_json_file
+from ..model.weights import weights
+from .checkpoint import expected_shapes
 from .config import config_from_dict
-from .weights import weights
 
 SAFETENSORS, TORCH_BIN = "model.safetensors", "pytorch_model.bin"
 WEIGHT_FILES = (SAFETENSORS, TORCH_BIN)  # in order of preference, as transformers does

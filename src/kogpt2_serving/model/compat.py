@@ -7,7 +7,7 @@ in development; the test matrix runs both) have and that has no public equivalen
   and initialising it (``set_data`` needs an initialised parameter; ``initialize`` would fill
   a 500 MB model with random numbers only to overwrite them). It copies ``data``.
 - ``Block._collect_params_with_prefix()``: parameters by *structural* name
-  (``_self_attention_layers.0._out_proj.weight``), the names ``save_parameters`` writes; the
+  (``layers.0.attention._out_proj.weight``), the names ``save_parameters`` writes; the
   public ``collect_params()`` keys them by the prefix names of the block tree instead.
 - ``MXSetNumOMPThreads`` through ``mx.base._LIB``: resize the OpenMP pool after MXNet was
   imported (the pool is sized from OMP_NUM_THREADS at import time).

@@ -4,8 +4,15 @@ Semantics follow the original model exactly: pre-LN blocks, learned positions, f
 Dense laid out [q | k | v], causal attention scaled by 1/sqrt(head size), GELU (exact erf by
 default), final LayerNorm, and an LM head without bias tied to the token embedding.
 
-Attribute names copy GluonNLP's GPT2Model (`_embed`, `_self_attention_layers`, ...) so that
-`save_parameters` writes, and `load_parameters` reads, the checkpoint's structural key layout.
+Each transformer layer is one `DecoderLayer` (LayerNorm, attention, LayerNorm, feed-forward),
+and the network holds one list of them (`layers`). GluonNLP's GPT2Model, whose `save_parameters`
+named KoGPT2 v1's checkpoints, kept four parallel lists instead (`_self_attention_layers`,
+`_ffn_layers`, `_attn_ln`, `_ffn_ln`), so the checkpoint's names (`_attn_ln.3.gamma`) are not this
+network's (`layers.3.attn_ln.gamma`); the other attribute names are GluonNLP's (`_embed`,
+`_final_ln`, `_logits_proj`, `_multi_head_qkv_proj`, `_out_map`, ...). The weight table
+(weights.py) pairs the two names of every weight; `named_weights` keys the parameters by the
+checkpoint's, and files/checkpoint.py reads and writes checkpoints through it (never through
+Gluon's `save_parameters`/`load_parameters`, which would use this network's names).
 
 Decoding uses two graphs that share the model's parameters:
 - `PrefillGraph`: the whole (left-padded) prompt batch in one pass; returns the last
@@ -24,6 +31,7 @@ from mxnet import gluon, symbol
 from mxnet.gluon import nn
 
 from .compat import load_parameter, structural_parameters
+from .weights import TIED, in_checkpoint_order, weights
 
 MASKED = -1e4  # additive score for masked slots; finite and representable in float16
 # How MXNet spells bfloat16 as a NumPy dtype; the string "bfloat16" only works where
@@ -216,6 +224,41 @@ class FeedForward(gluon.HybridBlock):
         return 0.5 * h * (1 + F.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
 
 
+class DecoderLayer(gluon.HybridBlock):
+    """One pre-LN transformer layer: x + attention(attn_ln(x)), then + ffn(ffn_ln(x)).
+    `dropout` (on both residual branches, as GPT-2) only acts under autograd training."""
+
+    def __init__(self, units, num_heads, hidden, gelu, eps, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.attn_ln = nn.LayerNorm(epsilon=eps, in_channels=units)
+            self.attention = SelfAttention(units, num_heads)
+            self.ffn_ln = nn.LayerNorm(epsilon=eps, in_channels=units)
+            self.ffn = FeedForward(units, hidden, gelu)
+            self._drop = nn.Dropout(dropout) if dropout else None
+
+    def full(self, F, x, mask):
+        """x (B, T, U), additive mask (B, T, T) -> x (B, T, U), this layer's keys (B, H, D, T)
+        and values (B, H, T, D) (SelfAttention.full)."""
+        attn, k, v = self.attention.full(F, self.attn_ln(x), mask)
+        x = x + _dropout(self._drop, attn)
+        x = x + _dropout(self._drop, self.ffn(self.ffn_ln(x)))
+        return x, k, v
+
+    def step(self, F, x, mask, keys, values, rows):
+        """x (B, U), mask (B, C), this layer's caches as SelfAttention.step takes them ->
+        x (B, U), the new token's key (B, H, D, 1) and value (B, H, 1, D)."""
+        attn, k, v = self.attention.step(F, self.attn_ln(x), mask, keys, values, rows)
+        x = x + attn
+        x = x + self.ffn.step(F, self.ffn_ln(x), rows)
+        return x, k, v
+
+
+def _dropout(drop, x):
+    """drop(x), or x itself for a network built without dropout."""
+    return drop(x) if drop is not None else x
+
+
 class GPT2Model(gluon.HybridBlock):
     """The KoGPT2 network. Called directly it is the uncached full pass:
     (ids (B, T), positions (B, T), mask (B, T, T)) -> logits (B, T, V).
@@ -228,15 +271,9 @@ class GPT2Model(gluon.HybridBlock):
         with self.name_scope():
             self._embed = Lookup(config.vocab_size, units)
             self._pos_embed = Lookup(config.n_positions, units)
-            self._self_attention_layers = nn.HybridSequential()
-            self._ffn_layers = nn.HybridSequential()
-            self._attn_ln = nn.HybridSequential()
-            self._ffn_ln = nn.HybridSequential()
+            self.layers = nn.HybridSequential()
             for _ in range(config.n_layer):
-                self._self_attention_layers.add(SelfAttention(units, config.n_head))
-                self._ffn_layers.add(FeedForward(units, config.ffn_size, config.gelu))
-                self._attn_ln.add(nn.LayerNorm(epsilon=eps, in_channels=units))
-                self._ffn_ln.add(nn.LayerNorm(epsilon=eps, in_channels=units))
+                self.layers.add(DecoderLayer(units, config.n_head, config.ffn_size, config.gelu, eps, dropout))
             self._final_ln = nn.LayerNorm(epsilon=eps, in_channels=units)
             self._drop = nn.Dropout(dropout) if dropout else None
             # Tied LM head: shares the embedding's weight (V, U), no bias.
@@ -250,24 +287,22 @@ class GPT2Model(gluon.HybridBlock):
     def run_full(self, F, ids, positions, mask):
         """All positions at once. Returns final hidden states (B, T, U), every layer's keys
         (L, B, H, D, T) and values (L, B, H, T, D)."""
-        x = self._maybe_drop(self._embed(ids) + self._pos_embed(positions))  # (B, T, U)
+        x = _dropout(self._drop, self._embed(ids) + self._pos_embed(positions))  # (B, T, U)
         keys, values = [], []
-        for i in range(self.config.n_layer):
-            attn, k, v = self._self_attention_layers[i].full(F, self._attn_ln[i](x), mask)
-            x = x + self._maybe_drop(attn)
-            x = x + self._maybe_drop(self._ffn_layers[i](self._ffn_ln[i](x)))
+        for layer in self.layers:
+            x, k, v = layer.full(F, x, mask)  # (B, T, U), (B, H, D, T), (B, H, T, D)
             keys.append(k)
             values.append(v)
         return self._final_ln(x), F.stack(*keys, axis=0), F.stack(*values, axis=0)
 
-    def _maybe_drop(self, x):
-        return self._drop(x) if self._drop is not None else x
-
     def named_weights(self):
-        """{structural name: Parameter} of the checkpoint's parameters (the tied head included
-        under both names), without the step kernels, which are derived from them."""
-        return {name: param for name, param in structural_parameters(self).items()
-                if not name.endswith("." + STEP_WEIGHT)}
+        """{canonical name: Parameter} of the checkpoint's parameters (the tied head included
+        under both names, last), in checkpoint order, through the weight table (model/weights.py);
+        not the step kernels, which are derived from them."""
+        own = structural_parameters(self)
+        named = {w.canonical: own[w.network] for w in in_checkpoint_order(weights(self.config.n_layer))}
+        named[TIED[1]] = own[TIED[1]]  # the same Parameter as TIED[0]'s
+        return named
 
     def run_step(self, F, ids, positions, mask, caches, rows):
         """One token per row. caches: [keys0, values0, keys1, ...] as SelfAttention.step takes
@@ -275,11 +310,8 @@ class GPT2Model(gluon.HybridBlock):
         (L, B, H, 1, D)."""
         x = (self._embed(ids) + self._pos_embed(positions)).reshape((rows, -1))  # (B, U)
         keys, values = [], []
-        for i in range(self.config.n_layer):
-            attn, k, v = self._self_attention_layers[i].step(
-                F, self._attn_ln[i](x), mask, caches[2 * i], caches[2 * i + 1], rows)
-            x = x + attn
-            x = x + self._ffn_layers[i].step(F, self._ffn_ln[i](x), rows)
+        for layer, layer_keys, layer_values in zip(self.layers, caches[0::2], caches[1::2]):
+            x, k, v = layer.step(F, x, mask, layer_keys, layer_values, rows)  # (B, U), (B, H, D, 1), (B, H, 1, D)
             keys.append(k)
             values.append(v)
         return self._final_ln(x), F.stack(*keys, axis=0), F.stack(*values, axis=0)
