@@ -432,3 +432,60 @@ def test_error_bodies_survive_a_lone_surrogate_in_the_message():
     error = ServingError("bad \ud800 value")
     assert json.loads(codec.error_body(error).decode("ascii")) == {"error": "bad \ud800 value",
                                                                    "error_type": "internal_error"}
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("KOGPT2_MAX_BATCH_ROWS", "0", "KOGPT2_MAX_BATCH_ROWS must be a positive integer, got '0'"),
+    ("KOGPT2_MAX_CACHE_TOKENS", "1e4", "KOGPT2_MAX_CACHE_TOKENS must be a positive integer, got '1e4'"),
+    ("KOGPT2_MAX_QUEUE", "-1", "KOGPT2_MAX_QUEUE must be a positive integer, got '-1'"),
+    ("KOGPT2_REQUEST_TIMEOUT_SECONDS", "0", "KOGPT2_REQUEST_TIMEOUT_SECONDS must be a number of seconds > 0, got '0'"),
+    ("KOGPT2_REQUEST_TIMEOUT_SECONDS", "inf", "KOGPT2_REQUEST_TIMEOUT_SECONDS must be a number of seconds > 0, "
+                                              "got 'inf'"),
+    ("KOGPT2_REQUEST_TIMEOUT_SECONDS", "soon", "KOGPT2_REQUEST_TIMEOUT_SECONDS must be a number of seconds > 0, "
+                                               "got 'soon'"),
+])
+def test_a_bad_engine_setting_names_the_variable(name, value, message):
+    from kogpt2_serving.settings import EngineLimits, engine_limits
+
+    with pytest.raises(SettingError) as e:
+        engine_limits({name: value})
+    assert e.value.message == message
+    assert engine_limits({}) == EngineLimits(16, 16384, 64, 50.0)
+    assert engine_limits({"KOGPT2_REQUEST_TIMEOUT_SECONDS": "2.5"}).request_timeout == 2.5
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"KOGPT2_MAX_QUEUE": "none"}, "error: KOGPT2_MAX_QUEUE must be a positive integer, got 'none'"),
+    ({"KOGPT2_DRAIN_SECONDS": "-1"}, "error: KOGPT2_DRAIN_SECONDS must be a number of seconds >= 0, got '-1'"),
+    ({"KOGPT2_WATCHDOG_SECONDS": "x"}, "error: KOGPT2_WATCHDOG_SECONDS must be a number of seconds >= 0, got 'x'"),
+    ({"KOGPT2_ENGINE": "maybe"}, "error: KOGPT2_ENGINE must be on or off, got 'maybe'"),
+])
+def test_serve_refuses_a_bad_engine_setting_before_starting(tiny_model_dir, monkeypatch, capsys, env, message):
+    from kogpt2_serving.cli import main
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["serve", "--model-dir", tiny_model_dir]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source, reason", [
+    ("def input_fn(body, content_type):\n    return body\n", None),
+    ("import json\n\ndef predict_fn(data, model):\n    return data\n", "defines predict_fn"),
+    ("from kogpt2_serving.mxnet_entry import model_fn, transform_fn  # noqa\n", "defines model_fn and transform_fn"),
+    ("model_fn = None\n", "defines model_fn"),
+    ("from helpers import *\n", "has 'from helpers import *', which may define model_fn or predict_fn"),
+    ("def broken(:\n", "cannot be read"),
+])
+def test_which_user_modules_keep_the_model_in_the_workers(tmp_path, source, reason):
+    """Read from the source, never imported (the module may import MXNet or do work at import)."""
+    from kogpt2_serving.serving.handler_functions import in_process_reason
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "inference_probe_x.py").write_text("raise SystemExit('imported')\n" + source)
+    found = in_process_reason(str(tmp_path), "inference_probe_x")
+    if reason is None:
+        assert found is None
+    else:
+        assert found.startswith(str(tmp_path / "code" / "inference_probe_x.py")) and reason in found, found
+    assert in_process_reason(str(tmp_path), "no_such_module_here") is None

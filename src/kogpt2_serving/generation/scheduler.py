@@ -70,10 +70,6 @@ class Job:
         self.finished = None  # time.time() when answered
         self._open = len(self.items)
 
-    @property
-    def rows(self):
-        return sum(item.params.rows for item in self.items)
-
     def _finish_item(self, index, sequences):
         self.results[index] = sequences
         self._open -= 1
@@ -164,20 +160,11 @@ class ContinuousBatcher:
                 self.stats.cancelled += 1
             self._wakeup.notify()
 
-    def wake(self):
-        with self._lock:
-            self._wakeup.notify()
-
     @property
     def busy(self):
         return bool(self._slots) or bool(self._waiting)
 
     # --- the scheduling thread -----------------------------------------------------------------
-
-    def run(self, stop):
-        """Schedule until the threading.Event `stop` is set."""
-        while not stop.is_set():
-            self.iterate(wait=0.5)
 
     def iterate(self, wait=0.0):
         """One round (see the module docstring); idle, it waits up to `wait` s for work."""

@@ -31,30 +31,41 @@ log = logging.getLogger("kogpt2_serving.engine")
 READY_LINE = "engine ready"
 LOAD_FAILED_PREFIX = "engine: loading the model from"
 CANCELLED_TTL = 120.0  # s a cancel is remembered for a request the engine has not seen yet
-STALL_MARGIN = 30.0  # s past the request timeout that the loop may take to come round while busy
+STATS_EVERY = 60.0  # s between the loop's log lines of rows per step (when it ran any)
 
 
 class EngineService:
-    """The batcher plus what the connection threads share: requests by id, cancels, health."""
+    """The batcher plus what the connection threads share: requests by id and early cancels."""
 
-    def __init__(self, batcher, info, stall_after):
+    def __init__(self, batcher, info):
         self.batcher = batcher
         self.info = info
-        self.stall_after = stall_after  # s: one round (a beam search runs in one) takes at most a request's time
         self.jobs = {}  # request id -> Job, while it runs
         self.cancelled = {}  # request id -> time the cancel came, for requests not seen yet
         self.lock = threading.Lock()
-        self.last_round = time.time()
         self.stopping = threading.Event()
 
     def run(self):
+        reported, last = time.time(), self.batcher.stats.as_dict()
         while not self.stopping.is_set():
             self.batcher.iterate(wait=0.5)
-            self.last_round = time.time()
+            if time.time() - reported >= STATS_EVERY:
+                reported, last = time.time(), self._report(last)
         self.batcher.fail_all(protocol.EngineUnavailable("the engine is shutting down; retry the request"))
         deadline = time.time() + 2.0
         while self.jobs and time.time() < deadline:  # the connection threads are writing those answers
             time.sleep(0.02)
+
+    def _report(self, last):
+        """One log line of what the loop did since `last` (a stats dict) -> the stats now."""
+        now = self.batcher.stats.as_dict()
+        steps = now["steps"] - last["steps"]
+        if steps:
+            log.info("engine: %d steps, %.2f rows per step, %d shared by several requests, %d joins, %d rebuilds, "
+                     "%d requests in the last %.0f s", steps, (now["row_steps"] - last["row_steps"]) / steps,
+                     now["shared_steps"] - last["shared_steps"], now["joins"] - last["joins"],
+                     now["rebuilds"] - last["rebuilds"], now["requests"] - last["requests"], STATS_EVERY)
+        return now
 
     def handle(self, conn):
         message = protocol.receive(conn)
@@ -68,17 +79,10 @@ class EngineService:
             protocol.send(conn, {"ok": True})
         elif op == "info":
             protocol.send(conn, dict(self.info, ok=True))
-        elif op == "health":
-            protocol.send(conn, self.health())
         elif op == "stats":
             protocol.send(conn, dict(self.batcher.stats.as_dict(), ok=True))
         else:
             protocol.send(conn, {"ok": False, "status": 400, "kind": "bad_request", "message": "unknown op"})
-
-    def health(self):
-        stalled = self.batcher.busy and time.time() - self.last_round > self.stall_after
-        return {"ok": not stalled and not self.stopping.is_set(), "busy": self.batcher.busy,
-                "since_last_round": round(time.time() - self.last_round, 3)}
 
     def cancel(self, request_id):
         with self.lock:
@@ -193,8 +197,7 @@ def main(argv=None):
         if not isinstance(e, ServingError):
             log.exception("traceback of the load failure")
         return 1
-    service = EngineService(ContinuousBatcher(generator, limits), dict(info, pid=os.getpid(), **limits._asdict()),
-                            stall_after=limits.request_timeout + STALL_MARGIN)
+    service = EngineService(ContinuousBatcher(generator, limits), dict(info, pid=os.getpid(), **limits._asdict()))
     signal.signal(signal.SIGTERM, lambda *_: service.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: service.stopping.set())
     if os.path.exists(args.socket):

@@ -9,8 +9,10 @@ carries one exchange: the worker sends a request, the engine answers it once. Re
   `deadline` the time.time() at which the engine stops decoding it (``time_limit``);
 - ``{"op": "cancel", "id"}``: the gateway saw the request's client hang up;
 - ``{"op": "info"}``: the model's positions, the engine's limits, its pid;
-- ``{"op": "health"}``: answered by the scheduling loop's state (how long ago it last ran);
 - ``{"op": "stats"}``: the scheduler's counters (steps, rows per step, joins, ...).
+
+Whether the engine is wedged is not asked here: ``serve``'s watchdog sends a real request
+through the public address (serving.watchdog).
 
 An error is ``{"ok": false, "status", "kind", "message"}``, a ServingError across the socket.
 The socket lives in the server's private 0700 directory; JSON, not pickle, so a message
