@@ -144,6 +144,9 @@ class EngineService:
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a unix socket refuses connect() outright beyond it,
+    # and every light worker may connect at the same moment.
+    request_queue_size = 1024
 
     def __init__(self, path, service):
         self.service = service
