@@ -104,11 +104,12 @@ class EngineService:
             return
         request_id = str(message.get("id") or id(message))
         items = [Prepared(list(item["ids"]), protocol.params_from_json(item["params"])) for item in message["items"]]
-        answered = threading.Event()
-        job = Job(items, deadline=message.get("deadline"), on_done=lambda _: answered.set())
         with self.lock:
             if self.cancelled.pop(request_id, None) is not None:
                 return  # its client left before it arrived
+        answered, signal_answered = socket.socketpair()  # the loop writes a byte when the answer is ready
+        job = Job(items, deadline=message.get("deadline"), on_done=lambda _: _notify(signal_answered))
+        with self.lock:
             self.jobs[request_id] = job
         try:
             try:
@@ -124,15 +125,16 @@ class EngineService:
         finally:
             with self.lock:
                 self.jobs.pop(request_id, None)
+            answered.close()
+            signal_answered.close()
 
     @staticmethod
     def _wait(conn, answered):
-        """Wait for the answer; False if the worker closed its end first."""
-        while not answered.wait(0.05):
-            readable, _, _ = select.select([conn], [], [], 0.2)
-            if readable and not conn.recv(1, socket.MSG_PEEK):
-                return False
-        return True
+        """Wait for the answer (`answered` readable); False if the worker closed its end first.
+        Blocks without a timeout: a thread that woke up every few milliseconds would preempt
+        the OpenMP threads computing the steps."""
+        readable, _, _ = select.select([conn, answered], [], [])
+        return answered in readable  # the worker sends nothing more: its end is readable only once closed
 
     @staticmethod
     def _answer(job):
@@ -140,6 +142,14 @@ class EngineService:
             return protocol.error_to_json(job.error)
         return {"ok": True, "seconds": job.finished - job.submitted,
                 "results": [[protocol.sequence_to_json(s) for s in sequences] for sequences in job.results]}
+
+
+def _notify(sock):
+    """Wake the connection thread waiting for this answer (gone already if its worker left)."""
+    try:
+        sock.send(b".")
+    except OSError:
+        pass
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -206,7 +216,7 @@ def main(argv=None):
     if os.path.exists(args.socket):
         os.unlink(args.socket)  # a previous engine's, after a crash
     server = _Server(args.socket, service)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="engine-socket",
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 1.0}, name="engine-socket",
                      daemon=True).start()
     log.info("limits: %d rows per step, %d cache tokens, %d waiting requests", limits.max_rows,
              limits.max_cache_tokens, limits.max_queue)

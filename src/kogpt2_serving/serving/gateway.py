@@ -47,7 +47,6 @@ LINGER_SECONDS, LINGER_BYTES = 10.0, 64 * 1024 * 1024
 ROUTES = {"/invocations": ("POST",), "/ping": ("GET", "HEAD")}
 REQUEST_ID_HEADER = "X-Kogpt2-Request-Id"
 RECEIVED_HEADER = "X-Kogpt2-Received"
-CLIENT_WATCH_SECONDS = 0.1  # how often a waiting request checks that its client is still there
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
                         "upgrade", "host", "content-length", "expect"))
 OWN_HEADERS = frozenset((REQUEST_ID_HEADER.lower(), RECEIVED_HEADER.lower()))  # a client's are dropped
@@ -128,8 +127,8 @@ class Gateway:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         try:
-            self._server = loop.run_until_complete(asyncio.start_server(self._client, self.host, self.port,
-                                                                        limit=MAX_HEAD))
+            self._server = loop.run_until_complete(loop.create_server(
+                lambda: _ClientProtocol(self._client, loop), self.host, self.port))
             self._loop = loop
         except OSError as e:
             failed.append(e)
@@ -212,13 +211,16 @@ class Gateway:
         self.in_flight += 1
         try:
             forward = asyncio.ensure_future(self._forward("POST", self.inference_path, headers, request.body))
-            while not forward.done():
-                await asyncio.wait([forward], timeout=CLIENT_WATCH_SECONDS)
-                if not forward.done() and reader.at_eof():
-                    if self.on_client_gone is not None:
-                        self.on_client_gone(request_id)
-                    await forward  # MMS's answer still comes; the connection to it stays in step
-                    return None
+            gone = asyncio.ensure_future(reader.client_gone.wait())
+            try:
+                await asyncio.wait([forward, gone], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+            if not forward.done():
+                if self.on_client_gone is not None:
+                    self.on_client_gone(request_id)
+                await forward  # MMS's answer still comes; the connection to it stays in step
+                return None
             return forward.result()
         finally:
             self.in_flight -= 1
@@ -257,6 +259,26 @@ class Gateway:
                 writer.close()
             return reshape_error(answer)
         raise AssertionError("unreachable")
+
+
+class _ClientProtocol(asyncio.StreamReaderProtocol):
+    """asyncio.start_server's protocol, plus `reader.client_gone` (an Event set when the client
+    closes its end or the connection drops), so a request waiting for MMS learns at once, without
+    polling, that nobody will read its answer."""
+
+    def __init__(self, client_connected, loop):
+        reader = asyncio.StreamReader(limit=MAX_HEAD, loop=loop)
+        reader.client_gone = asyncio.Event()
+        super().__init__(reader, client_connected, loop=loop)
+        self._gone = reader.client_gone
+
+    def eof_received(self):
+        self._gone.set()
+        return super().eof_received()
+
+    def connection_lost(self, exc):
+        self._gone.set()
+        super().connection_lost(exc)
 
 
 # --- HTTP/1.1 parsing ----------------------------------------------------------------------------

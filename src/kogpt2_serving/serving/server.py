@@ -182,6 +182,8 @@ class ModelServer:
             self._engine = EngineSupervisor(os.path.abspath(config.model_dir), self.sockets.engine, config.device,
                                             config.dtype, self._engine_environment(env), self._output)
             self._engine.start(self._startup_timeout(), should_stop)
+            if should_stop is not None and should_stop():
+                return self  # stopped while the engine loaded: no MMS to start
             env = self._light_worker_environment(env)
         self._proc = subprocess.Popen(mms_command(config, properties), env=env, cwd=self.run_dir,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
