@@ -266,12 +266,9 @@ class ContinuousBatcher:
         return self._state.length - start, max(u.params.max_new_tokens - len(row.tokens) for _, u, row in live)
 
     def _batch_for(self, rows, capacity):
-        """Batch sizes come in powers of two (capped at max_rows), so there are few step graphs and
-        rebuilds are rare; exactly `rows` where the bucket's cache would exceed max_cache_tokens."""
-        size = 1
-        while size < rows:
-            size *= 2
-        size = min(size, self.limits.max_rows)
+        """The smallest of batch_sizes() that holds `rows`, so there are few step graphs and rebuilds
+        are rare; exactly `rows` where that batch's cache would exceed max_cache_tokens."""
+        size = next(size for size in batch_sizes(self.limits.max_rows) if size >= rows)
         return size if size * capacity <= self.limits.max_cache_tokens else rows
 
     def _join(self, units):
@@ -393,6 +390,15 @@ class ContinuousBatcher:
         self._state, self._slots = None, []
         for job in jobs.values():
             job._fail(error)
+
+
+def batch_sizes(max_rows):
+    """The batch sizes the running batch takes: powers of two, and max_rows."""
+    sizes, size = [], 1
+    while size < max_rows:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_rows]
 
 
 def check_fits(items, limits):
