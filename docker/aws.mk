@@ -38,8 +38,9 @@ ENDPOINT ?= kogpt2-serving
 INSTANCE_TYPE ?= ml.c5.xlarge
 ## instances behind the endpoint at start
 INSTANCE_COUNT ?= 1
-## model server workers per instance (each holds a model copy)
-WORKERS ?= 1
+## MMS workers per instance; empty: the server's default (32 light workers in front of the engine,
+## or 1 with the model in each worker)
+WORKERS ?=
 ## autoscaling: fewest instances
 MIN_INSTANCES ?= 1
 ## autoscaling: most instances
@@ -101,11 +102,11 @@ image-gpu: wheel base-login  ## build the GPU image (MXNET_VERSION base) as IMAG
 
 run-cpu:  ## serve MODEL_DIR with the CPU image on localhost:PORT, as SageMaker runs it
 	docker run --rm -p $(PORT):8080 -v $(abspath $(MODEL_DIR)):/opt/ml/model:ro \
-	  -e SAGEMAKER_MODEL_SERVER_WORKERS=$(WORKERS) $(IMAGE_NAME):$(VERSION)-cpu serve
+	  $(if $(WORKERS),-e SAGEMAKER_MODEL_SERVER_WORKERS=$(WORKERS)) $(IMAGE_NAME):$(VERSION)-cpu serve
 
 run-gpu:  ## serve MODEL_DIR with the GPU image (all GPUs) on localhost:PORT
 	docker run --rm --gpus all -p $(PORT):8080 -v $(abspath $(MODEL_DIR)):/opt/ml/model:ro \
-	  -e SAGEMAKER_MODEL_SERVER_WORKERS=$(WORKERS) $(IMAGE_NAME):$(VERSION)-gpu serve
+	  $(if $(WORKERS),-e SAGEMAKER_MODEL_SERVER_WORKERS=$(WORKERS)) $(IMAGE_NAME):$(VERSION)-gpu serve
 
 ecr-push:  ## create ECR_REPO if missing, log in, tag and push the DEVICE image
 	$(need-account)
@@ -124,7 +125,7 @@ deploy: $(STAMP)  ## upload MODEL_TAR, create model + endpoint config + endpoint
 	$(need-account)
 	$(KOGPT2) deploy --name $(ENDPOINT) --image $(IMAGE_URI) $(if $(ROLE_ARN),--role $(ROLE_ARN)) \
 	  --model-tar $(MODEL_TAR) --bucket $(BUCKET) --prefix $(S3_PREFIX) --instance-type $(INSTANCE_TYPE) \
-	  --instance-count $(INSTANCE_COUNT) --workers $(WORKERS) $(AWS_ARGS)
+	  --instance-count $(INSTANCE_COUNT) $(if $(WORKERS),--workers $(WORKERS)) $(AWS_ARGS)
 
 autoscale: $(STAMP)  ## target tracking on invocations per instance for ENDPOINT
 	$(KOGPT2) autoscale --name $(ENDPOINT) --min-instances $(MIN_INSTANCES) --max-instances $(MAX_INSTANCES) \

@@ -222,7 +222,9 @@ def test_run_targets_mount_the_model_and_serve():
     out = recipe("run-gpu", "MODEL_DIR=/data/kogpt2", "PORT=9000", "WORKERS=2")
     assert ("docker run --rm --gpus all -p 9000:8080 -v /data/kogpt2:/opt/ml/model:ro "
             "-e SAGEMAKER_MODEL_SERVER_WORKERS=2 kogpt2-serving:0.1.0-gpu serve") in out
-    assert "docker run --rm -p 8080:8080 -v {}/model:/opt/ml/model:ro".format(ROOT) in recipe("run-cpu")
+    default = recipe("run-cpu")
+    assert "docker run --rm -p 8080:8080 -v {}/model:/opt/ml/model:ro".format(ROOT) in default
+    assert "SAGEMAKER_MODEL_SERVER_WORKERS" not in default  # the server's own default: 32 light workers
 
 
 def test_ecr_push_creates_logs_in_tags_and_pushes():

@@ -471,6 +471,9 @@ def test_serve_refuses_a_bad_engine_setting_before_starting(tiny_model_dir, monk
 
 @pytest.mark.parametrize("source, reason", [
     ("def input_fn(body, content_type):\n    return body\n", None),
+    ("from kogpt2_serving.handler import model_fn, predict_fn\n", None),  # the package's own, as they are
+    ("from kogpt2_serving.handler import predict_fn as base\n\ndef predict_fn(d, m):\n    return base(d, m)\n",
+     "defines predict_fn"),
     ("import json\n\ndef predict_fn(data, model):\n    return data\n", "defines predict_fn"),
     ("from kogpt2_serving.mxnet_entry import model_fn, transform_fn  # noqa\n", "defines model_fn and transform_fn"),
     ("model_fn = None\n", "defines model_fn"),
@@ -478,7 +481,8 @@ def test_serve_refuses_a_bad_engine_setting_before_starting(tiny_model_dir, monk
     ("def broken(:\n", "cannot be read"),
 ])
 def test_which_user_modules_keep_the_model_in_the_workers(tmp_path, source, reason):
-    """Read from the source, never imported (the module may import MXNet or do work at import)."""
+    """Read from the source, never imported (the module may import MXNet or do work at import);
+    the package's own functions imported under their names change nothing."""
     from kogpt2_serving.serving.handler_functions import in_process_reason
 
     (tmp_path / "code").mkdir()
@@ -489,3 +493,12 @@ def test_which_user_modules_keep_the_model_in_the_workers(tmp_path, source, reas
     else:
         assert found.startswith(str(tmp_path / "code" / "inference_probe_x.py")) and reason in found, found
     assert in_process_reason(str(tmp_path), "no_such_module_here") is None
+
+
+def test_the_packaged_inference_py_keeps_the_engine(tmp_path):
+    from kogpt2_serving.aws.packaging import INFERENCE_PY
+    from kogpt2_serving.serving.handler_functions import in_process_reason
+
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "inference.py").write_text(INFERENCE_PY)
+    assert in_process_reason(str(tmp_path), "inference") is None

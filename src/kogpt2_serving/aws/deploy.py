@@ -16,7 +16,7 @@ VARIANT = "AllTraffic"
 ENDPOINT_FAILED_HINT = (
     "read the container log in CloudWatch (log group /aws/sagemaker/Endpoints/{name}); common causes: a GPU image "
     "on a CPU instance type (or the reverse), a model.tar.gz not made by `kogpt2-serving package`, an instance "
-    "type with too little memory for --workers copies of the model")
+    "type with too little memory for the model (and with KOGPT2_ENGINE=off, for --workers copies of it)")
 
 
 class DeploySpec(NamedTuple):
@@ -26,7 +26,7 @@ class DeploySpec(NamedTuple):
     role: str
     instance_type: str = "ml.c5.xlarge"
     instance_count: int = 1
-    workers: Optional[int] = None  # None: the container's default (one per CPU or GPU)
+    workers: Optional[int] = None  # None: the container's default (32 light workers in front of the engine)
     environment: dict = {}  # extra SAGEMAKER_*/KOGPT2_* variables, override the defaults
 
 

@@ -21,7 +21,8 @@ def add_arguments(parser):
     parser.add_argument("--instance-type", default="ml.c5.xlarge", help="(default: %(default)s)")
     parser.add_argument("--instance-count", type=int, default=1, help="(default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="model server workers per instance (default: one per CPU, or per GPU)")
+                        help="MMS workers per instance (default: the server's own: 32 light workers in front of "
+                             "the engine process)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra container environment, repeatable (e.g. KOGPT2_DEVICE=gpu)")
     parser.add_argument("--model-only", action="store_true", help="create the model only (for batch-transform)")

@@ -26,6 +26,7 @@ from . import handler
 DEFAULT_PROGRAM = "inference"
 OVERRIDABLE = ("model_fn", "input_fn", "predict_fn", "output_fn")
 IN_PROCESS = ("model_fn", "predict_fn", "transform_fn")  # a user's own: the model lives in the worker
+PACKAGE_HANDLER = "kogpt2_serving.handler"
 
 
 class HandlerFunctions(NamedTuple):
@@ -105,7 +106,9 @@ def in_process_reason(model_dir, module_name=None):
             if any(alias.name == "*" for alias in node.names):
                 return "{} has 'from {} import *', which may define model_fn or predict_fn".format(
                     spec.origin, node.module)
-            names.update(alias.asname or alias.name for alias in node.names)
+            # The package's own functions under their own names (what `package` writes) change nothing.
+            names.update(alias.asname or alias.name for alias in node.names
+                         if not (node.module == PACKAGE_HANDLER and alias.asname in (None, alias.name)))
     defined = [name for name in IN_PROCESS if name in names]
     return "{} defines {}".format(spec.origin, " and ".join(defined)) if defined else None
 
