@@ -119,8 +119,8 @@ def _in_group(pid, group):
 
 def test_a_client_that_hangs_up_stops_costing_steps(engine_server):
     before = engine_server.engine_stats()
-    body = json.dumps({"inputs": "대한민국은", "parameters": {"max_new_tokens": 80, "num_return_sequences": 16,
-                                                          "do_sample": True, "seed": 1}}).encode("utf-8")
+    parameters = {"max_new_tokens": 80, "min_new_tokens": 80, "num_return_sequences": 16, "do_sample": True, "seed": 1}
+    body = json.dumps({"inputs": "대한민국은", "parameters": parameters}).encode("utf-8")
     sock = socket.create_connection(("127.0.0.1", engine_server.port), timeout=10)
     sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
@@ -148,8 +148,8 @@ def long_model_dir(tmp_path_factory):
 def test_the_request_timeout_ends_a_generation_with_time_limit(long_model_dir):
     env = {"KOGPT2_REQUEST_TIMEOUT_SECONDS": "0.3", "KOGPT2_MAX_REQUEST_TOKENS": "16000"}
     with ServeProcess(long_model_dir, ["--workers", "2"], env=env) as server:
-        request = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 1000, "num_return_sequences": 16,
-                                                      "do_sample": True, "details": True}}
+        request = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 1000, "min_new_tokens": 1000,
+                                                      "num_return_sequences": 16, "do_sample": True, "details": True}}
         started = time.time()
         status, answer = server.post_json(request)
         elapsed = time.time() - started
@@ -162,8 +162,8 @@ def test_the_request_timeout_ends_a_generation_with_time_limit(long_model_dir):
 
 def test_a_full_queue_answers_503(tiny_model_dir):
     env = {"KOGPT2_MAX_QUEUE": "1", "KOGPT2_MAX_BATCH_ROWS": "16"}
-    body = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 80, "num_return_sequences": 16,
-                                               "do_sample": True}}
+    body = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 80, "min_new_tokens": 80,
+                                               "num_return_sequences": 16, "do_sample": True}}
     with ServeProcess(tiny_model_dir, ["--workers", "8"], env=env) as server:
         answers = in_parallel(lambda _: server.post_json(body), list(range(8)))
         statuses = sorted(status for status, _ in answers)
@@ -176,8 +176,8 @@ def test_a_full_queue_answers_503(tiny_model_dir):
 
 
 def test_an_engine_killed_under_load_is_restarted_and_serving_resumes(tiny_model_dir):
-    body = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 85, "num_return_sequences": 16,
-                                               "do_sample": True}}
+    body = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 85, "min_new_tokens": 85,
+                                               "num_return_sequences": 16, "do_sample": True}}
     with ServeProcess(tiny_model_dir, ["--workers", "4"]) as server:
         serve_pid, engine_pid = server.proc.pid, server.engine_pid
         results = []
@@ -207,8 +207,8 @@ def test_an_engine_killed_under_load_is_restarted_and_serving_resumes(tiny_model
 
 
 def test_sigterm_under_load_drains_and_leaves_no_process(tiny_model_dir):
-    body = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 85, "num_return_sequences": 8,
-                                               "do_sample": True}}
+    body = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 85, "min_new_tokens": 85,
+                                               "num_return_sequences": 8, "do_sample": True}}
     server = ServeProcess(tiny_model_dir, ["--workers", "8"])
     with server:
         results = []
