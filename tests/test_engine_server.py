@@ -153,6 +153,13 @@ def test_the_request_timeout_ends_a_generation_with_time_limit(long_model_dir):
         started = time.time()
         status, answer = server.post_json(request)
         elapsed = time.time() - started
+        plain = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 1000, "min_new_tokens": 1000}}
+        status_plain, _, headers, body = server.post(json.dumps(plain))
+        short_status, _, short_headers, _ = server.post(json.dumps({"inputs": "a", "parameters": {
+            "max_new_tokens": 2}}))
+    # Without details the body has no finish reason: a header says the request stopped for time.
+    assert status_plain == 200 and headers["x-kogpt2-finish-reason"] == "time_limit", headers
+    assert short_status == 200 and "x-kogpt2-finish-reason" not in short_headers
     assert status == 200, answer
     reasons = {a["details"]["finish_reason"] for a in answer}
     assert reasons == {"time_limit"}, reasons

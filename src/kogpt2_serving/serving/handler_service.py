@@ -26,6 +26,7 @@ import os
 from http.client import responses
 
 from ..errors import ModelLoadError, ServingError, cause_of
+from ..generation.stopping import TIME_LIMIT
 from . import codec, handler
 from .engine_client import RequestMeta
 from .gateway import RECEIVED_HEADER, REQUEST_ID_HEADER
@@ -34,6 +35,7 @@ from .handler_functions import add_code_dir, call, resolve
 log = logging.getLogger(__name__)
 
 UTF8_TYPES = ("application/json", "text/csv")  # bodies the toolkit hands over as str
+FINISH_REASON_HEADER = "X-Kogpt2-Finish-Reason"  # time_limit: a sequence stopped at the request timeout
 
 
 class HandlerService(object):
@@ -122,6 +124,8 @@ class HandlerService(object):
                     result = (codec.encode_prediction(outcome, media) if media
                               else call(fns.output_fn, (outcome, accept), context))
                     answers[i] = _respond(context, i, result, accept)
+                    if _stopped_for_time(outcome):
+                        context.set_response_header(i, FINISH_REASON_HEADER, TIME_LIMIT)
                 except Exception as e:  # noqa: B902
                     answers[i] = _fail(context, i, e)
         if len(incoming) > 1:
@@ -172,6 +176,13 @@ def _toolkit_body(body, content_type):
     if content_type in UTF8_TYPES and isinstance(body, (bytes, bytearray)):
         return codec.body_text(body, "utf-8")
     return body
+
+
+def _stopped_for_time(prediction):
+    """Whether a sequence ended at the request timeout: the answer's header says so even when
+    its body (the SDK list, HF without details) has no place for a finish reason."""
+    return any(s.finish_reason == TIME_LIMIT for answer in prediction.answers
+               for sequences in answer.sequences for s in sequences)
 
 
 def _respond(context, i, result, accept):
