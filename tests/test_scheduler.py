@@ -243,3 +243,22 @@ def test_beam_search_waits_for_the_batch_to_drain_then_runs_alone(generator):
     assert done == [greedy, beams, after]  # first come, first served
     for job in (greedy, beams, after):
         assert_same(job.results, alone(generator, job))
+
+
+def test_a_beam_search_cancelled_while_it_runs_stops_and_is_answered(generator):
+    done, steps = [], []
+    job = Job([prepared(generator, PROMPTS[1], max_new_tokens=40, num_beams=3)], deadline=1e9,
+              on_done=done.append)
+    batcher = None
+
+    def clock():  # the search asks once per step (a deadline far away); the client leaves at the third
+        steps.append(1)
+        if len(steps) == 3:
+            batcher.cancel(job)
+        return 1000.0
+
+    batcher = ContinuousBatcher(generator, clock=clock)
+    batcher.submit(job)
+    run_until_idle(batcher)
+    assert done == [job] and job.error.kind == "cancelled"  # its worker is not left waiting
+    assert len(steps) < 10  # not the 40 steps it asked for

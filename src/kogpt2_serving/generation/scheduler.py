@@ -29,6 +29,7 @@ import collections
 import logging
 import threading
 import time
+
 from ..errors import RequestTooCostly, ServingError
 from ..model.cache import CACHE_BUCKET, capacity_for
 from ..settings import EngineLimits
@@ -52,6 +53,9 @@ class Cancelled(ServingError):
 
     status = 503
     kind = "cancelled"
+
+    def __init__(self):
+        super().__init__("the request was cancelled: its client is gone")
 
 
 class Job:
@@ -187,7 +191,7 @@ class ContinuousBatcher:
             job = unit.job
             if job.cancelled:
                 row.end("cancelled")
-                job._fail(Cancelled("the request was cancelled: its client is gone"))
+                job._fail(Cancelled())
             elif job.deadline is not None and now >= job.deadline:
                 row.end(TIME_LIMIT)
                 self._unit_progress(unit, expired=True)
@@ -212,6 +216,7 @@ class ContinuousBatcher:
         return admitted
 
     def _pop(self):
+        """The head of the queue; its request leaves the waiting count with its first prompt."""
         unit = self._waiting.popleft()
         if not unit.job.started:
             unit.job.started = True
@@ -224,12 +229,9 @@ class ContinuousBatcher:
         expired = job.deadline is not None and self.clock() >= job.deadline
         if not (job.cancelled or expired):
             return False
-        self._waiting.popleft()
-        if not job.started:
-            job.started = True  # it leaves the waiting count once
-            self._waiting_jobs -= 1
+        self._pop()
         if job.cancelled:
-            job._fail(Cancelled("the request was cancelled: its client is gone"))
+            job._fail(Cancelled())
             return True
         self.stats.expired += 1
         if not any(r is not None for r in job.results) and not self._running(job):
@@ -364,14 +366,16 @@ class ContinuousBatcher:
 
     def _beam_search(self, unit):
         job = unit.job
-        out_of_time = None
-        if job.deadline is not None:
-            def out_of_time():
-                return job.cancelled or self.clock() >= job.deadline
+
+        def out_of_time():  # asked at every step: a cancel or the deadline ends the search there
+            return job.cancelled or (job.deadline is not None and self.clock() >= job.deadline)
+
         started = time.time()
         sequences = self.generator.beam_search(unit.item, out_of_time)
         log.debug("beam search of %d beams took %.2f s", unit.params.num_beams, time.time() - started)
-        if not job.cancelled:
+        if job.cancelled:
+            job._fail(Cancelled())  # answered, so that its worker is free
+        else:
             job._finish_item(unit.index, sequences)
 
     def _empty_sequences(self, unit):
