@@ -9,7 +9,7 @@ rows are reordered by beam.
 import random
 from typing import List, NamedTuple, Optional
 
-from ..errors import InvalidParameter
+from ..errors import InvalidParameter, PromptTooLong
 from ..text.tokenizer import IncrementalDecoder
 from .params import MAX_SEED
 from .processors import build_processors, build_warpers
@@ -40,6 +40,14 @@ class Prepared(NamedTuple):
     params: object  # GenerationParameters
 
 
+def prepare(tokenizer, positions, prompt, params):
+    """Prompt ids, encoded once and checked against the model's positions (413 naming both
+    lengths): the engine's in-process callers and the light workers alike."""
+    ids = tokenizer.encode_prompt(prompt)
+    PromptTooLong.check(len(ids), params.max_new_tokens, positions)
+    return Prepared(ids, params)
+
+
 class Generator:
     """Generates for a loaded model. One call at a time (the engine is not thread-safe).
 
@@ -63,10 +71,8 @@ class Generator:
         return self.decode([self.prepare(prompt, params) for prompt, params in requests])
 
     def prepare(self, prompt, params):
-        """Prompt ids, checked against the model's positions (413 naming both lengths)."""
-        ids = self.tokenizer.encode_prompt(prompt)
-        self.engine.check_length(len(ids), params.max_new_tokens)
-        return Prepared(ids, params)
+        """A prompt for this model (module-level `prepare`)."""
+        return prepare(self.tokenizer, self.engine.max_positions, prompt, params)
 
     def decode(self, prepared):
         """[Prepared] -> one list of sequences per item, in order. Greedy and sampling rows share

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import PromptTooLong
 from .cache import capacity_for
 from .network import MASKED, PrefillGraph, StepGraph, fill_step_weights
+
 MAX_STEP_GRAPHS = 32  # step graphs kept (one per batch size seen; beam search shrinks batches)
 
 

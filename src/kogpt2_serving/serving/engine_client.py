@@ -11,11 +11,11 @@ import socket
 import time
 from typing import NamedTuple, Optional
 
-from ..errors import PromptTooLong, ServingError
+from ..errors import ServingError
 from ..files.default_model import or_demo_model
 from ..files.loader import load_tokenizer
 from ..files.model_dir import find_model_files
-from ..generation.generator import Prepared
+from ..generation.generator import prepare
 from ..generation.scheduler import check_fits
 from ..settings import engine_limits
 from . import engine_protocol as protocol
@@ -57,12 +57,6 @@ class EngineModel:
                     raise
                 time.sleep(0.2)
 
-    def prepare(self, prompt):
-        """A codec Prompt -> Prepared (ids encoded once, checked against the model's positions)."""
-        ids = self.tokenizer.encode_prompt(prompt.text)
-        PromptTooLong.check(len(ids), prompt.params.max_new_tokens, self.positions)
-        return Prepared(ids, prompt.params)
-
     def predict_batch(self, payloads, metas=None):
         """Payloads -> one Prediction or ServingError each, as serving.batching.predict_batch."""
         metas = metas or [RequestMeta()] * len(payloads)
@@ -75,7 +69,7 @@ class EngineModel:
         return outcomes
 
     def predict(self, payload, meta=RequestMeta()):
-        items = [self.prepare(prompt) for prompt in payload.prompts]
+        items = [prepare(self.tokenizer, self.positions, prompt.text, prompt.params) for prompt in payload.prompts]
         check_fits(items, self.limits)
         received = meta.received if meta.received is not None else time.time()
         deadline = received + self.limits.request_timeout
