@@ -26,6 +26,7 @@ import os
 from http.client import responses
 
 from ..errors import ModelLoadError, ServingError, cause_of
+from ..generation.scheduler import Cancelled
 from ..generation.stopping import TIME_LIMIT
 from . import codec, handler
 from .engine_client import RequestMeta
@@ -69,8 +70,9 @@ class HandlerService(object):
     def handle(self, data, context):
         if data is None:
             return None
-        incoming = [_incoming(item, context, i) for i, item in enumerate(data)]
-        metas = [_meta(context, i) for i in range(len(data))]
+        headers = [_headers(context, i) for i in range(len(data))]
+        incoming = [_incoming(item, h) for item, h in zip(data, headers)]
+        metas = [_meta(h) for h in headers]
         if self._functions is None:
             return [_fail(context, i, self._load_error) for i in range(len(data))]
         if self._functions.transform_fn is not None:
@@ -137,22 +139,20 @@ def _cause(error):
     return error.message if isinstance(error, ServingError) else "{}: {}".format(type(error).__name__, cause_of(error))
 
 
-def _incoming(item, context, i):
-    """(body, Content-Type, Accept) of request i; Accept missing or */* -> the default."""
-    headers = context.request_processor[i].get_request_properties() or {}
-    lowered = _headers(context, i)
-    content_type = lowered.get("contenttype")
+def _incoming(item, headers):
+    """(body, Content-Type, Accept) of a request, from its _headers; Accept missing or */* -> the
+    default."""
+    content_type = headers.get("contenttype")
     if not content_type and isinstance(headers.get("body"), dict):
         content_type = headers["body"].get("content-type")
-    accept = lowered.get("accept")
+    accept = headers.get("accept")
     if not accept or accept == codec.ANY:
         accept = handler.default_accept()
     return (item or {}).get("body"), content_type or None, accept
 
 
-def _meta(context, i):
+def _meta(headers):
     """The gateway's request id and arrival time (headers it sets, replacing any a client sent)."""
-    headers = _headers(context, i)
     received = headers.get(_key(RECEIVED_HEADER))
     try:
         received = float(received) if received else None
@@ -201,7 +201,7 @@ def _fail(context, i, error):
 
 def _error_answer(error):
     if isinstance(error, ServingError):
-        if error.kind == "cancelled":  # its client is gone: nobody reads this answer
+        if error.kind == Cancelled.kind:  # its client is gone: nobody reads this answer
             log.info("request cancelled: %s", error.message)
         elif error.status >= 500:
             log.error("request failed: %s", error.message)

@@ -66,13 +66,12 @@ from .engine_supervisor import EngineSupervisor
 from .gateway import FRONTEND_KINDS, Gateway
 from .mms_config import MODEL_NAME, SERVICE, Sockets, max_request_size, mms_command, mms_properties, response_timeout
 from .process_group import signal_group, wait_group_gone
-from .watchdog import Watchdog
+from .watchdog import PROBE, Watchdog
 
 log = logging.getLogger(__name__)
 
 MAX_PORT = 32766  # the MMS frontend rejects 32767 and above
 SOCKET_DIR_LIMIT = 80  # TMPDIR + "/.mms.sock.9000" must fit a unix socket path (108 bytes)
-PROBE = {"inputs": "안녕", "parameters": {"max_new_tokens": 1}}
 WATCHDOG_MARGIN = 5.0  # s past the request timeout before a probe counts as unanswered
 NOT_READY = (404, 500, 502, 503, 504, 507)  # MMS: model or worker not there (yet)
 LOAD_FAILED = re.compile(r"loading the model from .*? failed: (.*)$")  # handler_service's log line
@@ -230,7 +229,6 @@ class ModelServer:
         engine_env = dict(env)
         if not explicit_threads(os.environ):
             engine_env.pop(THREADS_ENV, None)
-        engine_env[WORKERS_ENV] = "1"
         return engine_env
 
     def _light_worker_environment(self, env):

@@ -16,7 +16,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-PROBE = {"inputs": "안녕", "parameters": {"max_new_tokens": 1}}
+PROBE = {"inputs": "안녕", "parameters": {"max_new_tokens": 1}}  # also serve's readiness probe
 FAILURES = 3
 # A user's input_fn may answer the probe with its own 4xx or 500: that is not a broken path.
 BROKEN = frozenset(["worker_died", "timeout", "server_unavailable", "model_server_error"])
