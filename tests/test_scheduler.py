@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 from kogpt2_serving.errors import RequestTooCostly
-from kogpt2_serving.generation.generator import Prepared
 from kogpt2_serving.generation.params import parse_parameters
 from kogpt2_serving.generation.scheduler import ContinuousBatcher, Job, QueueFull, QueueTimeout
 from kogpt2_serving.settings import EngineLimits

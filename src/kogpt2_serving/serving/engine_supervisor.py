@@ -17,8 +17,8 @@ import threading
 import time
 
 from ..errors import ServingError
-from .engine_process import LOAD_FAILED_PREFIX, READY_LINE
-from .process_group import signal_group, wait_group_gone
+from .engine_process import READY_LINE
+from .process_group import signal_group, stop_group, wait_group_gone
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,7 @@ class EngineSupervisor:
             proc = self._proc
         if proc is None:
             return
-        signal_group(proc.pid, signal.SIGTERM)
-        if not wait_group_gone(proc.pid, proc, timeout):
-            signal_group(proc.pid, signal.SIGKILL)
-            wait_group_gone(proc.pid, proc, 5.0)
-        proc.wait()
+        stop_group(proc, timeout)
         if self._thread is not None:
             self._thread.join(5)
         if os.path.exists(self.socket_path):

@@ -5,6 +5,7 @@ exactly "this server" (launcher, JVM, Python workers); SIGTERM to the launcher a
 orphan the workers.
 """
 import os
+import signal
 import time
 
 
@@ -13,6 +14,18 @@ def signal_group(group, signum):
         os.killpg(group, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def stop_group(leader, timeout):
+    """SIGTERM the process group `leader` (a Popen) leads, SIGKILL what is left after `timeout`
+    s, and reap the leader; True if the group ended on SIGTERM."""
+    signal_group(leader.pid, signal.SIGTERM)
+    gone = wait_group_gone(leader.pid, leader, timeout)
+    if not gone:
+        signal_group(leader.pid, signal.SIGKILL)
+        wait_group_gone(leader.pid, leader, 5.0)
+    leader.wait()
+    return gone
 
 
 def wait_group_gone(group, launcher, timeout):

@@ -65,7 +65,7 @@ from .engine_client import engine_call
 from .engine_supervisor import EngineSupervisor
 from .gateway import FRONTEND_KINDS, Gateway
 from .mms_config import MODEL_NAME, SERVICE, Sockets, max_request_size, mms_command, mms_properties, response_timeout
-from .process_group import signal_group, wait_group_gone
+from .process_group import stop_group
 from .watchdog import PROBE, Watchdog
 
 log = logging.getLogger(__name__)
@@ -388,13 +388,8 @@ class ModelServer:
             self._watchdog.stop()
             self._watchdog = None
         if self._proc is not None:
-            group = self._proc.pid
-            signal_group(group, signal.SIGTERM)
-            if not wait_group_gone(group, self._proc, timeout):
-                log.warning("server processes still running after %.0f s: killing them", timeout)
-                signal_group(group, signal.SIGKILL)
-                wait_group_gone(group, self._proc, 5.0)
-            self._proc.wait()
+            if not stop_group(self._proc, timeout):
+                log.warning("server processes were still running after %.0f s: killed them", timeout)
             self._proc = None
         if self._engine is not None:
             self._engine.stop(timeout)
