@@ -104,7 +104,7 @@ def test_jsonlines_skips_blank_lines_and_keeps_order():
      "unknown field 'details' in the request object; allowed: inputs, parameters, stream"),
     (b'{"inputs": "a", "stream": true}', "application/json", InvalidParameter,
      'streaming is not supported by this server (Multi Model Server answers each request in one response): '
-     'send "stream": false or leave it out'),
+     'send "stream": false or leave it out, or serve with --frontend native'),
     (b'{"inputs": ["a", " "]}', "application/json", InvalidParameter,
      "inputs[1] must be a non-empty prompt, got ' '"),
     (b'""', "application/json", InvalidParameter, "the JSON string must be a non-empty prompt, got ''"),

@@ -16,10 +16,10 @@ import os
 from ..errors import ServingError
 from ..files.default_model import resolve_model_dir
 from ..model.device import check_dtype, check_dtype_runs, parse_device
-from ..serving.handler_functions import in_process_reason
+from ..serving.handler_functions import in_process_reason, overrides_reason
 from ..serving.server import MAX_PORT, ServerConfig, in_sagemaker_container, serve
-from ..settings import (BATCH_DELAY_ENV, BATCH_SIZE_ENV, BIND_TO_PORT_ENV, DTYPE_ENV, ENGINE_ENV, WORKERS_ENV,
-                        drain_seconds, engine_limits, request_limits, watchdog_seconds)
+from ..settings import (BATCH_DELAY_ENV, BATCH_SIZE_ENV, BIND_TO_PORT_ENV, DTYPE_ENV, ENGINE_ENV, FRONTEND_ENV,
+                        WORKERS_ENV, drain_seconds, engine_limits, request_limits, watchdog_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,11 @@ def add_arguments(parser):
     parser.add_argument("--engine", choices=("on", "off"), default=None,
                         help="on: one engine process with continuous batching behind light workers; off: the model "
                              "in every worker (default ${} or on)".format(ENGINE_ENV))
+    parser.add_argument("--frontend", choices=("mms", "native"), default=None,
+                        help="mms: Multi Model Server with light workers (the SageMaker toolkit's server); native: an "
+                             "aiohttp frontend on the same engine that streams tokens (\"stream\": true) and serves "
+                             "TGI's /generate, /generate_stream, /info, /health (default ${} or mms)".format(
+                                 FRONTEND_ENV))
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default auto)")
     parser.add_argument("--dtype", default=None,
                         help="float32 | float16 (GPU) | bfloat16 (CPU with AVX-512: weights in bfloat16, logits within "
@@ -62,6 +67,7 @@ def config_from_args(args):
     model_dir = resolve_model_dir(args.model_dir, log)
     batch_size = args.batch_size if args.batch_size is not None else _env_int(BATCH_SIZE_ENV, 1)
     engine = _engine_mode(args, model_dir, batch_size)
+    frontend = _frontend(args, model_dir, engine)
     default_workers = LIGHT_WORKERS if engine else 1
     workers = args.workers or _env_int(WORKERS_ENV, default_workers)
     if args.workers is None and WORKERS_ENV not in os.environ:
@@ -80,6 +86,7 @@ def config_from_args(args):
         install_requirements=args.install_requirements,
         engine=engine,
         watchdog_interval=watchdog_seconds(),
+        frontend=frontend,
     )
     for name in ("workers", "batch_size"):
         if getattr(config, name) < 1:
@@ -120,6 +127,26 @@ def _engine_mode(args, model_dir, batch_size):
         log.info("%s: the model runs in every worker (each holds its own copy), not in an engine process", reason)
         return False
     return True
+
+
+def _frontend(args, model_dir, engine):
+    """mms or native: the flag, else KOGPT2_FRONTEND, else mms. The native frontend runs the
+    package's handling on the engine: refused with what stands in its way."""
+    choice = args.frontend or os.environ.get(FRONTEND_ENV, "").strip().lower() or "mms"
+    if choice not in ("mms", "native"):
+        raise ServingError("{} must be mms or native, got {!r}".format(FRONTEND_ENV, choice[:20]))
+    if choice == "native":
+        reason = overrides_reason(model_dir)
+        if reason:
+            raise ServingError("--frontend native runs the package's own request handling, not a user's inference.py "
+                               "({}): use --frontend mms".format(reason))
+        if not engine:
+            raise ServingError("--frontend native needs the engine process (--engine on, no --batch-size)")
+        try:
+            import aiohttp  # noqa: F401
+        except ImportError:
+            raise ServingError("--frontend native needs aiohttp: install kogpt2-serving[server]")
+    return choice
 
 
 def run(args):

@@ -117,7 +117,7 @@ class Generator:
         return seed, Sampler(processors, build_warpers(params), np.random.RandomState(seed))
 
     def _row(self, ids, params, chooser):
-        stopping = StoppingCriteria(self.tokenizer.eos_id, params.max_new_tokens, params.stop)
+        stopping = StoppingCriteria(self.tokenizer.eos_id, params.max_new_tokens, params.stop, params.stop_style)
         return Row(ids, chooser, stopping, IncrementalDecoder(self.tokenizer, ids), params.no_repeat_ngram_size)
 
     def beam_search(self, item, out_of_time=None):

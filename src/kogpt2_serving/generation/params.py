@@ -31,6 +31,7 @@ class GenerationParameters(NamedTuple):
     seed: Optional[int] = None  # sampling seed; None: drawn per request and reported back
     return_full_text: bool = True  # prompt + continuation, like the 2020 walkthrough
     details: bool = False  # per-token ids, texts and log-probabilities
+    stop_style: str = "cut"  # not a request parameter: "tgi" on the TGI routes (see generation.stopping)
 
     @property
     def uses_beams(self):
@@ -42,7 +43,7 @@ class GenerationParameters(NamedTuple):
         return self.num_beams if self.uses_beams else self.num_return_sequences
 
 
-FIELDS = GenerationParameters._fields
+FIELDS = tuple(f for f in GenerationParameters._fields if f != "stop_style")  # what a request may set
 _DEFAULTS = GenerationParameters()
 _BOOLS = ("do_sample", "early_stopping", "return_full_text", "details")
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "typical_p")

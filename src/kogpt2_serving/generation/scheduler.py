@@ -60,12 +60,18 @@ class Cancelled(ServingError):
 
 class Job:
     """One request: its prepared prompts, answered (``on_done(job)``) once every one finished,
-    with ``results`` (one list of Sequences per prompt) or ``error`` (a ServingError)."""
+    with ``results`` (one list of Sequences per prompt) or ``error`` (a ServingError).
 
-    def __init__(self, items, deadline=None, on_done=None):
+    ``on_token(item, row, token, last)``, when given, is called on the scheduling thread for
+    every token a row of it accepts (item: the prompt's index, row: the row's within the prompt,
+    token: ``(id, text, logprob)``, last: whether it ended the row), so a streaming frontend can
+    send it at once. It must not block: the whole batch waits for it."""
+
+    def __init__(self, items, deadline=None, on_done=None, on_token=None):
         self.items = list(items)
         self.deadline = deadline  # time.time() at which it stops; None: never
         self.on_done = on_done
+        self.on_token = on_token
         self.results = [None] * len(self.items)
         self.error = None
         self.cancelled = False
@@ -281,7 +287,7 @@ class ContinuousBatcher:
             rows += [(unit, row) for row in unit.rows]
         prefill = self.engine.prefill([row.prompt_ids for _, row in rows])
         for i, (unit, row) in enumerate(rows):
-            row.advance(prefill.logits[i])
+            _advance(unit, row, prefill.logits[i])
         newcomers = [(i, unit, row) for i, (unit, row) in enumerate(rows) if not row.finished]
         if newcomers:
             live = self._live()
@@ -339,7 +345,7 @@ class ContinuousBatcher:
         self._count_step(live)
         logits = self.engine.step(self._state, tokens)  # (B, V)
         for slot, unit, row in live:
-            row.advance(logits[slot])
+            _advance(unit, row, logits[slot])
             if row.finished:
                 self._slots[slot] = None
                 self._unit_progress(unit)
@@ -394,6 +400,13 @@ class ContinuousBatcher:
         self._state, self._slots = None, []
         for job in jobs.values():
             job._fail(error)
+
+
+def _advance(unit, row, logits):
+    """The row chooses its next token from `logits`; a streaming request hears of it."""
+    row.advance(logits)
+    if unit.job.on_token is not None:
+        unit.job.on_token(unit.index, unit.rows.index(row), row.tokens[-1], row.finished)
 
 
 def batch_sizes(max_rows):

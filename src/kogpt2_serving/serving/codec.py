@@ -57,6 +57,7 @@ class Request(NamedTuple):
 
     shape: str  # SDK | HF | PLAIN: how its answer is rendered
     prompts: Tuple[Prompt, ...]
+    stream: bool = False  # "stream": true (HF shape, a frontend that streams): Server-Sent Events
 
 
 class Payload(NamedTuple):
@@ -112,7 +113,7 @@ def request_media_type(content_type):
     media = ALIASES.get(media, media)
     if media not in DECODERS:
         raise UnsupportedContentType("unsupported content type {!r}; use one of: {}".format(
-            _ascii(content_type), ", ".join(sorted(DECODERS))))
+            printable(content_type), ", ".join(sorted(DECODERS))))
     return media, params.get("charset")
 
 
@@ -135,7 +136,7 @@ def choose_accept(accept, default=JSON):
         if media in ENCODERS:
             return media
     raise UnsupportedAccept("cannot answer with {!r}; supported Accept types: {}".format(
-        _ascii(accept), ", ".join(sorted(ENCODERS))))
+        printable(accept), ", ".join(sorted(ENCODERS))))
 
 
 def check_accept(payload, accept, default=JSON):
@@ -148,12 +149,15 @@ def check_accept(payload, accept, default=JSON):
 
 # --- request bodies --------------------------------------------------------------------------
 
-def decode_payload(body, content_type, limits=None):
+def decode_payload(body, content_type, limits=None, streaming=False):
     """A request body (str or bytes) and its Content-Type -> Payload, or a 4xx error.
-    `limits`: a settings.RequestLimits (default: from the environment)."""
+    `limits`: a settings.RequestLimits (default: from the environment). `streaming`: whether
+    the frontend can stream (the native one), so that ``"stream": true`` is taken."""
     media, charset = request_media_type(content_type)
     text = body_text(body, charset)
     payload = DECODERS[media](text)
+    if any(request.stream for request in payload.requests):
+        _check_streamable(payload, streaming)
     count = len(payload.prompts)
     if count > MAX_PROMPTS:
         raise BadRequest("a request holds at most {} prompts (inputs and jsonlines lines together), got {}"
@@ -188,7 +192,7 @@ def body_text(body, charset=None):
         raise BadRequest("body is not valid {}: {} (byte 0x{} at offset {})".format(
             name.replace("-sig", ""), e.reason, bad.hex(), e.start))
     except (UnicodeError, ValueError) as e:  # a codec's own error type
-        raise BadRequest("body is not valid {}: {}".format(name, _ascii(e)))
+        raise BadRequest("body is not valid {}: {}".format(name, printable(e)))
 
 
 def _charset(charset):
@@ -197,19 +201,19 @@ def _charset(charset):
     try:
         info = codecs.lookup((charset or "utf-8").strip().lower())
     except LookupError:
-        raise UnsupportedContentType("unsupported charset {!r}; send UTF-8".format(_ascii(charset)))
+        raise UnsupportedContentType("unsupported charset {!r}; send UTF-8".format(printable(charset)))
     if not getattr(info, "_is_text_encoding", True) or info.name in NOT_CHARSETS:
-        raise UnsupportedContentType("charset {!r} is not a text encoding; send UTF-8".format(_ascii(charset)))
+        raise UnsupportedContentType("charset {!r} is not a text encoding; send UTF-8".format(printable(charset)))
     return "utf-8-sig" if info.name == "utf-8" else info.name
 
 
 def _from_json(text):
-    value = _parse_json(text, "body")
+    value = parse_json(text, "body")
     return Payload((_request(value, ""),), lines=False)
 
 
 def _from_text(text):
-    _check_prompt(text, "text/plain body")
+    check_prompt(text, "text/plain body")
     return Payload((Request(PLAIN, (Prompt(text, parse_parameters(None)),)),), lines=False)
 
 
@@ -218,7 +222,7 @@ def _from_jsonlines(text):
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             where = "line {}: ".format(number)
-            requests.append(_request(_parse_json(line, where.rstrip(": ")), where))
+            requests.append(_request(parse_json(line, where.rstrip(": ")), where))
     if not requests:
         raise BadRequest("jsonlines body holds no request (one JSON string or object per line)")
     return Payload(tuple(requests), lines=True)
@@ -228,12 +232,12 @@ def _request(value, where):
     """A JSON string (SDK shape) or a {"inputs", "parameters"} object (HF shape)."""
     try:
         if isinstance(value, str):
-            _check_prompt(value, "the JSON string")
+            check_prompt(value, "the JSON string")
             return Request(SDK, (Prompt(value, parse_parameters(None)),))
         if isinstance(value, dict):
             return _hf_request(value)
         raise BadRequest('expected a JSON string (the prompt) or an object {{"inputs": ..., "parameters": {{...}}}}, '
-                         'got {}'.format(_json_type(value)))
+                         'got {}'.format(json_type(value)))
     except ServingError as e:
         raise _located(e, where)
 
@@ -242,8 +246,10 @@ def _hf_request(value):
     unknown = sorted(set(value) - set(REQUEST_KEYS))
     if unknown:
         raise BadRequest("unknown field {!r} in the request object; allowed: {}".format(
-            _ascii(unknown[0]), ", ".join(REQUEST_KEYS)))
-    _check_stream(value.get("stream", False))
+            printable(unknown[0]), ", ".join(REQUEST_KEYS)))
+    stream = value.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidParameter("stream", "stream must be true or false, got {}".format(json_type(stream)))
     if "inputs" not in value:
         raise InvalidParameter("inputs", 'the request object needs "inputs": a string or a list of strings')
     inputs = value["inputs"]
@@ -255,29 +261,39 @@ def _hf_request(value):
         names = ["inputs[{}]".format(i) for i in range(len(inputs))]
     else:
         raise InvalidParameter("inputs", "inputs must be a string or a non-empty list of strings, got {}".format(
-            _json_type(inputs) if not isinstance(inputs, list) else _list_problem(inputs)))
+            json_type(inputs) if not isinstance(inputs, list) else _list_problem(inputs)))
     for text, name in zip(texts, names):
-        _check_prompt(text, name)
+        check_prompt(text, name)
     params = parse_parameters(value.get("parameters"))
-    return Request(HF, tuple(Prompt(text, params) for text in texts))
+    return Request(HF, tuple(Prompt(text, params) for text in texts), stream)
 
 
-def _check_stream(stream):
-    """TGI clients send "stream": false; streaming itself needs a frontend that can stream."""
-    if not isinstance(stream, bool):
-        raise InvalidParameter("stream", "stream must be true or false, got {}".format(_json_type(stream)))
-    if stream:
+def _check_streamable(payload, streaming):
+    """TGI clients send "stream": false; streaming itself needs a frontend that can stream, and
+    one stream carries one sequence, as TGI's does."""
+    if not streaming:
         raise InvalidParameter("stream", 'streaming is not supported by this server (Multi Model Server answers '
-                                         'each request in one response): send "stream": false or leave it out')
+                                         'each request in one response): send "stream": false or leave it out, '
+                                         'or serve with --frontend native')
+    if payload.lines:
+        raise InvalidParameter("stream", '"stream": true takes one JSON object, not jsonlines')
+    prompts = payload.prompts
+    if len(prompts) != 1:
+        raise InvalidParameter("stream", '"stream": true streams one prompt; "inputs" holds {}'.format(len(prompts)))
+    params = prompts[0].params
+    if params.uses_beams or params.num_return_sequences != 1:
+        raise InvalidParameter("stream", '"stream": true streams one sequence; num_beams and num_return_sequences '
+                                         'must be 1 (got {} and {})'.format(params.num_beams,
+                                                                            params.num_return_sequences))
 
 
-def _check_prompt(text, name):
+def check_prompt(text, name):
     check_text(text, name, "inputs")
     if not text.strip():
         raise InvalidParameter("inputs", "{} must be a non-empty prompt, got {!r}".format(name, text[:20]))
 
 
-def _parse_json(text, where):
+def parse_json(text, where):
     try:
         value = json.loads(text, parse_constant=_reject_constant)
     except ValueError as e:  # json.JSONDecodeError, or a constant we refuse
@@ -327,11 +343,11 @@ def encode_prediction(prediction, media):
 
 def _as_json(prediction):
     values = [RENDERERS[a.request.shape](a) for a in prediction.answers]
-    return _dumps(values if prediction.lines else values[0]), JSON
+    return dumps(values if prediction.lines else values[0]), JSON
 
 
 def _as_jsonlines(prediction):
-    lines = [_dumps(RENDERERS[a.request.shape](a)) for a in prediction.answers]
+    lines = [dumps(RENDERERS[a.request.shape](a)) for a in prediction.answers]
     return b"".join(line + b"\n" for line in lines), JSONLINES
 
 
@@ -380,10 +396,10 @@ def _details(sequence):
 
 def error_body(error):
     """The JSON body of an error answer: {"error": message, "error_type": kind}."""
-    return _dumps({"error": error.message, "error_type": error.kind})
+    return dumps({"error": error.message, "error_type": error.kind})
 
 
-def _dumps(value):
+def dumps(value):
     try:
         return json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (e.g. echoed in a message): \u-escape it instead
@@ -395,7 +411,7 @@ def _one_text_message(count):
             "use application/json or application/jsonlines".format(count))
 
 
-def _json_type(value):
+def json_type(value):
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
@@ -404,10 +420,10 @@ def _list_problem(values):
     if not values:
         return "an empty list"
     index = next(i for i, v in enumerate(values) if not isinstance(v, str))
-    return "{} at inputs[{}]".format(_json_type(values[index]), index)
+    return "{} at inputs[{}]".format(json_type(values[index]), index)
 
 
-def _ascii(text):
+def printable(text):
     """Header values echoed in messages: printable ASCII only, bounded."""
     text = "" if text is None else str(text)
     clean = text.encode("ascii", "backslashreplace").decode("ascii")

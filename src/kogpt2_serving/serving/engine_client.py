@@ -69,21 +69,51 @@ class EngineModel:
         return outcomes
 
     def predict(self, payload, meta=RequestMeta()):
-        items = [prepare(self.tokenizer, self.positions, prompt.text, prompt.params) for prompt in payload.prompts]
-        check_fits(items, self.limits)
-        received = meta.received if meta.received is not None else time.time()
-        deadline = received + self.limits.request_timeout
-        answer = self.call({"op": "generate", "id": meta.request_id, "deadline": deadline,
-                            "items": [{"ids": item.ids, "params": protocol.params_to_json(item.params)}
-                                      for item in items]},
+        items = prepare_items(self.tokenizer, self.positions, [(p.text, p.params) for p in payload.prompts],
+                              self.limits)
+        deadline = deadline_of(meta, self.limits)
+        answer = self.call(generate_message(meta.request_id, items, deadline),
                            timeout=max(1.0, deadline - time.time()) + ANSWER_MARGIN)
-        results = iter([[protocol.sequence_from_json(s) for s in sequences] for sequences in answer["results"]])
-        answers = tuple(Answer(request, [next(results) for _ in request.prompts], answer["seconds"])
-                        for request in payload.requests)
-        return Prediction(answers, payload.lines)
+        return prediction_of(payload, answer)
 
     def call(self, message, timeout):
         return engine_call(self.socket_path, message, timeout)
+
+
+def prepare_items(tokenizer, positions, prompts, limits):
+    """[(text, params)] -> [Prepared], each encoded once and checked against the model's positions
+    and the engine's limits (so a 413 or 400 costs no engine time)."""
+    items = [prepare(tokenizer, positions, text, params) for text, params in prompts]
+    check_fits(items, limits)
+    return items
+
+
+def deadline_of(meta, limits):
+    """The time.time() at which the engine stops decoding a request: its arrival (the gateway's
+    clock when it says) plus the request timeout."""
+    received = meta.received if meta.received is not None else time.time()
+    return received + limits.request_timeout
+
+
+def generate_message(request_id, items, deadline, stream=False):
+    message = {"op": "generate", "id": request_id, "deadline": deadline,
+               "items": [{"ids": item.ids, "params": protocol.params_to_json(item.params)} for item in items]}
+    if stream:
+        message["stream"] = True
+    return message
+
+
+def results_of(answer):
+    """An engine answer's results: per item, its list of Sequences."""
+    return [[protocol.sequence_from_json(s) for s in sequences] for sequences in answer["results"]]
+
+
+def prediction_of(payload, answer):
+    """The engine's answer to a payload's prompts, regrouped by request, as output_fn takes it."""
+    results = iter(results_of(answer))
+    answers = tuple(Answer(request, [next(results) for _ in request.prompts], answer["seconds"])
+                    for request in payload.requests)
+    return Prediction(answers, payload.lines)
 
 
 def engine_call(socket_path, message, timeout):

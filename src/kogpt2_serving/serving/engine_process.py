@@ -4,7 +4,7 @@
 Multi Model Server, whose light workers reach it over a unix socket (the protocol:
 :mod:`.engine_protocol`). The main thread runs the scheduling loop, the only thread that
 touches MXNet; one thread per connection reads a request, submits it, waits for its answer
-and writes it back. A worker that hangs up while waiting (it died, or MMS timed it out)
+(relaying its tokens as they come when it streams) and writes it back. A worker that hangs up while waiting (it died, or MMS timed it out)
 cancels its request, as does a ``cancel`` from the gateway whose client hung up.
 
 It prints ``engine ready`` once the model is loaded and warmed up, and a load failure as one
@@ -12,6 +12,7 @@ line ``engine: loading the model from DIR failed: CAUSE``, which ``serve`` reads
 start-up error. SIGTERM answers what is still in flight with 503 and exits.
 """
 import argparse
+import collections
 import logging
 import os
 import select
@@ -108,8 +109,15 @@ class EngineService:
         with self.lock:
             if self.cancelled.pop(request_id, None) is not None:
                 return  # its client left before it arrived
-        answered, signal_answered = socket.socketpair()  # the loop writes a byte when the answer is ready
-        job = Job(items, deadline=message.get("deadline"), on_done=lambda _: _notify(signal_answered))
+        wake, signal_wake = socket.socketpair()  # the loop writes a byte when there is news
+        tokens = collections.deque() if message.get("stream") else None
+
+        def on_token(item, row, token, last):
+            tokens.append({"item": item, "row": row, "token": list(token), "last": last})
+            _notify(signal_wake)
+
+        job = Job(items, deadline=message.get("deadline"), on_done=lambda _: _notify(signal_wake),
+                  on_token=on_token if tokens is not None else None)
         with self.lock:
             self.jobs[request_id] = job
         try:
@@ -118,24 +126,41 @@ class EngineService:
             except ServingError as e:
                 protocol.send(conn, protocol.error_to_json(e))
                 return
-            if not self._wait(conn, answered):
+            if not self._relay(conn, wake, job, tokens):
                 self.batcher.cancel(job)
-                log.info("request %s cancelled: its worker hung up", request_id)
+                log.info("request %s cancelled: its %s hung up", request_id,
+                         "client" if tokens is not None else "worker")
                 return
             protocol.send(conn, self._answer(job))
         finally:
             with self.lock:
                 self.jobs.pop(request_id, None)
-            answered.close()
-            signal_answered.close()
+            wake.close()
+            signal_wake.close()
+
+    def _relay(self, conn, wake, job, tokens):
+        """Wait for the job's answer, sending its tokens as they come when it streams; False if
+        the other side closed its end first."""
+        while True:
+            if not self._wait(conn, wake):
+                return False
+            done = job.finished is not None  # read first: every token before it is queued by then
+            wake.recv(4096)
+            while tokens:
+                try:
+                    protocol.send(conn, {"event": "token", **tokens.popleft()})
+                except OSError:
+                    return False
+            if done:
+                return True
 
     @staticmethod
-    def _wait(conn, answered):
-        """Wait for the answer (`answered` readable); False if the worker closed its end first.
+    def _wait(conn, wake):
+        """Wait for news (`wake` readable); False if the other side closed its end first.
         Blocks without a timeout: a thread that woke up every few milliseconds would preempt
         the OpenMP threads computing the steps."""
-        readable, _, _ = select.select([conn, answered], [], [])
-        return answered in readable  # the worker sends nothing more: its end is readable only once closed
+        readable, _, _ = select.select([conn, wake], [], [])
+        return wake in readable  # the other side sends nothing more: its end is readable only once closed
 
     @staticmethod
     def _answer(job):

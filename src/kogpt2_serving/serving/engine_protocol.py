@@ -1,12 +1,16 @@
 """What the light workers and the engine process say to each other over the engine's unix socket.
 
 One message is a 4-byte big-endian length and that many bytes of UTF-8 JSON. A connection
-carries one exchange: the worker sends a request, the engine answers it once. Requests:
+carries one exchange: the worker (or the native frontend) sends a request, the engine answers
+it once. Requests:
 
-- ``{"op": "generate", "id", "deadline", "items": [{"ids", "params"}]}`` -> ``{"ok": true,
-  "results": [[sequence, ...] per item], "seconds"}`` or an error; `ids` are the prompt's token
-  ids (the worker encoded and checked them), `params` the GenerationParameters fields,
-  `deadline` the time.time() at which the engine stops decoding it (``time_limit``);
+- ``{"op": "generate", "id", "deadline", "items": [{"ids", "params"}], "stream"}`` ->
+  ``{"ok": true, "results": [[sequence, ...] per item], "seconds"}`` or an error; `ids` are the
+  prompt's token ids (the worker encoded and checked them), `params` the GenerationParameters
+  fields, `deadline` the time.time() at which the engine stops decoding it (``time_limit``).
+  With ``"stream": true`` the answer is preceded by one ``{"event": "token", "item", "row",
+  "token": [id, text, logprob], "last"}`` per token a row accepts (`last`: it ended the row), sent as it is chosen. Closing the
+  connection before the answer cancels the request;
 - ``{"op": "cancel", "id"}``: the gateway saw the request's client hang up;
 - ``{"op": "info"}``: the model's positions, the engine's limits, its pid;
 - ``{"op": "stats"}``: the scheduler's counters (steps, rows per step, joins, ...).
@@ -40,9 +44,21 @@ class ProtocolError(ConnectionError):
     """The other side sent something that is not a message, or hung up mid-message."""
 
 
-def send(sock, message):
+def encode(message):
+    """A message as the bytes that go on the socket (length header included)."""
     data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    sock.sendall(HEADER.pack(len(data)) + data)
+    return HEADER.pack(len(data)) + data
+
+
+def decode(data):
+    try:
+        return json.loads(data.decode("utf-8"))
+    except ValueError as e:
+        raise ProtocolError("not a JSON message: {}".format(e))
+
+
+def send(sock, message):
+    sock.sendall(encode(message))
 
 
 def receive(sock):
@@ -51,12 +67,13 @@ def receive(sock):
     if head is None:
         return None
     (size,) = HEADER.unpack(head)
+    check_size(size)
+    return decode(_read_exactly(sock, size))
+
+
+def check_size(size):
     if size > MAX_MESSAGE:
         raise ProtocolError("message of {} bytes exceeds {}".format(size, MAX_MESSAGE))
-    try:
-        return json.loads(_read_exactly(sock, size).decode("utf-8"))
-    except ValueError as e:
-        raise ProtocolError("not a JSON message: {}".format(e))
 
 
 def _read_exactly(sock, size, allow_eof=False):

@@ -26,6 +26,7 @@ from . import handler
 DEFAULT_PROGRAM = "inference"
 OVERRIDABLE = ("model_fn", "input_fn", "predict_fn", "output_fn")
 IN_PROCESS = ("model_fn", "predict_fn", "transform_fn")  # a user's own: the model lives in the worker
+WORKER_SIDE = ("input_fn", "output_fn")  # a user's own run in the light worker (not on the native frontend)
 PACKAGE_HANDLER = "kogpt2_serving.handler"
 
 
@@ -79,6 +80,17 @@ def in_process_reason(model_dir, module_name=None):
     """Why a user module needs the model inside each worker (it defines model_fn, predict_fn or
     transform_fn), or None. Read from its source, not imported: ``serve`` decides before any
     worker exists, and the module may import MXNet or do work at import."""
+    return _defines(model_dir, IN_PROCESS, module_name)
+
+
+def overrides_reason(model_dir, module_name=None):
+    """Why a user module's handler functions would not run on the native frontend (it defines
+    any of them), or None; read from its source as in_process_reason."""
+    return _defines(model_dir, IN_PROCESS + WORKER_SIDE, module_name)
+
+
+def _defines(model_dir, wanted, module_name):
+    """'<file> defines <names>' for those of `wanted` the user module defines, or None."""
     module_name = module_name or user_module_name()
     code_dir = os.path.join(model_dir, "code")
     sys.path.insert(0, code_dir)
@@ -104,12 +116,12 @@ def in_process_reason(model_dir, module_name=None):
             names.update(t.id for t in node.targets if isinstance(t, ast.Name))
         elif isinstance(node, ast.ImportFrom):
             if any(alias.name == "*" for alias in node.names):
-                return "{} has 'from {} import *', which may define model_fn or predict_fn".format(
-                    spec.origin, node.module)
+                return "{} has 'from {} import *', which may define {}".format(
+                    spec.origin, node.module, " or ".join(wanted[:2]))
             # The package's own functions under their own names (what `package` writes) change nothing.
             names.update(alias.asname or alias.name for alias in node.names
                          if not (node.module == PACKAGE_HANDLER and alias.asname in (None, alias.name)))
-    defined = [name for name in IN_PROCESS if name in names]
+    defined = [name for name in wanted if name in names]
     return "{} defines {}".format(spec.origin, " and ".join(defined)) if defined else None
 
 

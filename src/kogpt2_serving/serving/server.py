@@ -95,6 +95,7 @@ class ServerConfig(NamedTuple):
     install_requirements: bool = False  # pip install <model_dir>/code/requirements.txt first
     engine: bool = False  # one engine process with continuous batching; light MMS workers
     watchdog_interval: float = 0.0  # s between the watchdog's probes; 0: no watchdog
+    frontend: str = "mms"  # or "native": aiohttp in front of the engine, streaming (serving.native_server)
 
 
 def in_sagemaker_container():
@@ -419,7 +420,7 @@ def serve(config):
     """Run until SIGINT/SIGTERM; returns the exit status. Logs where it listens."""
     stop = threading.Event()
     handlers = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    server = ModelServer(config)
+    server = make_server(config)
     try:
         server.start(should_stop=stop.is_set)
         if stop.is_set() or not server.wait_ready(should_stop=stop.is_set):
@@ -442,6 +443,15 @@ def serve(config):
         server.stop()
         for sig, previous in handlers.items():
             signal.signal(sig, previous)
+
+
+def make_server(config):
+    """The server for config.frontend: Multi Model Server (behind the gateway) or the native one."""
+    if config.frontend == "native":
+        from .native_server import NativeServer
+
+        return NativeServer(config)
+    return ModelServer(config)
 
 
 class _Output:

@@ -1,0 +1,93 @@
+"""``serve --frontend native``: the engine process behind :class:`~.native_frontend.NativeFrontend`,
+with no Multi Model Server.
+
+The same life cycle as :class:`~.server.ModelServer` (whose engine, watchdog, drain and stop it
+reuses): bind the public address first (``/ping`` answers 503 until the model is ready), start
+the engine and wait until its model is loaded and warmed up, load the tokenizer, then one real
+generation through the public address before it says it is ready.
+"""
+import logging
+import os
+import tempfile
+import time
+
+from ..files.model_dir import find_model_files
+from .engine_supervisor import EngineSupervisor
+from .mms_config import MMS_MAX_REQUEST_SIZE, Sockets
+from .native_frontend import FrontendModel, NativeFrontend
+from .server import ModelServer, ServerError, _Output, _short_temp_root
+
+log = logging.getLogger(__name__)
+
+MAX_PORT = 65535
+
+
+class NativeServer(ModelServer):
+    @property
+    def pid(self):
+        return None
+
+    def start(self, should_stop=None):
+        config = self.config
+        if not 1 <= config.port <= MAX_PORT:
+            raise ServerError("port {} is not usable: pick one in 1-{}".format(config.port, MAX_PORT))
+        find_model_files(config.model_dir)
+        self.run_dir = tempfile.mkdtemp(prefix="kgs-", dir=_short_temp_root())  # mode 0700
+        self.sockets = Sockets.in_dir(self.run_dir)
+        try:
+            self._gateway = NativeFrontend(config.host, config.port, max_body=max_payload(),
+                                           health=self._health,
+                                           model_id=os.path.basename(os.path.abspath(config.model_dir))).start()
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise ServerError("cannot listen on {}:{}: {}".format(config.host, config.port, reason))
+        self._output = _Output(config.log_file)
+        env = self._engine_environment(dict(os.environ))
+        self._engine = EngineSupervisor(os.path.abspath(config.model_dir), self.sockets.engine, config.device,
+                                        config.dtype, env, self._output)
+        self._engine.start(self._startup_timeout(), should_stop)
+        if should_stop is not None and should_stop():
+            return self
+        self._gateway.attach(FrontendModel(config.model_dir, self.sockets.engine))
+        log.info("native frontend on %s: POST /invocations (streams with \"stream\": true), TGI's /generate, "
+                 "/generate_stream, /info, /health; GET /ping; generation in the engine process (pid %s)",
+                 self.url, self._engine.pid)
+        return self
+
+    def wait_ready(self, timeout=None, should_stop=None):
+        """One real generation through the public address (the engine is loaded by now)."""
+        deadline = time.time() + (timeout or self._startup_timeout())
+        while True:
+            if should_stop and should_stop():
+                return False
+            if self._engine.failed:
+                raise ServerError(self._engine.failed)
+            self._ready = True  # /ping may answer 200 from here: the probe below shows it can
+            if self._probe():
+                self._start_watchdog()
+                return True
+            self._ready = False
+            if time.time() > deadline:
+                raise ServerError("the model did not answer a generation within the start-up timeout")
+            time.sleep(0.25)
+
+    def _health(self):
+        if not self._ready:
+            return "the model is not loaded yet"
+        if not self._engine.ready:
+            return self._engine.failed or "the engine process is restarting"
+        if self._watchdog is not None and self._watchdog.problem:
+            return self._watchdog.problem
+        return None
+
+    def poll(self):
+        return None  # no MMS: failure() says when the engine cannot go on
+
+
+def max_payload():
+    """SAGEMAKER_MAX_PAYLOAD_IN_MB as the toolkit reads it (MMS's default without the toolkit)."""
+    try:
+        from sagemaker_inference import environment
+    except ImportError:
+        return MMS_MAX_REQUEST_SIZE
+    return getattr(environment.Environment(), "max_request_size", None) or MMS_MAX_REQUEST_SIZE
