@@ -35,6 +35,7 @@ READY = re.compile(r"serving .* at (http://\S+) \(POST (\S+),")
 ENGINE_GROUP = re.compile(r"engine process starting \(pid (\d+)\)")
 MMS_GROUP = re.compile(r"Multi Model Server starting \(pid (\d+)\)")
 MANAGEMENT = re.compile(r"\(management API: (\S+)\)")
+ENGINE_SOCKET = re.compile(r"engine ready on (\S+) \(pid")
 
 
 class ServeProcess:
@@ -182,10 +183,12 @@ class ServeProcess:
         return described[0] if isinstance(described, list) else described
 
     def engine_stats(self):
-        """The engine's scheduler counters (its socket sits beside MMS's in the server's directory)."""
+        """The engine's scheduler counters (from its socket, which its readiness line names)."""
         from kogpt2_serving.serving.engine_client import engine_call
 
-        return engine_call(os.path.join(os.path.dirname(self.management_socket), "engine.sock"), {"op": "stats"}, 10)
+        sockets = ENGINE_SOCKET.findall(self.log_text())
+        assert sockets, "no engine in this server's log"
+        return engine_call(sockets[-1], {"op": "stats"}, 10)
 
     def workers(self):
         """(id, start time, status) of each MMS worker: a restarted worker gets a new id/start time."""

@@ -261,3 +261,25 @@ def test_a_beam_search_cancelled_while_it_runs_stops_and_is_answered(generator):
     run_until_idle(batcher)
     assert done == [job] and job.error.kind == "cancelled"  # its worker is not left waiting
     assert len(steps) < 10  # not the 40 steps it asked for
+
+
+def test_a_streaming_job_hears_of_every_token_as_its_rows_choose_it(generator):
+    """on_token reports each row's tokens in order, `last` on the one that ended the row, all
+    before the answer; what it reported is exactly the answer's tokens (joined: its text)."""
+    heard, answered = [], []
+    stream = Job([prepared(generator, "대한민국은", max_new_tokens=9, details=True),
+                  prepared(generator, "학생들은", max_new_tokens=5, do_sample=True, seed=3, num_return_sequences=2,
+                           details=True)],
+                 on_token=lambda *event: heard.append((len(answered),) + event), on_done=answered.append)
+    other = Job([prepared(generator, PROMPTS[2], max_new_tokens=12)])  # shares the steps, reports nothing
+    batcher = ContinuousBatcher(generator, EngineLimits())
+    run_until_idle(batcher, {0: [other], 2: [stream]})
+    assert answered == [stream] and stream.error is None
+    assert all(before_answer == 0 for before_answer, *_ in heard)
+    for item, sequences in enumerate(stream.results):
+        for row, sequence in enumerate(sequences):
+            events = [(token, last) for _, i, r, token, last in heard if (i, r) == (item, row)]
+            assert [tuple(t) for t, _ in events] == [tuple(t) for t in sequence.tokens]
+            assert [last for _, last in events] == [False] * (len(events) - 1) + [True]
+            assert "".join(t[1] for t, _ in events) == sequence.text
+    assert_same(stream.results, alone(generator, stream))

@@ -1,6 +1,8 @@
-"""`kogpt2-serving serve` for real: Multi Model Server + our handler service on a tiny model,
-over loopback HTTP. One server for the whole module; it must stop on SIGTERM leaving no
-process behind (checked when the fixture ends)."""
+"""`kogpt2-serving serve` for real on a tiny model, over loopback HTTP, once per frontend: Multi
+Model Server + our handler service (`mms`), and the native aiohttp frontend (`native`). Every
+request and bad input gets the same status and body from both. One server per frontend for
+the whole module; it must stop on SIGTERM leaving no process behind (checked when the fixture
+ends)."""
 import http.client
 import json
 import re
@@ -15,15 +17,16 @@ from server_utils import ServeProcess
 DEFAULTS = GenerationParameters()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir):
-    with ServeProcess(tiny_model_dir) as running:
+@pytest.fixture(scope="module", params=["mms", "native"])
+def server(request, tiny_model_dir):
+    with ServeProcess(tiny_model_dir, ["--frontend", request.param]) as running:
+        running.frontend = request.param
         yield running
 
 
 @pytest.fixture(scope="module")
 def workers_at_start(server):
-    return server.workers()
+    return server.workers() if server.frontend == "mms" else []
 
 
 def expected(generator, prompt, **params):
@@ -31,13 +34,18 @@ def expected(generator, prompt, **params):
     return generator.generate([prompt], DEFAULTS._replace(**params))[0]
 
 
-def test_serve_reports_readiness_with_an_engine_and_light_workers(server, workers_at_start):
+def test_serve_reports_readiness_with_an_engine_and_its_frontend(server, workers_at_start):
     log = server.log_text(cli_only=True)
-    assert "using 32 light worker(s)" in log
-    assert "32 worker(s), light: generation runs in the engine process (pid {})".format(server.engine_pid) in log
+    if server.frontend == "mms":
+        assert "using 32 light worker(s)" in log
+        assert "32 worker(s), light: generation runs in the engine process (pid {})".format(server.engine_pid) in log
+        assert [status for _, _, status in workers_at_start] == ["READY"] * 32
+    else:
+        assert "native frontend on http://127.0.0.1:{}".format(server.port) in log
+        assert "generation in the engine process (pid {})".format(server.engine_pid) in log
+        assert "Multi Model Server" not in log
     assert "engine ready on" in server.log_text()
     assert re.search(r"serving .* at http://127\.0\.0\.1:{} ".format(server.port), log)
-    assert [status for _, _, status in workers_at_start] == ["READY"] * 32
     assert server.request("GET", "/ping")[0] == 200
 
 
@@ -189,6 +197,10 @@ BAD = [  # (name, body, content type, accept, status, error_type, text in the me
 def test_bad_input_gets_its_status_and_a_json_error_and_the_worker_survives(
         server, name, body, content_type, accept, status, error_type, text):
     got_status, reason, headers, raw = server.post(body, content_type, accept)
+    if name == "stream true" and server.frontend == "native":  # the one difference: native streams it
+        assert (got_status, headers["content-type"]) == (200, "text/event-stream")
+        assert json.loads(raw.decode("utf-8").split("\n\n")[-2][len("data:"):])["generated_text"].startswith("a")
+        return
     error = json.loads(raw.decode("utf-8"))
     assert (got_status, reason, headers["content-type"]) == (status, http.client.responses[status], "application/json")
     assert sorted(error) == ["error", "error_type"] and error["error_type"] == error_type
@@ -268,16 +280,29 @@ def test_management_and_other_mms_routes_are_not_served_and_the_model_stays(serv
     status, _, headers, body = server.request(method, path.format(evil=evil), b'"a"',
                                               {"Content-Type": "application/json"})
     error = json.loads(body.decode("utf-8"))
-    if path == "/invocations":
+    route = path.split("?")[0]
+    if route in ("/invocations", "/") and method == "OPTIONS" and (server.frontend == "native" or route != "/"):
         assert (status, headers["allow"], error["error_type"]) == (405, "POST", "method_not_allowed")
     else:
-        route = path.split("?")[0]
-        assert (status, error) == (404, {"error": "no route {}; this server answers POST /invocations and GET /ping"
-                                         .format(route), "error_type": "not_found"})
+        assert (status, error) == (404, {"error": "no route {}; this server answers {}".format(route, ANSWERS[
+            server.frontend]), "error_type": "not_found"})
     assert not (evil / "ran").exists()
-    status, listed = server.management("GET", "/models")
-    assert status == 200 and [m["modelName"] for m in json.loads(listed.decode("utf-8"))["models"]] == ["model"]
+    if server.frontend == "mms":
+        status, listed = server.management("GET", "/models")
+        assert status == 200 and [m["modelName"] for m in json.loads(listed.decode("utf-8"))["models"]] == ["model"]
     assert server.post(GOOD, "application/json")[0] == 200
+
+
+ANSWERS = {"mms": "POST /invocations and GET /ping",
+           "native": "POST /invocations, GET /ping, POST /generate, POST /generate_stream, POST /, GET /info, GET /health"}
+# Malformed HTTP: the MMS path's gateway answers in the package's error schema; on the native
+# frontend aiohttp answers (plain text) before any handler runs, with its own statuses.
+MALFORMED = [  # (raw request, status from the gateway, status from aiohttp)
+    (b"GARBAGE\r\n\r\n", 400, 400), (b"POST /invocations HTTP/2.0\r\n\r\n", 505, 505),
+    (b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400, 400), (b"Content-Length: -1\r\n\r\n", 400, 400),
+    (b"Transfer-Encoding: gzip\r\n\r\n", 501, 400),
+    (b"GET /ping HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", 431, 400),
+]
 
 
 def test_http_edges_chunked_bodies_expect_continue_keep_alive_and_malformed_requests(server, generator):
@@ -299,14 +324,12 @@ def test_http_edges_chunked_bodies_expect_continue_keep_alive_and_malformed_requ
         assert (response.status, json.loads(response.read().decode("utf-8"))) == (
             200, [{"generated_text": "가자" + want}])
     connection.close()
-    for raw, status in [(b"GARBAGE\r\n\r\n", 400), (b"POST /invocations HTTP/2.0\r\n\r\n", 505),
-                        (head + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400),
-                        (head + b"Content-Length: -1\r\n\r\n", 400),
-                        (head + b"Transfer-Encoding: gzip\r\n\r\n", 501),
-                        (b"GET /ping HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n", 431)]:
+    for raw, gateway_status, aiohttp_status in MALFORMED:
+        raw = raw if raw.startswith((b"GARBAGE", b"GET", b"POST")) else head + raw
+        status = gateway_status if server.frontend == "mms" else aiohttp_status
         answer = raw_exchange(server.port, raw)
-        assert answer.startswith("HTTP/1.1 {} ".format(status).encode("ascii")), (raw[:40], answer[:200])
-        assert b'"error_type": ' in answer
+        assert re.match(r"HTTP/\d\.\d {} ".format(status).encode("ascii"), answer), (raw[:40], answer[:200])
+        assert server.frontend == "native" or b'"error_type": ' in answer
     assert server.post(GOOD, "application/json")[0] == 200
 
 
@@ -363,6 +386,10 @@ def test_eight_concurrent_clients_get_what_each_request_gives_alone(server):
 
 
 def test_no_worker_died_or_restarted(server, workers_at_start):
-    # Runs last in this module: after every bad request above the same worker is still serving.
-    assert server.workers() == workers_at_start
+    # Runs last in this module: after every bad request above the same workers (and the same
+    # engine) are still serving.
+    if server.frontend == "mms":
+        assert server.workers() == workers_at_start
+    assert len(server.engine_groups) == 1
     assert "Worker died" not in server.log_text() and "Backend worker process died" not in server.log_text()
+    assert "Traceback" not in server.log_text()

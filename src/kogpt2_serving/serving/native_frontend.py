@@ -43,6 +43,22 @@ from .handler_service import FINISH_REASON_HEADER
 
 log = logging.getLogger(__name__)
 
+class _OneLine(logging.Filter):
+    """aiohttp logs a malformed request (a client's fault, answered 400) with a traceback: one
+    warning line instead, so that a hostile client cannot fill the log. Handler errors never
+    reach aiohttp (``_dispatch`` answers them)."""
+
+    def filter(self, record):
+        if record.exc_info:
+            record.msg, record.args = "{}: {}".format(record.getMessage(), record.exc_info[1]), ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+http_log = logging.getLogger(__name__ + ".http")
+http_log.addFilter(_OneLine())
+
 EVENT_STREAM = "text/event-stream"
 ROUTES = {"/invocations": ("POST",), "/ping": ("GET", "HEAD"), "/generate": ("POST",),
           "/generate_stream": ("POST",), "/": ("POST",), "/info": ("GET",), "/health": ("GET",)}
@@ -122,10 +138,11 @@ class NativeFrontend:
     async def _listen(self):
         app = web.Application(client_max_size=self.max_body)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
+        options = {"access_log": None, "logger": http_log}
         try:  # aiohttp >= 3.9: cancel a handler whose client disconnected (3.8 always does)
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+            runner = web.AppRunner(app, handler_cancellation=True, **options)
         except TypeError:
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, **options)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -156,6 +173,8 @@ class NativeFrontend:
     # --- routing -------------------------------------------------------------------------------
 
     async def _dispatch(self, request):
+        if request.version.major != 1:
+            return error_response(505, "bad_request", "HTTP version {}.{} is not supported".format(*request.version))
         path = request.path
         if path not in ROUTES:
             return error_response(404, "not_found", "no route {}; this server answers {}".format(

@@ -22,7 +22,7 @@ import json
 from typing import NamedTuple, Optional
 
 from .. import __version__
-from ..errors import InvalidParameter, ServingError
+from ..errors import InvalidParameter, ServingError, UnsupportedContentType
 from ..generation.params import MAX_STOP_SEQUENCES, GenerationParameters, parse_parameters
 from ..generation.scheduler import QueueFull, QueueTimeout
 from ..generation.stopping import TGI
@@ -58,7 +58,8 @@ def parse_request(body, content_type, stream=None):
     /generate_stream: True), None where the body's ``stream`` field does (POST /)."""
     media, charset = codec.request_media_type(content_type)
     if media != codec.JSON:
-        raise ValidationError("this route takes application/json (TGI's GenerateRequest), got {}".format(media))
+        raise UnsupportedContentType("this route takes application/json (TGI's GenerateRequest), got {}".format(
+            media))
     value = codec.parse_json(codec.body_text(body, charset), "body")
     if not isinstance(value, dict):
         raise ValidationError('expected a JSON object {{"inputs": ..., "parameters": {{...}}}}, got {}'.format(
@@ -177,7 +178,7 @@ def sse(value):
 
 def as_tgi_error(error):
     """A ServingError with TGI's status and error_type (the message kept)."""
-    if isinstance(error, (QueueFull, QueueTimeout)):
+    if error.kind in (QueueFull.kind, QueueTimeout.kind):  # also as the engine sent it (a plain ServingError)
         mapped = ServingError(error.message)
         mapped.status, mapped.kind = 429, "overloaded"
         return mapped
