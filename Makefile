@@ -8,6 +8,11 @@ STAMP       := $(VENV)/.installed
 VENV16      ?= .venv16
 PY16        := $(VENV16)/bin/python
 STAMP16     := $(VENV16)/.installed
+# Python 3.6 (the MXNet 1.6 images' Python) with the aiohttp pinned for it: the native
+# frontend's check runs there (tests/test_native_compat.py). Built where an interpreter exists.
+VENV36      ?= .venv36
+PY36_BASE   := $(firstword $(shell command -v python3.6 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/3.6*/bin/python))
+STAMP36     := $(VENV36)/.installed
 .DEFAULT_GOAL := help
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -19,7 +24,7 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-install: $(STAMP) $(STAMP16)  ## create .venv (pinned dev dependencies, a Java runtime) and .venv16 (MXNet 1.6)
+install: $(STAMP) $(STAMP16) $(STAMP36)  ## create .venv (pinned dev dependencies, a Java runtime), .venv16 (MXNet 1.6), .venv36
 
 $(STAMP): setup.cfg constraints.txt requirements-dev.txt
 	@command -v java >/dev/null 2>&1 || { \
@@ -39,6 +44,17 @@ $(STAMP16): setup.cfg constraints-mxnet16.txt requirements-mxnet16.txt
 	$(PY16) -m pip install -q --no-deps -e .
 	@touch $(STAMP16)
 
+$(STAMP36): constraints-py36.txt
+	@if [ -z "$(PY36_BASE)" ]; then \
+	  echo "no Python 3.6 interpreter: $(VENV36) not built (the native frontend's Python 3.6 check is skipped)"; \
+	else \
+	  [ -x $(VENV36)/bin/python ] || { echo "creating $(VENV36) (Python 3.6, aiohttp 3.8.6)"; \
+	    PYENV_VERSION=3.6.15 $(PY36_BASE) -m venv $(VENV36); }; \
+	  $(VENV36)/bin/python -m pip install -q -c constraints-py36.txt pip && \
+	  $(VENV36)/bin/python -m pip install -q -c constraints-py36.txt aiohttp sentencepiece numpy dataclasses && \
+	  touch $(STAMP36); \
+	fi
+
 # The runtime matrix (what CI runs), most specific legs first so that the whole suite's pytest
 # summary stays the closing line; any failing leg fails `make test`:
 #   avx2     the tests whose kernels differ by CPU class, with oneDNN capped at AVX2 (the AMD
@@ -51,10 +67,10 @@ AVX2_TESTS    := tests/test_engine.py tests/test_handler.py tests/test_server.py
 MXNET16_TESTS := tests/test_engine.py tests/test_checkpoint.py tests/test_model_reference.py tests/test_bfloat16.py \
                  tests/test_capabilities.py tests/test_beam_search.py tests/test_sampling.py tests/test_processors.py \
                  tests/test_stopping.py tests/test_params.py tests/test_tokenizer.py tests/test_handler.py \
-                 tests/test_demo_model.py tests/test_scheduler.py
+                 tests/test_demo_model.py tests/test_scheduler.py tests/test_tgi.py
 MATRIX        := .test-matrix.txt
 
-test: lint $(STAMP16)  ## run the test matrix: AVX2-capped and MXNet 1.6 legs, then the whole suite (what CI runs)
+test: lint $(STAMP16) $(STAMP36)  ## run the test matrix: AVX2-capped and MXNet 1.6 legs, then the whole suite (what CI runs)
 	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu
 	@rm -f $(MATRIX); failed=""; \
 	scripts/test_leg.sh $(MATRIX) "avx2 (DNNL_MAX_CPU_ISA=AVX2, MXNet 1.9.1)" \
@@ -108,5 +124,5 @@ bench: $(STAMP) $(BENCH_STAMP)  ## run the benchmarks (ISA=AVX2: as that CPU cla
 	$(BENCH_ENV) $(PY) benchmarks/gateway_overhead.py $(BENCH_FLAGS) --output $(BENCH_OUT)/gateway_overhead.json
 	$(PY) benchmarks/report.py --results $(BENCH_BASE) --output $(if $(QUICK),$(BENCH_BASE)/README.md,benchmarks/README.md)
 
-clean:  ## remove build outputs (keeps .venv and .venv16)
+clean:  ## remove build outputs (keeps .venv, .venv16 and .venv36)
 	rm -rf build dist src/*.egg-info .pytest_cache $(MATRIX)

@@ -82,7 +82,9 @@ def test_every_install_is_pinned_quoted_and_uncached(device):
         pinned = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], spec.split(";")[0])
         assert re.match(r"^[a-z0-9-]+==\d+(\.\d+)+$", pinned), "not pinned: " + spec
     assert [s.split("==")[0] for s in specs] == ["multi-model-server", "sagemaker-inference", "retrying",
-                                                 "sentencepiece", "dataclasses"]
+                                                 "sentencepiece", "aiohttp", "dataclasses"]
+    with open(os.path.join(ROOT, "constraints-py36.txt")) as f:  # the aiohttp the Python 3.6 check runs
+        assert "aiohttp=={}\n".format(args["AIOHTTP_VERSION"]) in f.read()
 
 
 @pytest.mark.parametrize("device", ["cpu", "gpu"])

@@ -19,13 +19,14 @@ answers new requests 503 and waits for those in flight. HTTP-level garbage (a ma
 request line, an oversized header) is answered by aiohttp itself, as plain text.
 """
 import asyncio
+import inspect
 import logging
 import threading
 import time
 import uuid
 from http.client import responses
 
-from aiohttp import web
+from aiohttp import web, web_server
 
 from ..errors import PromptTooLong, RequestTooCostly, ServingError
 from ..files.default_model import or_demo_model
@@ -139,10 +140,9 @@ class NativeFrontend:
         app = web.Application(client_max_size=self.max_body)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         options = {"access_log": None, "logger": http_log}
-        try:  # aiohttp >= 3.9: cancel a handler whose client disconnected (3.8 always does)
-            runner = web.AppRunner(app, handler_cancellation=True, **options)
-        except TypeError:
-            runner = web.AppRunner(app, **options)
+        if "handler_cancellation" in inspect.signature(web_server.Server).parameters:
+            options["handler_cancellation"] = True  # aiohttp >= 3.9: cancel a handler whose client left (3.8 always does)
+        runner = web.AppRunner(app, **options)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -365,7 +365,9 @@ def failure(error, tgi_route=False):
     """A ServingError as a JSON answer: the package's statuses, or TGI's on its routes."""
     if tgi_route:
         error = tgi.as_tgi_error(error)
-    if error.status >= 500:
+    if error.status == 503:  # shutting down, restarting, at capacity: the client is told to retry
+        log.warning("request refused: %s", error.message)
+    elif error.status >= 500:
         log.error("request failed: %s", error.message)
     return error_response(error.status, error.kind, error.message)
 
