@@ -485,7 +485,8 @@ def section_server(results, plots):
             "new tokens (a range: drawn per request, the same draws in every mode), %s requests per client. "
             "`off`: the model in one MMS worker, no batching (the default before the engine process); `on`: "
             "MMS batching, batch size %s, max delay %s ms; `engine`: the engine process with continuous "
-            "batching behind as many light workers as the highest concurrency (today's default). A worker "
+            "batching behind as many light workers as the highest concurrency (today's default); `native`: the same engine "
+            "behind the native aiohttp frontend (`--frontend native`) instead of MMS. A worker "
             "holding the model gets cores / workers OpenMP threads; the engine gets every core." % (
                 args.get("new_tokens"), args.get("requests_per_client"), args.get("batch_size"),
                 args.get("max_batch_delay")), ""]
@@ -498,12 +499,15 @@ def section_server(results, plots):
     out += [table(["batching", "workers", "concurrency", "requests", "errors", "p50 ms", "p95 ms", "p99 ms",
                    "requests/s", "tokens/s"], rows), ""]
     out += engine_ratios(r)
-    overhead = r.get("overhead_ms")
-    if overhead:
-        out += ["Server overhead (HTTP latency minus in-process generation, %s one-token requests): p50 %s ms, "
-                "p95 %s ms, mean %s ms." % (overhead.get("requests"), f2(overhead.get("p50")), f2(overhead.get("p95")),
-                                            f2(overhead.get("mean"))), ""]
-        idle = overhead.get("after_idle")
+    out += native_lines(r)
+    overhead = r.get("overhead_ms") or {}
+    if "p50" in overhead:  # a result from before per-mode overheads: the "off" server's
+        overhead = {"off": overhead}
+    for mode, measured in overhead.items():
+        out += ["Server overhead, `%s` (HTTP latency minus in-process generation, %s one-token requests): p50 %s ms, "
+                "p95 %s ms, mean %s ms." % (mode, measured.get("requests"), f2(measured.get("p50")),
+                                            f2(measured.get("p95")), f2(measured.get("mean"))), ""]
+        idle = measured.get("after_idle")
         if idle:
             out += ["The same with a %s s pause before each request (idle threads must wake up): p50 %s ms, p95 %s ms "
                     "(HTTP latency p50 %s ms)." % (idle["gap_s"], f2(idle["p50"]), f2(idle["p95"]),
@@ -553,6 +557,34 @@ def engine_ratios(r):
     return ["**Continuous batching** (the engine process):", ""] + lines + [""]
 
 
+def native_lines(r):
+    """The native frontend's targets (#15): server overhead p50 < 2 ms at one client; time to
+    first token at one client within 1.2x of prefill + one step; its tokens/s beside MMS's."""
+    modes, lines = r.get("modes", {}), []
+    native = {row["concurrency"]: row for row in modes.get("native", [])}
+    if not native:
+        return []
+    engine = {row["concurrency"]: row for row in modes.get("engine", [])}
+    ratios = ["%s clients %sx" % (c, f2(native[c]["tokens_per_s"] / engine[c]["tokens_per_s"]))
+              for c in sorted(native) if c in engine and engine[c]["tokens_per_s"]]
+    if ratios:
+        lines.append("- native / engine (MMS + light workers), tokens/s: " + ", ".join(ratios))
+    for level, row in sorted((r.get("ttft") or {}).items(), key=lambda item: int(item[0])):
+        lines.append("- streamed, %s client(s): time to first token p50 %s ms, p95 %s ms; whole stream p50 %s ms; "
+                     "errors %s" % (level, f1(row["ttft_p50_ms"]), f1(row["ttft_p95_ms"]), f1(row["stream_p50_ms"]),
+                                    row["errors"]))
+        if "ratio" in row:
+            lines.append("- time to first token / (prefill + one step in-process, %s ms) at 1 client: %sx (target "
+                         "<= 1.2: %s)" % (f1(row["prefill_plus_step_p50_ms"]), f3(row["ratio"]),
+                                          "met" if row["ratio"] <= 1.2 else "**not met**"))
+    overhead = (r.get("overhead_ms") or {}).get("native")
+    if overhead:
+        lines.append("- server overhead p50, native: %s ms (target < 2 ms: %s)" % (
+            f2(overhead["p50"]), "met" if overhead["p50"] < 2 else "**not met**"))
+    lines.append("- errors with the native frontend: %s" % sum(row["errors"] for row in modes.get("native", [])))
+    return ["**The native frontend** (aiohttp on the same engine, `--frontend native`):", ""] + lines + [""]
+
+
 def gateway_text(r):
     """The gateway's cost per request (`gateway_overhead.py`), or where to get it."""
     if not r:
@@ -573,7 +605,8 @@ def _draw_server(fig, r):
         for row in levels:
             groups.setdefault(row.get("workers"), []).append(row)
         for workers, rows in groups.items():
-            label = "batching %s" % mode.split("-w")[0] + ("" if workers is None else ", %s worker(s)" % workers)
+            label = mode if mode in ("engine", "native") else "batching %s" % mode.split("-w")[0] + (
+                "" if workers is None else ", %s worker(s)" % workers)
             xs = [row["concurrency"] for row in rows]
             line = left.plot(xs, [row["p50_ms"] for row in rows], "o-", label=label + " p50")[0]
             left.plot(xs, [row["p99_ms"] for row in rows], "s--", color=line.get_color(), label=label + " p99")

@@ -1,11 +1,13 @@
-"""Load on a real `serve` stack: Multi Model Server + our handler, over loopback HTTP.
+"""Load on a real `serve` stack over loopback HTTP: Multi Model Server + our handler, or the
+native frontend.
 
-Modes, each its own server (kogpt2_serving.serving.server.ModelServer: own session, temp dir,
+Modes, each its own server (kogpt2_serving.serving.server.make_server: own session, temp dir,
 free port), all reached at POST /invocations:
 - `off`: the default before the engine process: the model in one MMS worker, no batching;
 - `on`: static MMS batching (--batch-size, one worker; the gateway forwards to /predictions/model);
 - `engine`: today's default: one engine process with continuous batching behind light workers
   (as many as the highest concurrency);
+- `native`: the same engine behind the native (aiohttp) frontend instead of MMS;
 - `off-wN`: the model in N workers, no batching (--workers).
 Each mode gets concurrent requests from 1, 2, 4, 8, 16 and 32 client threads (persistent
 connections, distinct prompts and seeds, HF-style JSON with details for the token count;
@@ -14,8 +16,12 @@ held exact by min_new_tokens) and reports latency p50/p95/p99, requests/s, gener
 and errors (anything but HTTP 200), then the engine's ratios to `off` and `on`. It stops every
 server it started (process group), also on Ctrl-C.
 
+Time to first token (`native`): after the load, streamed requests ("stream": true, the same
+bodies) from 1, 8 and 16 clients; p50/p95 of the first event's arrival, and at one client its
+ratio to the same prompt's prefill plus one step in this process (target <= 1.2).
+
 Server overhead: after the load, 20 short requests (1 new token, so generation noise does not
-hide milliseconds) go to the 1-worker "off" server one at a time, each followed by the same
+hide milliseconds) go to the "off", "engine" and "native" servers one at a time, each followed by the same
 request generated in this process (same model, parameters and thread count; interleaved so
 both see the same machine load); each request's HTTP latency minus its in-process time is
 reported (target: p50 < 5 ms). Then the same again with a 0.25 s pause before each request
@@ -43,7 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts src/ on the path; nothing here imports MXNet before setup_threads)
 
 CONCURRENCY = (1, 2, 4, 8, 16, 32)
-MODES = ("off", "on", "engine")
+MODES = ("off", "on", "engine", "native")
+TTFT_LEVELS = (1, 8, 16)
 OVERHEAD_REQUESTS = 20
 IDLE_GAP = 0.25  # s before each request in the second overhead measurement
 
@@ -53,7 +60,7 @@ def parse_args():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", help="model directory to serve (default: a tiny random model)")
     p.add_argument("--kogpt2-size", action="store_true", help="serve the cached random model at KoGPT2 size")
-    p.add_argument("--modes", default=",".join(MODES), help="default off,on,engine")
+    p.add_argument("--modes", default=",".join(MODES), help="default off,on,engine,native")
     p.add_argument("--batch-size", type=int, default=8, help="MMS batch size of the 'on' mode (default 8)")
     p.add_argument("--max-batch-delay", type=int, default=10, help="ms MMS waits to fill a batch (default 10)")
     p.add_argument("--requests-per-client", type=int, default=2)
@@ -77,7 +84,7 @@ def main():
     model_dir, cleanup = pick_model(args)
     chosen = args.modes.split(",")
     modes = [(name, {"off": (1, 1, False), "on": (args.batch_size, 1, False),
-                     "engine": (1, max(levels), True)}[name]) for name in MODES if name in chosen]
+                     "engine": (1, max(levels), True), "native": (1, 1, True)}[name]) for name in MODES if name in chosen]
     modes += [("off-w%d" % w, (1, w, False)) for w in sorted({int(w) for w in args.workers.split(",")} - {1})]
     results = {}
     try:
@@ -85,8 +92,9 @@ def main():
             print("== {}: batch_size {}, {} worker(s){} ==".format(name, batch_size, workers,
                                                                   ", engine process" if engine else ""),
                   file=sys.stderr, flush=True)
-            results[name] = run_mode(model_dir, batch_size, workers, engine, args, levels)
-        overhead = results["off"]["overhead"] if "off" in results else None
+            results[name] = run_mode(model_dir, batch_size, workers, engine, args, levels,
+                                     "native" if name == "native" else "mms")
+        overhead = {name: r["overhead"] for name, r in results.items() if r["overhead"]}
     finally:
         if cleanup:
             cleanup()
@@ -95,6 +103,7 @@ def main():
         common.write_result(args.output, "server_load", args, {"mxnet_omp_threads": threads},
                             {"modes": {k: v["table"] for k, v in results.items()},
                              "engine": results.get("engine", {}).get("engine"),
+                             "ttft": results.get("native", {}).get("ttft"),
                              "workers": {k: v["workers"] for k, v in results.items()}, "overhead_ms": overhead,
                              "load_average": os.getloadavg()})
 
@@ -111,26 +120,29 @@ def pick_model(args):
     return directory, lambda: common._remove_tree(directory)
 
 
-def request_body(client, n, args):
+def request_body(client, n, args, stream=False):
     """The same request in every mode: its length drawn from (client, n), held by min_new_tokens."""
     import random
 
     lo, hi = args.token_range
     tokens = random.Random(1000 * client + n).randint(lo, hi)
-    return json.dumps({"inputs": "{}번 손님의 {}번째 요청입니다".format(client, n), "parameters": {
+    value = {"inputs": "{}번 손님의 {}번째 요청입니다".format(client, n), "parameters": {
         "max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": True, "seed": 1000 * client + n,
-        "top_k": 50, "details": True}}, ensure_ascii=False).encode("utf-8")
+        "top_k": 50, "details": True}}
+    if stream:
+        value["stream"] = True
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
-def run_mode(model_dir, batch_size, workers, engine, args, levels):
-    from kogpt2_serving.serving.server import ModelServer, ServerConfig
+def run_mode(model_dir, batch_size, workers, engine, args, levels, frontend="mms"):
+    from kogpt2_serving.serving.server import ServerConfig, make_server
     from kogpt2_serving.testing import free_port
 
     log = tempfile.NamedTemporaryFile(prefix="kgs-bench-", suffix=".log", delete=False)
     log.close()
     config = ServerConfig(model_dir=model_dir, port=free_port(), workers=workers, device="cpu", batch_size=batch_size,
-                          max_batch_delay=args.max_batch_delay, log_file=log.name, engine=engine)
-    server = ModelServer(config)
+                          max_batch_delay=args.max_batch_delay, log_file=log.name, engine=engine, frontend=frontend)
+    server = make_server(config)
     # This process set OMP_NUM_THREADS for its own in-process baseline; the server must size
     # its workers' threads itself (cores / workers), as it does when started by `serve`.
     own_threads = os.environ.pop("OMP_NUM_THREADS", None)
@@ -149,11 +161,14 @@ def run_mode(model_dir, batch_size, workers, engine, args, levels):
             table.append(row)
             samples[level] = latencies
             print("  concurrency {}: {}".format(level, row), file=sys.stderr, flush=True)
-        overhead = measure_overhead(model_dir, config.port, path) if batch_size == 1 and workers == 1 else None
+        ttft = measure_ttft(model_dir, config.port, args, levels) if frontend == "native" else None
+        overhead = measure_overhead(model_dir, config.port, path) if batch_size == 1 and (
+            workers == 1 or engine) else None
         died = sum(1 for line in open(log.name, encoding="utf-8", errors="replace") if "Worker died" in line
                    or "Backend worker process died" in line)
         stats = server.engine_stats()
         return {"table": table, "samples": samples, "worker_deaths": died, "overhead": overhead, "workers": workers,
+                "ttft": ttft,
                 "engine": {k: stats[k] for k in ("steps", "row_steps", "shared_steps", "joins", "max_rows")}
                 if stats else None}
     finally:
@@ -230,6 +245,79 @@ def post(conn, path, body):
         return None, str(e).encode()
 
 
+def measure_ttft(model_dir, port, args, levels):
+    """Streamed requests from 1, 8 and 16 clients: when the first event arrives (and the whole
+    stream); at one client, against prefill + one step of the same prompt in this process."""
+    measured = {}
+    for level in [c for c in TTFT_LEVELS if c in levels]:
+        firsts, wholes, errors, lock = [], [], [], threading.Lock()
+        count = args.requests_per_client if level > 1 else max(6, args.requests_per_client)
+
+        def client(c):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+            for n in range(count):
+                first, whole = stream_once(conn, request_body(c, n, args, stream=True))
+                with lock:
+                    (firsts.append(first), wholes.append(whole)) if first is not None else errors.append(whole)
+            conn.close()
+
+        clients = [threading.Thread(target=client, args=(c,)) for c in range(level)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        firsts.sort()
+        wholes.sort()
+        measured[level] = {"requests": len(firsts), "errors": len(errors), "ttft_p50_ms": pct(firsts, 50),
+                           "ttft_p95_ms": pct(firsts, 95), "stream_p50_ms": pct(wholes, 50)}
+        print("  streamed, concurrency {}: {}".format(level, measured[level]), file=sys.stderr, flush=True)
+    if 1 in measured:
+        reference = prefill_and_step(model_dir, [json.loads(request_body(0, n, args))["inputs"] for n in range(6)])
+        measured[1]["prefill_plus_step_p50_ms"] = reference
+        measured[1]["ratio"] = round(measured[1]["ttft_p50_ms"] / reference, 3)
+    return measured
+
+
+def stream_once(conn, body):
+    """One streamed request -> (s to the first event, s to the end), or (None, error)."""
+    started = time.perf_counter()
+    try:
+        conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        first = None
+        while True:
+            line = response.readline()
+            if not line:
+                break
+            if line.startswith(b"data:"):
+                if first is None:
+                    first = time.perf_counter() - started
+                if b'"error"' in line:
+                    return None, line[:200]
+        return (first, time.perf_counter() - started) if response.status == 200 else (None, response.status)
+    except (OSError, http.client.HTTPException) as e:
+        conn.close()
+        return None, str(e)
+
+
+def prefill_and_step(model_dir, prompts):
+    """p50 ms of the prompts' first token plus one decode step (2 new tokens) in this process."""
+    from kogpt2_serving.files.loader import load_model
+    from kogpt2_serving.generation.generator import Generator
+    from kogpt2_serving.generation.params import GenerationParameters
+
+    generator = Generator(load_model(model_dir, device="cpu"))
+    params = GenerationParameters(max_new_tokens=2, min_new_tokens=2)
+    times = []
+    for _ in range(3):
+        for prompt in prompts:
+            started = time.perf_counter()
+            generator.generate([prompt], params)
+            times.append(time.perf_counter() - started)
+    times.sort()
+    return pct(times[len(prompts):], 50)  # the first round warms up
+
+
 def probe_body(n):
     return json.dumps({"inputs": "짧은 요청 {}번".format(n), "parameters": {"max_new_tokens": 1}},
                       ensure_ascii=False).encode("utf-8")
@@ -302,13 +390,29 @@ def report(results, overhead, levels):
         print("\n{} workers / 1 worker (batching off), requests/s:  ".format(results[name]["workers"]) + "  ".join(
             "c{}: {:.2f}x".format(a["concurrency"], b["requests_per_s"] / a["requests_per_s"])
             for a, b in zip(results["off"]["table"], results[name]["table"]) if a["requests_per_s"]))
-    if overhead:
-        print("server overhead (HTTP latency - in-process generation, {} one-token requests, one at a time): "
-              "p50 {} ms, p95 {} ms, mean {} ms (target p50 < 5 ms)".format(
-                  overhead["requests"], overhead["p50"], overhead["p95"], overhead["mean"]))
-        idle = overhead["after_idle"]
+    for base in ("engine", "off"):
+        if "native" in results and base in results:
+            print("native / {}, tokens/s:  ".format(base) + "  ".join(
+                "c{}: {:.2f}x".format(a["concurrency"], b["tokens_per_s"] / a["tokens_per_s"])
+                for a, b in zip(results[base]["table"], results["native"]["table"]) if a["tokens_per_s"]))
+    ttft = results.get("native", {}).get("ttft") or {}
+    for level, row in sorted(ttft.items()):
+        print("native, streamed, {} client(s): time to first token p50 {} ms, p95 {} ms; whole stream p50 {} ms; "
+              "errors {}".format(level, row["ttft_p50_ms"], row["ttft_p95_ms"], row["stream_p50_ms"], row["errors"]))
+    if 1 in ttft:
+        print("  time to first token / (prefill + one step in-process, {} ms) at 1 client: {:.3f}x (target <= 1.2)"
+              .format(ttft[1]["prefill_plus_step_p50_ms"], ttft[1]["ratio"]))
+    for name, measured in (overhead or {}).items():
+        print("server overhead, {} (HTTP latency - in-process generation, {} one-token requests, one at a time): "
+              "p50 {} ms, p95 {} ms, mean {} ms".format(name, measured["requests"], measured["p50"],
+                                                        measured["p95"], measured["mean"]))
+        idle = measured["after_idle"]
         print("  the same with {} s pauses: p50 {} ms, p95 {} ms, mean {} ms (HTTP p50 {} ms)".format(
             idle["gap_s"], idle["p50"], idle["p95"], idle["mean"], idle["http_p50"]))
+    if overhead and "native" in overhead:
+        for base in (b for b in ("off", "engine") if b in overhead):
+            print("server overhead p50, native / {}: {:.2f}x (native target < 2 ms)".format(
+                base, overhead["native"]["p50"] / overhead[base]["p50"] if overhead[base]["p50"] else float("nan")))
     print("load average (1, 5, 15 min): {:.2f} {:.2f} {:.2f} on {} core(s)".format(*os.getloadavg(), common.cpu_cores()))
 
 

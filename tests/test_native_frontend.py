@@ -258,3 +258,25 @@ def test_sigterm_mid_stream_finishes_the_stream_then_exits_leaving_no_process(lo
         assert rest[-1]["generated_text"] is not None and len(rest) == 399
         assert server.proc.wait(30) == 0
     assert server.returncode == 0
+
+
+def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_event_and_serving_resumes(long_model_dir):
+    with ServeProcess(long_model_dir, ["--frontend", "native"]) as server:
+        serve_pid, engine_pid = server.proc.pid, server.engine_pid
+        _, response = open_stream(server, "/generate_stream", {"inputs": "대한민국은", "parameters": {
+            "max_new_tokens": 1000}})
+        stream = events(response)
+        assert [next(stream)["index"] for _ in range(3)] == [1, 2, 3]
+        os.kill(engine_pid, signal.SIGKILL)
+        rest = list(stream)
+        assert rest[-1] == {"error": rest[-1]["error"], "error_type": "engine_unavailable"}
+        assert all("token" in e for e in rest[:-1]) and len(rest) < 997
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            status, answer = server.post_json({"inputs": "a", "parameters": {"max_new_tokens": 2}})
+            if status == 200:
+                break
+            assert (status, answer["error_type"]) == (503, "engine_unavailable"), answer
+            time.sleep(0.2)
+        assert status == 200 and server.proc.pid == serve_pid and server.engine_pid != engine_pid
+        assert server.request("GET", "/ping")[0] == 200

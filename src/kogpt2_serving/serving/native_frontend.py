@@ -38,6 +38,7 @@ from ..generation.stopping import TIME_LIMIT
 from ..settings import engine_limits, request_limits
 from . import codec, handler, tgi
 from .engine_async import EngineExchange, checked
+from .engine_protocol import error_from_json
 from .engine_client import (ANSWER_MARGIN, RequestMeta, deadline_of, engine_call, generate_message, prediction_of,
                             prepare_items, results_of)
 from .handler_service import FINISH_REASON_HEADER
@@ -209,8 +210,6 @@ class NativeFrontend:
             return answer
         except ServingError as e:
             return failure(e, tgi_route)
-        except ConnectionError:  # the client went away mid-stream
-            raise
         except Exception:  # noqa: B902 -- a bug must not show a traceback to the client
             log.exception("request failed with an unexpected error")
             return failure(ServingError("internal server error; see the server log"), tgi_route)
@@ -314,25 +313,33 @@ class NativeFrontend:
             response = web.StreamResponse(headers={"Content-Type": EVENT_STREAM, "Cache-Control": "no-cache",
                                                    "X-Accel-Buffering": "no"})
             await response.prepare(request)
-            index, held = 0, None
-            while event.get("event") == "token":
-                index += 1
-                if event["last"]:
-                    held = (index, model.token(event["token"]))  # goes out with generated_text
-                else:
-                    await response.write(tgi.stream_event(index, model.token(event["token"])))
-                event = await _next(engine, timeout)
-            if event.get("ok"):
-                sequence = results_of(event)[0][0]
-                index, token = held or (index + 1, tgi.end_marker(model.tokenizer.eos_id))
-                details = tgi.stream_details(sequence, len(item.ids)) if params.details else None
-                await response.write(tgi.stream_event(index, token, (tgi.generated_text(prompt, sequence, params),
-                                                                      details)))
-            else:
-                error = tgi.as_tgi_error(_error_of(event))
-                await response.write(tgi.sse({"error": error.message, "error_type": error.kind}))
-            await response.write_eof()
+            try:
+                await self._relay(engine, event, response, item, prompt, params, timeout)
+            except ConnectionError:  # the client left mid-stream: leaving closes the engine connection
+                log.info("request %s: its client disconnected mid-stream", meta.request_id)
             return response
+
+    async def _relay(self, engine, event, response, item, prompt, params, timeout):
+        """The engine's token events as SSE, from `event` (the first) to its answer."""
+        model = self.model
+        index, held = 0, None
+        while event.get("event") == "token":
+            index += 1
+            if event["last"]:
+                held = (index, model.token(event["token"]))  # goes out with generated_text
+            else:
+                await response.write(tgi.stream_event(index, model.token(event["token"])))
+            event = await _next(engine, timeout)
+        if event.get("ok"):
+            sequence = results_of(event)[0][0]
+            index, token = held or (index + 1, tgi.end_marker(model.tokenizer.eos_id))
+            details = tgi.stream_details(sequence, len(item.ids)) if params.details else None
+            await response.write(tgi.stream_event(index, token, (tgi.generated_text(prompt, sequence, params),
+                                                                  details)))
+        else:
+            error = tgi.as_tgi_error(error_from_json(event))
+            await response.write(tgi.sse({"error": error.message, "error_type": error.kind}))
+        await response.write_eof()
 
 
 async def _next(engine, timeout):
@@ -342,12 +349,6 @@ async def _next(engine, timeout):
         return await engine.receive(timeout)
     except ServingError as e:
         return {"ok": False, "status": e.status, "kind": e.kind, "message": e.message}
-
-
-def _error_of(message):
-    from .engine_protocol import error_from_json
-
-    return error_from_json(message)
 
 
 def _answer_timeout(message):
