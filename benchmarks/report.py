@@ -647,8 +647,10 @@ def redone_rows(results):
         for mode, levels in s.get("modes", {}).items():
             for row in levels:
                 if row["concurrency"] == 1 and row.get("tokens_per_s"):
-                    rows.append(("this machine, serve (HTTP)", "1 client, batching %s%s" % (
-                        mode, "" if "workers" not in row else ", %s workers" % row["workers"]),
+                    what = {"engine": "the engine behind MMS, %s light workers" % row.get("workers"),
+                            "native": "the engine behind the native frontend"}.get(mode, "batching %s%s" % (
+                                mode, "" if "workers" not in row else ", %s workers" % row["workers"]))
+                    rows.append(("this machine, serve (HTTP)", "1 client, " + what,
                         1 / row["tokens_per_s"], "server_load.py (1 / tokens/s)", s))
     for e in results["endpoints"]:
         spt = e.get("seconds_per_token") or {}

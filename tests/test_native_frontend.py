@@ -280,3 +280,22 @@ def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_event_and_ser
             time.sleep(0.2)
         assert status == 200 and server.proc.pid == serve_pid and server.engine_pid != engine_pid
         assert server.request("GET", "/ping")[0] == 200
+
+
+def test_ping_is_503_until_the_engine_is_ready_then_200(tiny_model_dir):
+    server = ServeProcess(tiny_model_dir, ["--frontend", "native"])
+    server.start()
+    try:
+        statuses, deadline = [], time.time() + 120
+        while time.time() < deadline and not (statuses and statuses[-1] == 200):
+            try:
+                statuses.append(server.request("GET", "/ping", timeout=5)[0])
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.05)
+        server.wait_ready()
+        assert statuses[0] == 503 and statuses[-1] == 200, statuses
+        assert statuses == sorted(statuses, reverse=True)  # 503s, then 200s: never back
+        assert server.request("GET", "/health")[0] == 200
+    finally:
+        server.stop()

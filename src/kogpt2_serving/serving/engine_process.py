@@ -4,8 +4,9 @@
 Multi Model Server, whose light workers reach it over a unix socket (the protocol:
 :mod:`.engine_protocol`). The main thread runs the scheduling loop, the only thread that
 touches MXNet; one thread per connection reads a request, submits it, waits for its answer
-(relaying its tokens as they come when it streams) and writes it back. A worker that hangs up while waiting (it died, or MMS timed it out)
-cancels its request, as does a ``cancel`` from the gateway whose client hung up.
+(relaying its tokens as they come when it streams) and writes it back. A worker that hangs up
+while waiting (it died, or MMS timed it out) cancels its request, as does a ``cancel`` from the
+gateway whose client hung up.
 
 It prints ``engine ready`` once the model is loaded and warmed up, and a load failure as one
 line ``engine: loading the model from DIR failed: CAUSE``, which ``serve`` reads for its
@@ -144,8 +145,8 @@ class EngineService:
         while True:
             if not self._wait(conn, wake):
                 return False
-            done = job.finished is not None  # read first: every token before it is queued by then
-            wake.recv(4096)
+            wake.recv(4096)  # the news so far; what comes later wakes the next select
+            done = job.finished is not None  # read after: a finish after it has its own wake-up byte
             while tokens:
                 try:
                     protocol.send(conn, {"event": "token", **tokens.popleft()})

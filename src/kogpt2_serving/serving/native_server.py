@@ -62,11 +62,10 @@ class NativeServer(ModelServer):
                 return False
             if self._engine.failed:
                 raise ServerError(self._engine.failed)
-            self._ready = True  # /ping may answer 200 from here: the probe below shows it can
-            if self._probe():
+            if self._probe():  # /invocations answers once the model is attached; /ping only from here
+                self._ready = True
                 self._start_watchdog()
                 return True
-            self._ready = False
             if time.time() > deadline:
                 raise ServerError("the model did not answer a generation within the start-up timeout")
             time.sleep(0.25)
