@@ -43,7 +43,7 @@ def test_serve_reports_readiness_with_an_engine_and_its_frontend(server, workers
     else:
         assert "native frontend on http://127.0.0.1:{}".format(server.port) in log
         assert "generation in the engine process (pid {})".format(server.engine_pid) in log
-        assert "Multi Model Server" not in log
+        assert "Multi Model Server" not in log and "light worker" not in log
     assert "engine ready on" in server.log_text()
     assert re.search(r"serving .* at http://127\.0\.0\.1:{} ".format(server.port), log)
     assert server.request("GET", "/ping")[0] == 200

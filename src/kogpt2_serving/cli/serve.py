@@ -70,7 +70,10 @@ def config_from_args(args):
     frontend = _frontend(args, model_dir, engine)
     default_workers = LIGHT_WORKERS if engine else 1
     workers = args.workers or _env_int(WORKERS_ENV, default_workers)
-    if args.workers is None and WORKERS_ENV not in os.environ:
+    if frontend == "native":
+        if args.workers is not None:
+            log.warning("--workers %d is for Multi Model Server: the native frontend has no workers", args.workers)
+    elif args.workers is None and WORKERS_ENV not in os.environ:
         log.info("using %d %sworker(s) (--workers N or SAGEMAKER_MODEL_SERVER_WORKERS to change)", workers,
                  "light " if engine else "")
     config = ServerConfig(
