@@ -122,3 +122,31 @@ def test_processors_built_only_when_asked():
     assert [type(p).__name__ for p in procs] == ["RepetitionPenalty", "NoRepeatNGram", "MinNewTokens"]
     warpers = P.build_warpers(parse_parameters({"temperature": 0.7, "top_k": 5, "top_p": 0.9, "typical_p": 0.8}))
     assert [type(w).__name__ for w in warpers] == ["Temperature", "TopK", "TopP", "TypicalP"]
+
+
+def test_kth_largest_equals_a_whole_partition_on_ties_infinities_and_any_k():
+    rng = np.random.RandomState(0)
+    for trial in range(1500):
+        n = int(rng.randint(1, 4000))
+        k = int(rng.randint(1, n + 1))
+        values = rng.randn(n) * rng.choice([0.01, 1.0, 100.0])
+        if trial % 3 == 0:
+            values = np.round(values)  # many ties
+        if trial % 5 == 0:
+            values[rng.rand(n) < 0.3] = -np.inf  # masked by an earlier processor
+        assert P.kth_largest(values.copy(), k) == np.partition(values, n - k)[n - k], (n, k)
+
+
+def test_sampling_among_the_candidates_draws_what_the_whole_vocabulary_draws():
+    """The sampler's candidate-only path (after top-k) against the dense formula, draw by draw."""
+    from kogpt2_serving.generation.strategies import Sampler
+
+    rng = np.random.RandomState(3)
+    logits = rng.randn(5000) * 3
+    sampler = Sampler([], [P.TopK(40)], np.random.RandomState(11))
+    reference = np.random.RandomState(11)
+    for _ in range(300):
+        token, logprob = sampler.choose(logits.copy(), P.RowContext([]))
+        dense = P.softmax(P.TopK(40)(logits.copy(), None))
+        want = int(np.searchsorted(np.cumsum(dense), reference.random_sample(), side="right"))
+        assert (token, logprob) == (want, pytest.approx(float(np.log(dense[want])), abs=1e-12))
