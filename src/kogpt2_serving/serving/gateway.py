@@ -31,11 +31,12 @@ the ``serve`` process. HTTP/1.1 with keep-alive, Content-Length or chunked reque
 import asyncio
 import json
 import logging
-import threading
 import time
 import uuid
 from http.client import responses
 from typing import List, NamedTuple, Optional, Tuple
+
+from .listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def error_answer(status, kind, message, headers=()):
     return Answer(status, [("Content-Type", "application/json")] + list(headers), body)
 
 
-class Gateway:
+class Gateway(Listener):
     """Listens on (host, port) and forwards to MMS's inference unix socket at `backend_path`.
 
     `inference_path`: where MMS serves the model (/invocations, or /predictions/model for a
@@ -97,6 +98,7 @@ class Gateway:
 
     def __init__(self, host, port, backend_socket, inference_path="/invocations", max_body=6 * 1024 * 1024,
                  timeout=3600.0, health=None, on_client_gone=None):
+        super().__init__("gateway")
         self.host, self.port = host, port
         self.backend_socket = backend_socket
         self.inference_path = inference_path
@@ -104,60 +106,18 @@ class Gateway:
         self.timeout = timeout
         self.health = health or (lambda: None)
         self.on_client_gone = on_client_gone
-        self.in_flight = 0  # /invocations requests forwarded and not answered yet
-        self.draining = False
-        self._loop = None
         self._server = None
-        self._thread = None
         self._idle = []  # kept-alive (reader, writer) pairs to MMS
 
-    def start(self):
-        """Bind and serve on a background thread; raises OSError if the address is taken."""
-        ready, failed = threading.Event(), []
-        self._thread = threading.Thread(target=self._run, args=(ready, failed), name="gateway", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failed:
-            self._thread.join()
-            self._thread = None
-            raise failed[0]
-        return self
+    async def _open(self):
+        loop = asyncio.get_event_loop()
+        self._server = await loop.create_server(lambda: _ClientProtocol(self._client, loop), self.host, self.port)
 
-    def _run(self, ready, failed):
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            self._server = loop.run_until_complete(loop.create_server(
-                lambda: _ClientProtocol(self._client, loop), self.host, self.port))
-            self._loop = loop
-        except OSError as e:
-            failed.append(e)
-            loop.close()
-            return
-        finally:
-            ready.set()
-        loop.run_forever()
-        loop.run_until_complete(self._cancel_tasks())
-        loop.close()
+    def stop(self, timeout=10.0):
+        super().stop(timeout)
+        self._server = None
 
-    def drain(self, grace):
-        """Answer new requests 503 from now on and wait up to `grace` s for those in flight;
-        True if none is left."""
-        self.draining = True
-        deadline = time.time() + grace
-        while self.in_flight and time.time() < deadline:
-            time.sleep(0.05)
-        return not self.in_flight
-
-    def stop(self):
-        """Stop listening, end every connection and the thread; idempotent."""
-        if self._thread is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop = self._server = self._thread = None
-
-    async def _cancel_tasks(self):
+    async def _close(self):
         self._server.close()
         for _, writer in self._idle:
             writer.close()

@@ -21,7 +21,6 @@ request line, an oversized header) is answered by aiohttp itself, as plain text.
 import asyncio
 import inspect
 import logging
-import threading
 import time
 import uuid
 from http.client import responses
@@ -42,6 +41,7 @@ from .engine_protocol import error_from_json
 from .engine_client import (ANSWER_MARGIN, RequestMeta, deadline_of, engine_call, generate_message, prediction_of,
                             prepare_items, results_of)
 from .handler_service import FINISH_REASON_HEADER
+from .listener import Listener
 
 log = logging.getLogger(__name__)
 
@@ -93,51 +93,22 @@ class FrontendModel:
         return tgi.token_json(TokenInfo(*value), self.specials, self.piece)
 
 
-class NativeFrontend:
+class NativeFrontend(Listener):
     """Listens on (host, port); `health()` is None when healthy, else why not. `attach(model)`
     once the engine is ready; until then inference answers 503."""
 
     def __init__(self, host, port, max_body=6 * 1024 * 1024, health=None, model_id="kogpt2"):
+        super().__init__("native-frontend")
         self.host, self.port = host, port
         self.max_body = max_body
         self.health = health or (lambda: None)
         self.model_id = model_id
         self.model = None
-        self.in_flight = 0
-        self.draining = False
-        self._loop = self._runner = self._thread = None
+        self._runner = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
-    def start(self):
-        """Bind and serve on a background thread; raises OSError if the address is taken."""
-        ready, failed = threading.Event(), []
-        self._thread = threading.Thread(target=self._run, args=(ready, failed), name="native-frontend", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failed:
-            self._thread.join()
-            self._thread = None
-            raise failed[0]
-        return self
-
-    def _run(self, ready, failed):
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            self._runner = loop.run_until_complete(self._listen())
-            self._loop = loop
-        except OSError as e:
-            failed.append(e)
-            loop.close()
-            return
-        finally:
-            ready.set()
-        loop.run_forever()
-        loop.run_until_complete(self._runner.cleanup())
-        loop.close()
-
-    async def _listen(self):
+    async def _open(self):
         app = web.Application(client_max_size=self.max_body)
         app.router.add_route("*", "/{path:.*}", self._dispatch)
         options = {"access_log": None, "logger": http_log}
@@ -150,26 +121,13 @@ class NativeFrontend:
         except OSError:
             await runner.cleanup()
             raise
-        return runner
+        self._runner = runner
+
+    async def _close(self):
+        await self._runner.cleanup()
 
     def attach(self, model):
         self.model = model
-
-    def drain(self, grace):
-        """Answer new requests 503 from now on and wait up to `grace` s for those in flight;
-        True if none is left."""
-        self.draining = True
-        deadline = time.time() + grace
-        while self.in_flight and time.time() < deadline:
-            time.sleep(0.05)
-        return not self.in_flight
-
-    def stop(self):
-        if self._thread is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(15)
-        self._loop = self._runner = self._thread = None
 
     # --- routing -------------------------------------------------------------------------------
 
