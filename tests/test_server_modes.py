@@ -2,6 +2,7 @@
 MMS batching, a user's inference.py overriding handler functions, a model that fails to
 load, and the refused port range."""
 import json
+import os
 import re
 import shutil
 import signal
@@ -134,6 +135,31 @@ def test_engine_off_loads_the_model_in_each_worker(tiny_model_dir):
 def test_engine_on_with_mms_batching_is_refused(tiny_model_dir, capsys):
     assert main(["serve", "--model-dir", tiny_model_dir, "--engine", "on", "--batch-size", "4"]) == 1
     assert "--batch-size is MMS batching for in-process workers (--engine off)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code, args, env, text", [
+    ("def input_fn(body, content_type):\n    return body\n", [], {},
+     "--frontend native runs the package's own request handling, not a user's inference.py ("),
+    (None, ["--engine", "off"], {}, "--frontend native needs the engine process"),
+    (None, [], {"KOGPT2_FRONTEND": "tgi"}, "KOGPT2_FRONTEND must be mms or native, got 'tgi'"),
+])
+def test_the_native_frontend_is_refused_where_it_cannot_serve(tiny_model_dir, tmp_path, monkeypatch, capsys, code,
+                                                             args, env, text):
+    model_dir = tiny_model_dir
+    if code is not None:  # a copy of the model with a user's input_fn
+        model_dir = str(tmp_path / "model")
+        shutil.copytree(tiny_model_dir, model_dir)
+        os.makedirs(os.path.join(model_dir, "code"))
+        with open(os.path.join(model_dir, "code", "inference.py"), "w") as f:
+            f.write(code)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    frontend = [] if env else ["--frontend", "native"]
+    assert main(["serve", "--model-dir", model_dir] + frontend + args) == 1
+    error = capsys.readouterr().err
+    assert text in error
+    if code is not None:
+        assert "inference.py defines input_fn" in error and "use --frontend mms" in error
 
 
 def test_sigint_stops_the_server_cleanly(tiny_model_dir):
