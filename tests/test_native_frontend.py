@@ -228,18 +228,22 @@ def test_a_client_that_disconnects_mid_stream_stops_its_rows_and_the_next_is_ser
 
 
 def test_a_full_queue_is_503_on_invocations_and_429_overloaded_on_tgis_routes(long_model_dir):
-    env = {"KOGPT2_MAX_QUEUE": "1", "KOGPT2_MAX_BATCH_ROWS": "1"}
+    # One 8-row request decodes (all the rows there are), one waits (the whole queue); no
+    # watchdog, whose probes would count as requests.
+    env = {"KOGPT2_MAX_QUEUE": "1", "KOGPT2_MAX_BATCH_ROWS": "8", "KOGPT2_WATCHDOG_SECONDS": "0",
+           "KOGPT2_MAX_REQUEST_TOKENS": "8000"}
     with ServeProcess(long_model_dir, ["--frontend", "native"], env=env) as server:
-        long = json.dumps({"inputs": "대한민국은", "parameters": {"max_new_tokens": 1000}}).encode("utf-8")
+        long = json.dumps({"inputs": "대한민국은", "parameters": {
+            "max_new_tokens": 900, "min_new_tokens": 900, "do_sample": True, "num_return_sequences": 8}})
         submitted = server.engine_stats()["requests"]
         running = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in range(2)]
-        for connection in running:  # one decodes, one waits (its answer begins with its first token)
-            connection.request("POST", "/generate_stream", long, {"Content-Type": "application/json"})
+        for connection in running:
+            connection.request("POST", "/invocations", long.encode("utf-8"), {"Content-Type": "application/json"})
         deadline = time.time() + 10
         while server.engine_stats()["requests"] < submitted + 2 and time.time() < deadline:
             time.sleep(0.01)
         status, answer = server.post_json({"inputs": "a", "parameters": {"max_new_tokens": 2}})
-        assert (status, answer["error_type"]) == (503, "queue_full")
+        assert (status, answer) == (503, dict(answer, error_type="queue_full"))
         with pytest.raises(OverloadedError):
             InferenceClient(base_url=server.url).text_generation("a", max_new_tokens=2)
         for connection in running:
