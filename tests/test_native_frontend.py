@@ -237,11 +237,12 @@ def test_a_full_queue_is_503_on_invocations_and_429_overloaded_on_tgis_routes(lo
             "max_new_tokens": 900, "min_new_tokens": 900, "do_sample": True, "num_return_sequences": 8}})
         submitted = server.engine_stats()["requests"]
         running = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=60) for _ in range(2)]
-        for connection in running:
+        for n, connection in enumerate(running, 1):  # one after the other: the first must have left the queue
             connection.request("POST", "/invocations", long.encode("utf-8"), {"Content-Type": "application/json"})
-        deadline = time.time() + 10
-        while server.engine_stats()["requests"] < submitted + 2 and time.time() < deadline:
-            time.sleep(0.01)
+            deadline = time.time() + 10
+            while time.time() < deadline and not (server.engine_stats()["requests"] >= submitted + n
+                                                   and server.engine_stats()["steps"] > 0):
+                time.sleep(0.01)
         status, answer = server.post_json({"inputs": "a", "parameters": {"max_new_tokens": 2}})
         assert (status, answer) == (503, dict(answer, error_type="queue_full"))
         with pytest.raises(OverloadedError):
