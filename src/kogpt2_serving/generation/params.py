@@ -11,6 +11,7 @@ from ..errors import InvalidParameter
 
 MAX_SEED = 2 ** 32 - 1
 MAX_STOP_SEQUENCES = 16
+MAX_NEW_TOKENS = 1024  # a request's max_new_tokens at most
 
 
 class GenerationParameters(NamedTuple):
@@ -49,7 +50,7 @@ _BOOLS = ("do_sample", "early_stopping", "return_full_text", "details")
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "typical_p")
 
 
-def parse_parameters(raw, max_new_tokens_limit=1024):
+def parse_parameters(raw, max_new_tokens_limit=MAX_NEW_TOKENS):
     """A request's `parameters` object (or None) -> verified GenerationParameters."""
     if raw is None:
         raw = {}

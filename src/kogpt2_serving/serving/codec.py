@@ -170,12 +170,17 @@ def check_budget(payload, limits):
     """Refuse (400) a request whose decoding would cost more than the per-request budget."""
     rows = sum(prompt.params.rows for prompt in payload.prompts)
     tokens = sum(prompt.params.rows * prompt.params.max_new_tokens for prompt in payload.prompts)
+    check_cost(rows, tokens, len(payload.prompts), limits)
+
+
+def check_cost(rows, tokens, prompts, limits):
+    """check_budget for a request's totals: `rows` decode rows, `tokens` new tokens over `prompts`."""
     if rows > limits.max_rows or tokens > limits.max_new_tokens:
         raise RequestTooCostly(
             "this request needs {} decode rows and {} new tokens over {} prompt(s) (a prompt decodes num_beams "
             "rows with beam search, else num_return_sequences rows, each up to max_new_tokens); this server allows "
             "at most {} rows and {} new tokens per request: send fewer prompts or sequences, or a smaller "
-            "max_new_tokens".format(rows, tokens, len(payload.prompts), limits.max_rows, limits.max_new_tokens))
+            "max_new_tokens".format(rows, tokens, prompts, limits.max_rows, limits.max_new_tokens))
 
 
 def body_text(body, charset=None):

@@ -36,7 +36,7 @@ import uuid
 from http.client import responses
 from typing import List, NamedTuple, Optional, Tuple
 
-from .listener import Listener
+from .listener import HEALTHY, Listener, too_large_message
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,12 @@ class Gateway(Listener):
 
     def __init__(self, host, port, backend_socket, inference_path="/invocations", max_body=6 * 1024 * 1024,
                  timeout=3600.0, health=None, on_client_gone=None):
-        super().__init__("gateway")
+        super().__init__("gateway", health)
         self.host, self.port = host, port
         self.backend_socket = backend_socket
         self.inference_path = inference_path
         self.max_body = max_body
         self.timeout = timeout
-        self.health = health or (lambda: None)
         self.on_client_gone = on_client_gone
         self._server = None
         self._idle = []  # kept-alive (reader, writer) pairs to MMS
@@ -159,10 +158,10 @@ class Gateway(Listener):
     async def _answer(self, request, reader):
         """The answer to a routed request; None if its client hung up before it was ready."""
         if request.path == "/ping":
-            problem = "the server is shutting down" if self.draining else self.health()
+            problem = self.ping_problem()
             if problem:
                 return error_answer(503, "unhealthy", problem)
-            return Answer(200, [("Content-Type", "application/json")], b'{"status": "Healthy"}\n')
+            return Answer(200, [("Content-Type", "application/json")], HEALTHY)
         if self.draining:
             return error_answer(503, "shutting_down", "the server is shutting down; retry the request")
         request_id = uuid.uuid4().hex
@@ -413,8 +412,7 @@ async def _linger(reader):
 
 
 def _too_large(length, max_body):
-    return HttpError(413, "payload_too_large", "the request body has {} bytes; this server takes at most {} "
-                                               "(SAGEMAKER_MAX_PAYLOAD_IN_MB)".format(length, max_body))
+    return HttpError(413, "payload_too_large", too_large_message(length, max_body))
 
 
 def _all_tasks():

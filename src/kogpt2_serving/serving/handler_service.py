@@ -126,7 +126,7 @@ class HandlerService(object):
                     result = (codec.encode_prediction(outcome, media) if media
                               else call(fns.output_fn, (outcome, accept), context))
                     answers[i] = _respond(context, i, result, accept)
-                    if _stopped_for_time(outcome):
+                    if stopped_for_time(outcome):
                         context.set_response_header(i, FINISH_REASON_HEADER, TIME_LIMIT)
                 except Exception as e:  # noqa: B902
                     answers[i] = _fail(context, i, e)
@@ -178,7 +178,7 @@ def _toolkit_body(body, content_type):
     return body
 
 
-def _stopped_for_time(prediction):
+def stopped_for_time(prediction):
     """Whether a sequence ended at the request timeout: the answer's header says so even when
     its body (the SDK list, HF without details) has no place for a finish reason."""
     return any(s.finish_reason == TIME_LIMIT for answer in prediction.answers

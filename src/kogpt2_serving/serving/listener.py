@@ -3,15 +3,24 @@ MMS path's gateway and the native frontend share (stdlib only, Python 3.6+).
 
 A subclass provides ``_open()`` (a coroutine that binds, raising OSError when the address is
 taken) and ``_close()`` (a coroutine that ends its connections), and counts ``in_flight``.
+`health()` is the server's view: None when healthy, else why not.
 """
 import asyncio
 import threading
 import time
 
+HEALTHY = b'{"status": "Healthy"}\n'  # GET /ping's body when ping_problem() is None
+
+
+def too_large_message(length, max_body):
+    return "the request body has {} bytes; this server takes at most {} (SAGEMAKER_MAX_PAYLOAD_IN_MB)".format(
+        length, max_body)
+
 
 class Listener:
-    def __init__(self, thread_name):
+    def __init__(self, thread_name, health=None):
         self.thread_name = thread_name
+        self.health = health or (lambda: None)
         self.in_flight = 0  # requests being answered
         self.draining = False
         self._loop = None
@@ -44,6 +53,10 @@ class Listener:
         loop.run_forever()
         loop.run_until_complete(self._close())
         loop.close()
+
+    def ping_problem(self):
+        """Why GET /ping answers 503, or None."""
+        return "the server is shutting down" if self.draining else self.health()
 
     def drain(self, grace):
         """Answer new requests 503 from now on and wait up to `grace` s for those in flight;

@@ -27,7 +27,7 @@ from http.client import responses
 
 from aiohttp import web, web_server
 
-from ..errors import PromptTooLong, RequestTooCostly, ServingError
+from ..errors import PromptTooLong, ServingError
 from ..files.default_model import or_demo_model
 from ..files.loader import load_tokenizer
 from ..files.model_dir import find_model_files
@@ -40,8 +40,8 @@ from .engine_async import EngineExchange, checked
 from .engine_protocol import error_from_json
 from .engine_client import (ANSWER_MARGIN, RequestMeta, deadline_of, engine_call, generate_message, prediction_of,
                             prepare_items, results_of)
-from .handler_service import FINISH_REASON_HEADER
-from .listener import Listener
+from .handler_service import FINISH_REASON_HEADER, stopped_for_time
+from .listener import HEALTHY, Listener, too_large_message
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,9 @@ class NativeFrontend(Listener):
     once the engine is ready; until then inference answers 503."""
 
     def __init__(self, host, port, max_body=6 * 1024 * 1024, health=None, model_id="kogpt2"):
-        super().__init__("native-frontend")
+        super().__init__("native-frontend", health)
         self.host, self.port = host, port
         self.max_body = max_body
-        self.health = health or (lambda: None)
         self.model_id = model_id
         self.model = None
         self._runner = None
@@ -175,13 +174,13 @@ class NativeFrontend(Listener):
             self.in_flight -= 1
 
     def _ping(self):
-        problem = "the server is shutting down" if self.draining else self.health()
+        problem = self.ping_problem()
         if problem:
             return error_response(503, "unhealthy", problem)
-        return web.Response(body=b'{"status": "Healthy"}\n', headers={"Content-Type": codec.JSON})
+        return web.Response(body=HEALTHY, headers={"Content-Type": codec.JSON})
 
     def _tgi_health(self):
-        if self.draining or self.health():
+        if self.ping_problem():
             return error_response(503, "healthcheck", "unhealthy")
         return web.Response(status=200)
 
@@ -224,7 +223,7 @@ class NativeFrontend(Listener):
             meta.request_id, items, deadline_of(meta, model.limits))))
         data, content_type = codec.encode_prediction(prediction, media)
         headers = {"Content-Type": content_type}
-        if any(s.finish_reason == TIME_LIMIT for a in prediction.answers for seqs in a.sequences for s in seqs):
+        if stopped_for_time(prediction):
             headers[FINISH_REASON_HEADER] = TIME_LIMIT
         return web.Response(body=data, headers=headers)
 
@@ -238,7 +237,7 @@ class NativeFrontend(Listener):
         try:
             PromptTooLong.check(len(ids), params.max_new_tokens, model.positions)
             check_fits([item], model.limits)
-            _check_budget(params.max_new_tokens)
+            codec.check_cost(1, params.max_new_tokens, 1, request_limits())  # TGI: one prompt, one sequence
         except ServingError as e:
             raise tgi.as_tgi_error(e)
         if parsed.stream:
@@ -313,13 +312,6 @@ def _answer_timeout(message):
     return max(1.0, message["deadline"] - time.time()) + ANSWER_MARGIN
 
 
-def _check_budget(max_new_tokens):
-    limits = request_limits()
-    if max_new_tokens > limits.max_new_tokens:
-        raise RequestTooCostly("this request needs {} new tokens; this server allows at most {} per request".format(
-            max_new_tokens, limits.max_new_tokens))
-
-
 def failure(error, tgi_route=False):
     """A ServingError as a JSON answer: the package's statuses, or TGI's on its routes."""
     if tgi_route:
@@ -343,5 +335,4 @@ def json_response(value):
 
 
 def too_large(length, max_body):
-    return PayloadTooLarge("the request body has {} bytes; this server takes at most {} "
-                           "(SAGEMAKER_MAX_PAYLOAD_IN_MB)".format(length, max_body))
+    return PayloadTooLarge(too_large_message(length, max_body))

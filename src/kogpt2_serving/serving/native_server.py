@@ -13,9 +13,9 @@ import time
 
 from ..files.model_dir import find_model_files
 from .engine_supervisor import EngineSupervisor
-from .mms_config import MMS_MAX_REQUEST_SIZE, Sockets
+from .mms_config import MMS_MAX_REQUEST_SIZE, Sockets, max_request_size
 from .native_frontend import FrontendModel, NativeFrontend
-from .server import ModelServer, ServerError, _Output, _short_temp_root
+from .server import ModelServer, ServerError, _Output, _short_temp_root, cannot_listen
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ class NativeServer(ModelServer):
                                            health=self._health,
                                            model_id=os.path.basename(os.path.abspath(config.model_dir))).start()
         except OSError as e:
-            reason = os.strerror(e.errno) if e.errno else str(e)
-            raise ServerError("cannot listen on {}:{}: {}".format(config.host, config.port, reason))
+            raise cannot_listen(config, e)
         self._output = _Output(config.log_file)
         env = self._engine_environment(dict(os.environ))
         self._engine = EngineSupervisor(os.path.abspath(config.model_dir), self.sockets.engine, config.device,
@@ -70,17 +69,8 @@ class NativeServer(ModelServer):
                 raise ServerError("the model did not answer a generation within the start-up timeout")
             time.sleep(0.25)
 
-    def _health(self):
-        if not self._ready:
-            return "the model is not loaded yet"
-        if not self._engine.ready:
-            return self._engine.failed or "the engine process is restarting"
-        if self._watchdog is not None and self._watchdog.problem:
-            return self._watchdog.problem
-        return None
-
     def poll(self):
-        return None  # no MMS: failure() says when the engine cannot go on
+        return None  # no MMS (so ModelServer's health check skips it): failure() says when the engine cannot go on
 
 
 def max_payload():
@@ -89,4 +79,4 @@ def max_payload():
         from sagemaker_inference import environment
     except ImportError:
         return MMS_MAX_REQUEST_SIZE
-    return getattr(environment.Environment(), "max_request_size", None) or MMS_MAX_REQUEST_SIZE
+    return max_request_size(environment.Environment())

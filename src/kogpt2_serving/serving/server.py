@@ -98,6 +98,12 @@ class ServerConfig(NamedTuple):
     frontend: str = "mms"  # or "native": aiohttp in front of the engine, streaming (serving.native_server)
 
 
+def cannot_listen(config, error):
+    """The start-up error for a public address that cannot be bound."""
+    reason = os.strerror(error.errno) if error.errno else str(error)  # asyncio wraps the OS's own words
+    return ServerError("cannot listen on {}:{}: {}".format(config.host, config.port, reason))
+
+
 def in_sagemaker_container():
     """SageMaker sets SAGEMAKER_BIND_TO_PORT (or mounts /opt/ml/model): listen on all interfaces."""
     return bool(os.environ.get(BIND_TO_PORT_ENV)) or os.path.isdir("/opt/ml/model")
@@ -169,8 +175,7 @@ class ModelServer:
                                     timeout=response_timeout(config, toolkit_env) + 30,
                                     health=self._health, on_client_gone=self._client_gone).start()
         except OSError as e:
-            reason = os.strerror(e.errno) if e.errno else str(e)  # asyncio wraps the OS's own words
-            raise ServerError("cannot listen on {}:{}: {}".format(config.host, config.port, reason))
+            raise cannot_listen(config, e)
         properties = os.path.join(self.run_dir, "mms.properties")
         with open(properties, "w") as f:
             f.write(mms_properties(config, self.sockets, toolkit_env))
@@ -247,7 +252,7 @@ class ModelServer:
         """None when /ping may say 200, else why not (the gateway answers 503 with it)."""
         if not self._ready:
             return "the model is not loaded yet"
-        if self._proc is None or self._proc.poll() is not None:
+        if self.poll() is not None:
             return "Multi Model Server is not running"
         if self._engine is not None and not self._engine.ready:
             return self._engine.failed or "the engine process is restarting"

@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 
 from .. import __version__
 from ..errors import InvalidParameter, ServingError, UnsupportedContentType
-from ..generation.params import MAX_STOP_SEQUENCES, GenerationParameters, parse_parameters
+from ..generation.params import MAX_NEW_TOKENS, MAX_STOP_SEQUENCES, GenerationParameters, parse_parameters
 from ..generation.scheduler import QueueFull, QueueTimeout
 from ..generation.stopping import TGI
 from . import codec
@@ -36,7 +36,6 @@ OFF = {  # TGI parameters this server does not implement, and the values that me
     "decoder_input_details": (None, False), "top_n_tokens": (None, 0), "grammar": (None,), "adapter_id": (None,),
 }
 PARAMETERS = OURS + ("truncate",) + tuple(OFF)
-MAX_NEW_TOKENS = 1024  # parse_parameters' cap, also for the default "rest of the positions"
 MAX_TOTAL_TOKENS_HEADROOM = 1  # a prompt needs at least one position left to generate into
 
 
@@ -107,7 +106,7 @@ def parse_tgi_parameters(raw, present=True):
     ours.setdefault("return_full_text", False)
     given = "max_new_tokens" in ours
     try:
-        params = parse_parameters(ours, MAX_NEW_TOKENS)
+        params = parse_parameters(ours)
     except ServingError as e:
         raise as_tgi_error(e)
     # The engine always reports log-probabilities on these routes (token events carry them).
