@@ -1,0 +1,113 @@
+"""One decode step's weight products at KoGPT2 size through each kernel, side by side in one run.
+
+A step multiplies its rows by 49 matrices (per layer qkv 2304x768, out 768x768, MLP 3072x768 and
+768x3072; then the 50000x768 LM head): 497.5 MB in float32, 124.4 MB in int8. Variants, each over
+the same random weights and activations, interleaved, best of --repeats:
+
+  fc          MXNet FullyConnected (oneDNN), float32: what the prefill graph uses
+  conv        the 1x1 convolution the decode steps use (model/network.py Linear.step), float32
+  f32         kogpt2_linear_f32, our kernel over the same float32 weights
+  int8        kogpt2_linear_int8, our kernel over int8 weights with per-output-channel scales
+
+Prints ms per step and GB/s of weights read per variant and row count, and the ratios to fc and
+conv. The ISA our kernels use follows KOGPT2_KERNEL_ISA / DNNL_MAX_CPU_ISA (run it once with
+DNNL_MAX_CPU_ISA=AVX2 on an AVX-512 CPU for the AVX2 class). Results: --output (JSON).
+Usage: python benchmarks/kernels.py [--rows 1,8,16] [--repeats 5] [--output benchmarks/results/kernels.json]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+UNITS, HIDDEN, VOCAB, LAYERS = 768, 3072, 50000, 12
+SHAPES = [(3 * UNITS, UNITS), (UNITS, UNITS), (HIDDEN, UNITS), (UNITS, HIDDEN)] * LAYERS + [(VOCAB, UNITS)]
+VARIANTS = ("fc", "conv", "f32", "int8")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="1,8,16")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output")
+    args = parser.parse_args(argv)
+    from kogpt2_serving.model.device import capabilities, configure_threads
+
+    configure_threads()
+    import mxnet as mx
+
+    from kogpt2_serving import kernels
+
+    kernels.load()
+    weights = _weights(mx)
+    result = {"runtime": capabilities().summary(), "kernel_isa": kernels.isa(), "rows": {}}
+    print("# {}; our kernels: {}".format(result["runtime"], result["kernel_isa"]))
+    for rows in [int(r) for r in args.rows.split(",")]:
+        calls = _calls(mx, weights, rows)
+        times = {v: [] for v in VARIANTS}
+        for _ in range(args.repeats + 1):  # the first round warms up (oneDNN re-lays conv kernels)
+            for variant in VARIANTS:
+                times[variant].append(_time(mx, calls[variant]))
+        best = {v: min(t[1:]) for v, t in times.items()}
+        result["rows"][rows] = {v: {"ms": best[v] * 1e3, "GB/s": _bytes(v) / best[v] / 1e9} for v in VARIANTS}
+        print("rows {:3d}: ".format(rows) + "  ".join(
+            "{} {:.2f} ms ({:.1f} GB/s)".format(v, best[v] * 1e3, _bytes(v) / best[v] / 1e9) for v in VARIANTS))
+        print("          int8/fc {:.2f}x  int8/conv {:.2f}x  f32/fc {:.2f}x  f32/conv {:.2f}x".format(
+            best["int8"] / best["fc"], best["int8"] / best["conv"], best["f32"] / best["fc"],
+            best["f32"] / best["conv"]))
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+def _bytes(variant):
+    return sum(m * k for m, k in SHAPES) * (1 if variant == "int8" else 4)
+
+
+def _weights(mx):
+    rng = np.random.default_rng(0)
+    out = []
+    for m, k in SHAPES:
+        w = (rng.standard_normal((m, k)) * 0.02).astype("float32")
+        scale = np.abs(w).max(axis=1) / 127
+        q = np.round(w / scale[:, None]).astype("int8")
+        out.append((mx.nd.array(w), mx.nd.array(w.reshape(m, k, 1)), mx.nd.array(q, dtype="int8"),
+                    mx.nd.array(scale.astype("float32"))))
+    return out
+
+
+def _calls(mx, weights, rows):
+    rng = np.random.default_rng(1)
+    x = {k: mx.nd.array(rng.standard_normal((rows, k)).astype("float32")) for k in (UNITS, HIDDEN)}
+    cols = {k: mx.nd.transpose(v).expand_dims(0) for k, v in x.items()}  # (1, K, B)
+
+    def fc():
+        return [mx.nd.FullyConnected(x[k], w, no_bias=True, num_hidden=m) for (m, k), (w, _, _, _) in zip(SHAPES, weights)]
+
+    def conv():
+        return [mx.nd.Convolution(cols[k], c, kernel=(1,), num_filter=m, no_bias=True)
+                for (m, k), (_, c, _, _) in zip(SHAPES, weights)]
+
+    def f32():
+        return [mx.nd.kogpt2_linear_f32(x[k], w, no_bias=True) for (m, k), (w, _, _, _) in zip(SHAPES, weights)]
+
+    def int8():
+        return [mx.nd.kogpt2_linear_int8(x[k], q, s, no_bias=True) for (m, k), (_, _, q, s) in zip(SHAPES, weights)]
+
+    return {"fc": fc, "conv": conv, "f32": f32, "int8": int8}
+
+
+def _time(mx, call, steps=3):
+    mx.nd.waitall()
+    started = time.perf_counter()
+    for _ in range(steps):
+        call()
+        mx.nd.waitall()
+    return (time.perf_counter() - started) / steps
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+    main()

@@ -1,0 +1,102 @@
+"""Matrix-product kernels of our own for CPU decoding (linear.cc), as MXNet extension operators.
+
+Decode is bandwidth-bound: a step reads every weight once, and oneDNN's float32 GEMV reads them
+well below memory speed on AVX2 CPUs (docs: ../shared/reference/cpu-performance.md, issue 17).
+linear.cc holds products over int8 (weight-only, per-output-channel scales) and float32
+weights, registered as the operators ``kogpt2_linear_int8`` and ``kogpt2_linear_f32``.
+
+They are compiled here, on first use, against the installed MXNet's ``lib_api`` (its extension
+ABI changes between releases, so a prebuilt library would tie the package to one MXNet), into a
+cache keyed by the MXNet version and the source's hash, then loaded with ``mx.library.load``.
+MXNet 1.6 (the images' MXNet) has no extension API for operators: :func:`problem` says so, and
+callers refuse the kernels with that message instead of failing mid-load.
+"""
+import ctypes
+import hashlib
+import os
+import subprocess
+import tempfile
+
+from ..errors import ModelLoadError
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "linear.cc")
+CACHE_ENV = "KOGPT2_KERNEL_CACHE"
+COMPILER_ENV = "CXX"
+_loaded = []
+
+
+def problem():
+    """Why the kernels cannot run in this process ("" when they can), naming the missing piece."""
+    import mxnet as mx
+
+    version = tuple(int(p) for p in mx.__version__.split(".")[:2] if p.isdigit())
+    if version < (1, 7):
+        return "MXNet {} has no extension API for operators (MXNet 1.7 added it)".format(mx.__version__)
+    if not os.path.exists(_lib_api_source()):
+        return "this MXNet {} install has no {} to build extension operators with".format(
+            mx.__version__, _lib_api_source())
+    return ""
+
+
+def load():
+    """Build (once per MXNet version and source) and load the kernels -> the library's path."""
+    if _loaded:
+        return _loaded[0]
+    why = problem()
+    if why:
+        raise ModelLoadError("the kogpt2 kernels cannot run here: {}".format(why))
+    import mxnet as mx
+
+    path = _built_library()
+    mx.library.load(path, verbose=False)
+    _loaded.append(path)
+    return path
+
+
+def isa():
+    """The instruction set the kernels run with in this process: avx512, avx2 or portable
+    (capped by KOGPT2_KERNEL_ISA or DNNL_MAX_CPU_ISA, read once per process)."""
+    lib = ctypes.CDLL(load())
+    lib.kogpt2_kernel_isa.restype = ctypes.c_char_p
+    return lib.kogpt2_kernel_isa().decode()
+
+
+def _lib_api_source():
+    import mxnet as mx
+
+    return os.path.join(os.path.dirname(mx.__file__), "src", "lib_api.cc")
+
+
+def _built_library():
+    import mxnet as mx
+
+    with open(SOURCE, "rb") as f:
+        digest = hashlib.sha256(f.read() + mx.__version__.encode()).hexdigest()[:16]
+    folder = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "kogpt2-serving")
+    path = os.path.join(folder, "kogpt2_kernels_{}_{}.so".format(mx.__version__, digest))
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        _compile(path)
+    return path
+
+
+def _compile(path):
+    """g++ into a temporary name, then rename: processes building at once never load half a file."""
+    import mxnet as mx
+
+    root = os.path.dirname(mx.__file__)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(fd)
+    command = [os.environ.get(COMPILER_ENV, "g++"), "-shared", "-fPIC", "-O3", "-std=c++14", "-fopenmp",
+               "-I", os.path.join(root, "include"), SOURCE, _lib_api_source(), "-o", partial]
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    except OSError as e:
+        os.unlink(partial)
+        raise ModelLoadError("building the kogpt2 kernels needs a C++ compiler ({}: {}); set {} to one".format(
+            command[0], e.strerror, COMPILER_ENV))
+    if done.returncode != 0:
+        os.unlink(partial)
+        tail = "\n".join(done.stdout.strip().splitlines()[-5:])
+        raise ModelLoadError("building the kogpt2 kernels from {} failed:\n{}".format(SOURCE, tail))
+    os.replace(partial, path)

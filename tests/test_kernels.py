@@ -1,0 +1,123 @@
+"""The kernels of our own (kogpt2_serving.kernels): every instruction-set path this CPU can run,
+against a float64 NumPy product over shapes that reach each tiling edge (tests/kernel_check.py);
+inside a hybridized graph; with wrong inputs; and refused with the reason on MXNet 1.6."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kogpt2_serving import kernels
+from kogpt2_serving.errors import ModelLoadError
+from kogpt2_serving.model import device
+
+CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_check.py")
+UNAVAILABLE = kernels.problem()
+needs_kernels = pytest.mark.skipif(bool(UNAVAILABLE), reason=UNAVAILABLE or "kernels run")
+
+
+def _cpu_runs(isa):
+    flags = device.cpu_flags() or ()
+    return {"portable": True, "avx2": "avx2" in flags, "avx512": "avx512f" in flags}[isa]
+
+
+@needs_kernels
+@pytest.mark.parametrize("cap, expected", [("portable", "portable"), ("avx2", "avx2"), ("", "avx512")])
+def test_every_isa_path_matches_a_float64_product(cap, expected):
+    if not _cpu_runs(expected):
+        pytest.skip("this CPU ({}) cannot run the {} path".format(device.cpu_model(), expected))
+    env = dict(os.environ, KOGPT2_KERNEL_ISA=cap)
+    env.pop("DNNL_MAX_CPU_ISA", None)
+    done = subprocess.run([sys.executable, CHECK], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == expected
+    cases = [json.loads(line) for line in lines[1:]]
+    assert len(cases) == 18
+    worst = max(cases, key=lambda c: c["worst"])
+    assert worst["worst"] < 1.0, worst  # within the float32 summation bound, every element
+
+
+@needs_kernels
+def test_dnnl_cap_applies_to_the_kernels_too():
+    if not _cpu_runs("avx2"):
+        pytest.skip("this CPU has no AVX2")
+    env = dict(os.environ, DNNL_MAX_CPU_ISA="AVX2")
+    env.pop("KOGPT2_KERNEL_ISA", None)
+    code = "from kogpt2_serving import kernels; print(kernels.isa())"
+    assert subprocess.check_output([sys.executable, "-c", code], env=env, universal_newlines=True).strip() == "avx2"
+
+
+@needs_kernels
+def test_the_operator_runs_inside_a_hybridized_graph():
+    import mxnet as mx
+    from mxnet import gluon
+
+    kernels.load()
+
+    class Int8Dense(gluon.HybridBlock):
+        def __init__(self, weight, scale):
+            super().__init__()
+            self.weight = self.params.get("weight", shape=weight.shape, dtype="int8", grad_req="null",
+                                          init="zeros")
+            self.scale = self.params.get("scale", shape=scale.shape, grad_req="null")
+
+        def hybrid_forward(self, F, x, weight, scale):
+            return F.kogpt2_linear_int8(x, weight, scale, no_bias=True)  # (B, T, M)
+
+    rng = np.random.default_rng(1)
+    w = rng.integers(-127, 128, (24, 40)).astype("int8")
+    scale = rng.random(24).astype("float32")
+    block = Int8Dense(w, scale)
+    block.initialize()
+    block.weight.set_data(mx.nd.array(w, dtype="int8"))
+    block.scale.set_data(mx.nd.array(scale))
+    block.hybridize(static_alloc=True)
+    x = rng.standard_normal((2, 3, 40)).astype("float32")
+    for _ in range(2):  # traced, then the cached graph
+        out = block(mx.nd.array(x)).asnumpy()
+        assert out.shape == (2, 3, 24)
+        np.testing.assert_allclose(out, x.astype("float64") @ w.T * scale, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("weight_dtype, x_cols, message", [
+    ("float32", 40, "input 1 has dtype 0, expected 5"),
+    ("int8", 41, "disagree on K"),
+])
+def test_wrong_inputs_are_refused_with_the_reason(weight_dtype, x_cols, message):
+    import mxnet as mx
+
+    kernels.load()
+    with pytest.raises(mx.base.MXNetError, match=message):
+        mx.nd.kogpt2_linear_int8(mx.nd.ones((1, x_cols)), mx.nd.ones((8, 40), dtype=weight_dtype),
+                                 mx.nd.ones((8,)), no_bias=True).wait_to_read()
+
+
+def test_mxnet_without_the_extension_api_is_refused_by_name(monkeypatch):
+    import mxnet as mx
+
+    kernels._loaded.clear()
+    monkeypatch.setattr(mx, "__version__", "1.6.0")
+    assert kernels.problem() == "MXNet 1.6.0 has no extension API for operators (MXNet 1.7 added it)"
+    with pytest.raises(ModelLoadError, match="cannot run here: MXNet 1.6.0 has no extension API"):
+        kernels.load()
+
+
+@needs_kernels
+def test_a_failed_build_names_the_source_and_the_compiler_error(tmp_path, monkeypatch):
+    bad = tmp_path / "linear.cc"
+    bad.write_text("this is not C++\n")
+    monkeypatch.setattr(kernels, "SOURCE", str(bad))
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / "cache"))
+    kernels._loaded.clear()
+    with pytest.raises(ModelLoadError, match="building the kogpt2 kernels from .*linear.cc failed") as e:
+        kernels.load()
+    assert "error" in str(e.value)
+    assert os.listdir(str(tmp_path / "cache")) == []  # no half-built library left to load later
+    monkeypatch.setenv(kernels.COMPILER_ENV, str(tmp_path / "no-such-compiler"))
+    with pytest.raises(ModelLoadError, match="needs a C\\+\\+ compiler .*no-such-compiler"):
+        kernels.load()
