@@ -285,16 +285,6 @@ REGISTER_OP(kogpt2_linear_f32)
 extern "C" {
 // Which instruction set the kernels run with in this process ("avx512", "avx2", "portable").
 const char* kogpt2_kernel_isa() { return kIsaNames[isa()]; }
-
-// The same products without MXNet, for tests and benchmarks over NumPy arrays.
-void kogpt2_linear_int8_raw(const float* x, const int8_t* w, const float* scale, const float* bias, float* out,
-                            int64_t N, int64_t M, int64_t K) {
-  linear<int8_t>(x, w, scale, bias, out, N, M, K);
-}
-void kogpt2_linear_f32_raw(const float* x, const float* w, const float* bias, float* out, int64_t N, int64_t M,
-                           int64_t K) {
-  linear<float>(x, w, nullptr, bias, out, N, M, K);
-}
 }
 
 MXReturnValue initialize(int version) {
