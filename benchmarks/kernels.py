@@ -14,43 +14,45 @@ conv. The ISA our kernels use follows KOGPT2_KERNEL_ISA / DNNL_MAX_CPU_ISA (run 
 DNNL_MAX_CPU_ISA=AVX2 on an AVX-512 CPU for the AVX2 class). Results: --output (JSON).
 Usage: python benchmarks/kernels.py [--rows 1,8,16] [--repeats 5] [--output benchmarks/results/kernels.json]
 """
-import argparse
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (puts src/ on the path; threads are chosen before MXNet is imported)
+
 UNITS, HIDDEN, VOCAB, LAYERS = 768, 3072, 50000, 12
 SHAPES = [(3 * UNITS, UNITS), (UNITS, UNITS), (HIDDEN, UNITS), (UNITS, HIDDEN)] * LAYERS + [(VOCAB, UNITS)]
 VARIANTS = ("fc", "conv", "f32", "int8")
+STEPS = 3  # steps per timed run
 
 
 def main(argv=None):
+    import argparse
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1,8,16")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="OpenMP threads (default: all cores, see device.py)")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
-    from kogpt2_serving.model.device import capabilities, configure_threads
-
-    configure_threads()
+    threads = common.setup_threads(args)
     import mxnet as mx
 
     from kogpt2_serving import kernels
+    from kogpt2_serving.model.device import capabilities
 
     kernels.load()
     weights = _weights(mx)
-    result = {"runtime": capabilities().summary(), "kernel_isa": kernels.isa(), "rows": {}}
-    print("# {}; our kernels: {}".format(result["runtime"], result["kernel_isa"]))
+    result = {"kernel_isa": kernels.isa(), "rows": {}}
+    print("# {}; our kernels: {}".format(capabilities().summary(), result["kernel_isa"]))
     for rows in [int(r) for r in args.rows.split(",")]:
         calls = _calls(mx, weights, rows)
-        times = {v: [] for v in VARIANTS}
-        for _ in range(args.repeats + 1):  # the first round warms up (oneDNN re-lays conv kernels)
-            for variant in VARIANTS:
-                times[variant].append(_time(mx, calls[variant]))
-        best = {v: min(t[1:]) for v, t in times.items()}
+        # the warm-up lets oneDNN re-lay the convolution kernels once
+        samples = common.interleaved({v: _timed(mx, calls[v]) for v in VARIANTS}, args.repeats, progress=False)
+        best = {v: min(t) / STEPS for v, t in samples.items()}
         result["rows"][rows] = {v: {"ms": best[v] * 1e3, "GB/s": _bytes(v) / best[v] / 1e9} for v in VARIANTS}
         print("rows {:3d}: ".format(rows) + "  ".join(
             "{} {:.2f} ms ({:.1f} GB/s)".format(v, best[v] * 1e3, _bytes(v) / best[v] / 1e9) for v in VARIANTS))
@@ -58,8 +60,7 @@ def main(argv=None):
             best["int8"] / best["fc"], best["int8"] / best["conv"], best["f32"] / best["fc"],
             best["f32"] / best["conv"]))
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+        common.write_result(args.output, "kernels", args, {"mxnet": threads}, result, modules=("mxnet",))
 
 
 def _bytes(variant):
@@ -99,15 +100,18 @@ def _calls(mx, weights, rows):
     return {"fc": fc, "conv": conv, "f32": f32, "int8": int8}
 
 
-def _time(mx, call, steps=3):
-    mx.nd.waitall()
-    started = time.perf_counter()
-    for _ in range(steps):
-        call()
+def _timed(mx, call):
+    """A run of STEPS steps that reports its own seconds (common.interleaved's contract)."""
+    def run():
         mx.nd.waitall()
-    return (time.perf_counter() - started) / steps
+        started = time.perf_counter()
+        for _ in range(STEPS):
+            call()
+            mx.nd.waitall()
+        return time.perf_counter() - started
+
+    return run
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
     main()
