@@ -63,11 +63,11 @@ $(STAMP36): constraints-py36.txt
 #            MXNet: no bfloat16 type); tests marked `serves` need MMS, which .venv16 lacks
 #   suite    every test, MXNet 1.9.1, this CPU's own kernels
 AVX2_TESTS    := tests/test_engine.py tests/test_handler.py tests/test_server.py tests/test_server_modes.py \
-                 tests/test_bfloat16.py tests/test_capabilities.py tests/test_scheduler.py tests/test_kernels.py
+                 tests/test_bfloat16.py tests/test_capabilities.py tests/test_scheduler.py tests/test_kernels.py tests/test_int8.py
 MXNET16_TESTS := tests/test_engine.py tests/test_checkpoint.py tests/test_model_reference.py tests/test_bfloat16.py \
                  tests/test_capabilities.py tests/test_beam_search.py tests/test_sampling.py tests/test_processors.py \
                  tests/test_stopping.py tests/test_params.py tests/test_tokenizer.py tests/test_handler.py \
-                 tests/test_demo_model.py tests/test_scheduler.py tests/test_tgi.py tests/test_kernels.py
+                 tests/test_demo_model.py tests/test_scheduler.py tests/test_tgi.py tests/test_kernels.py tests/test_int8.py
 MATRIX        := .test-matrix.txt
 
 test: lint $(STAMP16) $(STAMP36)  ## run the test matrix: AVX2-capped and MXNet 1.6 legs, then the whole suite (what CI runs)

@@ -46,13 +46,39 @@ def bfloat16_dense(x, w, b=None):
     return round_to_bfloat16(dense(round_to_bfloat16(x), round_to_bfloat16(w), b))
 
 
-def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf", linear=dense, table=lambda t: t, attention=None):
+def quantize_rows(w):
+    """w (N, K) -> (int8 values (N, K), float32 scales (N,)), symmetric per row, written from
+    the definition: scale = max|row| / 127 (1 for an all-zero row), value = w / scale rounded
+    half away from zero, in float32 as the model computes them."""
+    w = np.asarray(w, dtype=np.float32)
+    absmax = np.abs(w).max(axis=1)
+    scale = np.where(absmax > 0, absmax / np.float32(127), np.float32(1)).astype(np.float32)
+    ratio = w / scale[:, None]
+    values = np.clip(np.sign(ratio) * np.floor(np.abs(ratio) + np.float32(0.5)), -127, 127)
+    return values.astype(np.int8), scale
+
+
+def int8_table(w):
+    """The table an int8 model reads: its quantized values times their scales."""
+    values, scale = quantize_rows(w)
+    return values.astype(np.float64) * scale[:, None]
+
+
+def int8_dense(x, w, b=None):
+    """A product over int8 weights with per-output scales: float inputs, exact sums (float64)."""
+    return dense(x, int8_table(w), b)
+
+
+def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf", linear=dense, table=lambda t: t, attention=None,
+            token_table=None):
     """ids (T,) -> logits (T, V). Dense weights are (out, in): y = x W^T + b.
     `linear` computes every Dense product and `table` transforms embedding tables (e.g.
-    bfloat16_dense and round_to_bfloat16 for a model holding its weights in bfloat16).
+    bfloat16_dense and round_to_bfloat16 for a model holding its weights in bfloat16);
+    `token_table`, when given, transforms the token table alone (int8 keeps positions float32).
     A list passed as `attention` receives every layer's weights, (H, T, T) each."""
     T = len(ids)
-    x = table(p["_embed.weight"])[ids] + table(p["_pos_embed.weight"])[np.arange(T)]  # (T, U)
+    tokens = (token_table or table)(p["_embed.weight"])
+    x = tokens[ids] + table(p["_pos_embed.weight"])[np.arange(T)]  # (T, U)
     U = x.shape[1]
     D = U // n_head
     causal = np.tril(np.ones((T, T), dtype=bool))

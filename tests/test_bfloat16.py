@@ -134,8 +134,8 @@ def test_unsupported_combinations_name_the_alternative():
         choose_dtype(mx.gpu(0), "bfloat16")
     with pytest.raises(ModelLoadError, match=r"^float16 is only supported on a GPU; use float32 or bfloat16 on cpu\(0\)$"):
         choose_dtype(mx.cpu(), "float16")
-    with pytest.raises(ValueError, match=r"^dtype must be one of float32, float16, bfloat16, got 'int8'$"):
-        choose_dtype(mx.cpu(), "int8")
+    with pytest.raises(ValueError, match=r"^dtype must be one of float32, float16, bfloat16, int8, got 'int4'$"):
+        choose_dtype(mx.cpu(), "int4")
 
 
 def test_a_machine_without_bfloat16_products_is_refused_at_load(monkeypatch):

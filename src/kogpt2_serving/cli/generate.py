@@ -5,7 +5,7 @@ import sys
 
 from ..files.default_model import resolve_model_dir
 from ..generation.params import FIELDS, parse_parameters
-from ..model.device import configure_threads
+from ..model.device import DTYPES, configure_threads
 from .progress import Progress
 
 log = logging.getLogger(__name__)
@@ -17,8 +17,9 @@ def add_arguments(parser):
                         "/ HF GPT-2 one (default: the SageMaker model directory if it holds a model, else the "
                         "shipped demo model)")
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default: auto)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                        help="float16: GPU only; bfloat16: weights in bfloat16 on an AVX-512 CPU (MXNet >= 1.8)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="float16: GPU only; bfloat16: weights in bfloat16 on an AVX-512 CPU (MXNet >= 1.8); "
+                             "int8: weights in int8 on a CPU (MXNet >= 1.7, builds its kernels on first use)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
     parser.add_argument("--parameters", default="{}",
                         help="generation parameters as JSON, e.g. '{\"max_new_tokens\": 32, \"do_sample\": true}' "

@@ -10,7 +10,7 @@ import time
 from typing import NamedTuple
 
 from ..errors import ModelLoadError
-from ..model.device import choose_context, choose_dtype, ensure_threads_configured
+from ..model.device import choose_context, choose_dtype, compute_dtype, ensure_threads_configured
 from ..text.tokenizer import SentencePieceTokenizer
 from . import checkpoint, hf_checkpoint
 from .config import read_config_file
@@ -33,6 +33,7 @@ def load_model(model_dir, device="auto", dtype="float32"):
     import mxnet as mx  # noqa: F401  (fail here, not mid-load, when MXNet is missing)
 
     from ..model.engine import Engine
+    from ..model.int8_weights import store_weights_in_int8
     from ..model.network import GPT2Model, store_weights_in_bfloat16
 
     started = time.time()
@@ -41,12 +42,14 @@ def load_model(model_dir, device="auto", dtype="float32"):
     ctx = choose_context(device)
     dtype = choose_dtype(ctx, dtype)
     model = GPT2Model(config)
-    # bfloat16 is a storage format for the weights; activations and the cache stay float32.
-    compute_dtype = "float32" if dtype == "bfloat16" else dtype
-    checkpoint.load_into(model, params, ctx, compute_dtype)
+    # bfloat16 and int8 are storage formats for the weights; activations and the cache stay float32.
+    checkpoint.load_into(model, params, ctx, compute_dtype(dtype))
+    del params  # the checkpoint's arrays: int8 must not keep a float32 copy alive
     if dtype == "bfloat16":
         store_weights_in_bfloat16(model)
-    engine = Engine(model, ctx, compute_dtype)
+    elif dtype == "int8":
+        store_weights_in_int8(model)
+    engine = Engine(model, ctx, compute_dtype(dtype))
     log.info("loaded %s (%d layers, %d units, vocab %d) on %s as %s in %.1f s", files.params, config.n_layer,
              config.n_embd, config.vocab_size, ctx, dtype, time.time() - started)
     return LoadedModel(files, config, tokenizer, engine, ctx, dtype)

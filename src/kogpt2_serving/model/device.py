@@ -95,7 +95,8 @@ def choose_context(spec="auto"):
     return mx.gpu(index)
 
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
+WEIGHT_FORMATS = ("bfloat16", "int8")  # storage formats of the weights: the computation stays float32
 USE_FLOAT32 = "use float32 instead (--dtype float32, or KOGPT2_DTYPE=float32 for a server's workers)"
 
 
@@ -108,7 +109,8 @@ def check_dtype(dtype):
 
 def choose_dtype(ctx, dtype="float32"):
     """float32 everywhere; float16 only on a GPU (CPU kernels for it are slow or missing);
-    bfloat16 weights only on a CPU whose MXNet runs bfloat16 products (see :func:`capabilities`)."""
+    bfloat16 weights only on a CPU whose MXNet runs bfloat16 products (see :func:`capabilities`);
+    int8 weights only on a CPU whose MXNet loads our kernels (MXNet >= 1.7, kernels.problem())."""
     check_dtype(dtype)
     if dtype == "float16" and ctx.device_type != "gpu":
         raise ModelLoadError("float16 is only supported on a GPU; use float32 or bfloat16 on {}".format(ctx))
@@ -118,7 +120,21 @@ def choose_dtype(ctx, dtype="float32"):
         problem = capabilities().bfloat16_problem
         if problem:
             raise ModelLoadError("bfloat16 weights cannot run here: {}; {}".format(problem, USE_FLOAT32))
+    if dtype == "int8":
+        if ctx.device_type != "cpu":
+            raise ModelLoadError("int8 weights are only supported on a CPU (their kernels are CPU code); "
+                                 "use float16 on {}".format(ctx))
+        from .. import kernels
+
+        problem = kernels.problem()
+        if problem:
+            raise ModelLoadError("int8 weights cannot run here: {}; {}".format(problem, USE_FLOAT32))
     return dtype
+
+
+def compute_dtype(dtype):
+    """The dtype activations and the cache use: float32 under bfloat16 or int8 weights."""
+    return "float32" if dtype in WEIGHT_FORMATS else dtype
 
 
 def check_dtype_runs(dtype, device="auto"):

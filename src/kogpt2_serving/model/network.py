@@ -41,17 +41,21 @@ BFLOAT16 = np.dtype([("bfloat16", np.uint16)])
 # blocked layout for the step kernels, and each switch of layout re-lays every weight.
 MAX_CONV_ROWS = 64
 STEP_WEIGHT = "step_weight"
+INT8_SCALE = "weight_scale"
 
 
 class Linear(nn.Dense):
-    """nn.Dense whose weights may be held in bfloat16 (`store_weights_in_bfloat16`).
+    """nn.Dense whose weights may be held in bfloat16 (`store_weights_in_bfloat16`) or in int8
+    with one float32 scale per output (model/int8_weights.py).
 
-    Decoding reads every weight once per token, so halving the bytes read is what makes a
-    memory-bound CPU faster. Only the matrix product runs in bfloat16 (oneDNN, float32
-    accumulation): its input is rounded to bfloat16 and its output comes back as float32, so
-    residuals, LayerNorm, softmax and the KV cache stay float32."""
+    Decoding reads every weight once per token, so fewer bytes read is what makes a
+    memory-bound CPU faster. Only the matrix product changes: bfloat16 runs through oneDNN
+    (its input rounded to bfloat16, float32 accumulation), int8 through our own kernel
+    (kernels/linear.cc: float32 input, int8 weights turned to float32 in registers, float32
+    accumulation). Residuals, LayerNorm, softmax and the KV cache stay float32."""
 
     bfloat16 = False
+    int8 = False
 
     def __init__(self, units, in_units, **kwargs):
         super().__init__(units, in_units=in_units, **kwargs)
@@ -60,8 +64,13 @@ class Linear(nn.Dense):
         # part of the checkpoint: `fill_step_weights` copies it from `weight`.
         self.step_weight = self.params.get(STEP_WEIGHT, shape=(units, in_units, 1), grad_req="null",
                                            allow_deferred_init=True)
+        # Per-output scales of int8 weights; never allocated unless the weights are quantized.
+        # The tied LM head finds its table's (Lookup's) in the shared parameter dict.
+        self.weight_scale = _scale_parameter(self, units)
 
-    def hybrid_forward(self, F, x, weight, bias=None, step_weight=None):
+    def hybrid_forward(self, F, x, weight, bias=None, step_weight=None, weight_scale=None):
+        if self.int8:
+            return _int8_product(F, x, weight, weight_scale, bias)
         if not self.bfloat16:
             return super().hybrid_forward(F, x, weight, bias)
         out = super().hybrid_forward(F, F.amp_cast(x, dtype=BFLOAT16), weight, bias)
@@ -74,8 +83,12 @@ class Linear(nn.Dense):
         one row oneDNN's gemm repacks it on every call. A convolution's kernel is re-laid into
         oneDNN's blocked layout once, in place, on first use, and read at memory speed from
         then on. The copy costs a second set of weights in memory. Measurements:
-        docs/serving.md ("Memory per worker") and benchmarks/README.md.
+        docs/serving.md ("Memory per worker") and benchmarks/README.md. int8 weights go
+        through their own kernel, which reads them as stored: no copy.
         """
+        if self.int8:
+            bias = _value(F, self.bias) if self.bias is not None else None
+            return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias)  # (B, N)
         if rows > MAX_CONV_ROWS:
             return self(x)
         kernel = _value(F, self.step_weight)
@@ -90,12 +103,33 @@ class Linear(nn.Dense):
         return F.transpose(out.reshape((self.out_units, rows)))  # (B, N)
 
 
+def _int8_product(F, x, weight, scale, bias):
+    """x (..., K) float32, weight (N, K) int8, scale (N,) -> (..., N) float32: x . (weight * scale) + bias."""
+    if bias is None:
+        return F.kogpt2_linear_int8(x, weight, scale, no_bias=True)
+    return F.kogpt2_linear_int8(x, weight, scale, bias)
+
+
+def _scale_parameter(block, rows):
+    return block.params.get(INT8_SCALE, shape=(rows,), dtype="float32", grad_req="null",
+                            allow_deferred_init=True)
+
+
 class Lookup(nn.Embedding):
-    """nn.Embedding whose table may be held in bfloat16; rows come back as float32."""
+    """nn.Embedding whose table may be held in bfloat16 or int8 (one scale per row, the tied LM
+    head's per-output scales); rows come back as float32."""
 
     bfloat16 = False
+    int8 = False
 
-    def hybrid_forward(self, F, x, weight):
+    def __init__(self, input_dim, output_dim, **kwargs):
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.weight_scale = _scale_parameter(self, input_dim)
+
+    def hybrid_forward(self, F, x, weight, weight_scale=None):
+        if self.int8:
+            rows = F.cast(F.take(weight, x, axis=0), dtype="float32")  # (..., U)
+            return F.broadcast_mul(rows, F.take(weight_scale, x, axis=0).expand_dims(-1))
         out = super().hybrid_forward(F, x, weight)
         return F.amp_cast(out, dtype="float32") if self.bfloat16 else out
 
@@ -103,7 +137,7 @@ class Lookup(nn.Embedding):
 def store_weights_in_bfloat16(model):
     """Round every Linear/Lookup weight (the tied embedding once) to bfloat16, in place, before
     the first forward pass builds a graph. LayerNorm parameters stay float32."""
-    for block in _blocks(model, (Linear, Lookup)):
+    for block in blocks(model, (Linear, Lookup)):
         block.bfloat16 = True
         for param in (block.weight, getattr(block, "bias", None)):
             if param is not None and param.dtype != BFLOAT16:
@@ -127,16 +161,19 @@ def _value(F, param):
 
 
 def fill_step_weights(model):
-    """Copy every Linear's weight into its step kernel (as stored: bfloat16 stays bfloat16).
-    Call after the weights are final; a later change to `weight` is not seen by steps."""
-    for linear in _blocks(model, Linear):
+    """Copy every Linear's weight into its step kernel (as stored: bfloat16 stays bfloat16;
+    int8 weights need none). Call after the weights are final; a later change to `weight` is
+    not seen by steps."""
+    for linear in blocks(model, Linear):
+        if linear.int8:
+            continue
         weight = linear.weight.data()  # (N, K)
         linear.step_weight.cast(weight.dtype)
         # load_parameter copies the (N, K, 1) view into the kernel's own array.
         load_parameter(linear.step_weight, weight.reshape((weight.shape[0], weight.shape[1], 1)), weight.context)
 
 
-def _blocks(model, kind):
+def blocks(model, kind):
     found = []
     model.apply(lambda block: found.append(block) if isinstance(block, kind) else None)
     return found

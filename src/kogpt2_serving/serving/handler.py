@@ -22,7 +22,7 @@ For the stock MXNet toolkit (which wants ``model_fn`` + ``transform_fn`` in one 
 
 Worker settings come from the environment (the server sets them; names below):
 ``KOGPT2_DEVICE`` (auto | cpu | gpu | gpu:N), ``KOGPT2_DTYPE`` (float32 | float16 on a GPU |
-bfloat16 weights on a CPU), ``SAGEMAKER_MODEL_SERVER_WORKERS`` (threads
+bfloat16 or int8 weights on a CPU), ``SAGEMAKER_MODEL_SERVER_WORKERS`` (threads
 per worker = cores // workers; default one worker per core, as in SageMaker),
 ``KOGPT2_THREADS`` (explicit threads per worker), ``SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT``.
 The MMS worker sets ``OMP_NUM_THREADS=1`` when it is unset, which then reads as an explicit
