@@ -12,9 +12,12 @@ prompt, at batch 1 and at --batch, all run in turn once per repeat after a warm-
   engine        this package's Generator (prefill once, fixed-size KV cache), float32
   engine_bf16   the same with its weights held in bfloat16 (--dtype bfloat16); its logits
                 are compared with the float32 engine's and reported, not required to match
+  engine_int8   the same with int8 weights (--dtype int8, our kernels); logits reported the same way
   transformers  GPT2LMHeadModel.generate(use_cache=True, do_sample=False), sdpa attention
   onnxruntime   the exported graph after ONNX Runtime's GPT-2 fusions, prompt then one token
                 per step, presents fed back as pasts through IOBinding
+  onnxruntime_int8  that graph through ONNX Runtime's own int8 (quantize_dynamic); its logits
+                are compared with our float32 engine's and reported, not required to match
   floor         every weight matrix of one step through the 1x1 convolution decode steps use (GEMV chain);
                 floor_bf16 the same over the bfloat16 weights
   bandwidth     one step's weight bytes read by NumPy in as many threads as cores;
@@ -37,7 +40,10 @@ import common  # noqa: E402
 import peer_models  # noqa: E402
 from workers import Worker  # noqa: E402
 
-PEERS = ("transformers", "onnxruntime")
+PEERS = ("transformers", "onnxruntime", "onnxruntime_int8")
+INT8_PEERS = ("onnxruntime_int8",)  # their logits are reported against ours, not required to match
+ENGINES = ("engine", "engine_bf16", "engine_int8")
+FLOORED = ("engine", "engine_bf16")  # engines with a GEMV floor and read-bandwidth variant of their own weights
 CHECK_STEPS = 4
 
 
@@ -62,6 +68,7 @@ def check_peer_options(p, args):
 def parse_args():
     p = common.parser(__doc__, new_tokens=64, batch=8, repeats=5)
     add_peer_options(p)
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="skip the engine_int8 variant (int8 weights)")
     p.epilog += "\n--quick: 8 new tokens, 1 repeat"
     args = p.parse_args()
     check_peer_options(p, args)
@@ -87,6 +94,13 @@ class Fleet:
         elif args.bfloat16:
             self.engines["engine_bf16"] = stack.enter_context(Worker(
                 "engine", model_dir=args.model_dir, device=args.device, threads=args.threads, dtype="bfloat16"))
+        problem = self.engine.info["kernels_problem"]
+        if getattr(args, "int8", False) and problem:
+            self.skipped["engine_int8"] = "our int8 kernels cannot run here: " + problem
+            print("skipping engine_int8: " + self.skipped["engine_int8"], file=sys.stderr)
+        elif getattr(args, "int8", False):
+            self.engines["engine_int8"] = stack.enter_context(Worker(
+                "engine", model_dir=args.model_dir, device=args.device, threads=args.threads, dtype="int8"))
         self.peers = {}
         if not args.peers:
             return
@@ -99,14 +113,16 @@ class Fleet:
             torch_worker = stack.enter_context(Worker("transformers", hf_dir=hf_dir, threads=args.peer_threads))
         if "transformers" in args.peers:
             self.peers["transformers"] = torch_worker
-        if "onnxruntime" in args.peers:
-            if not os.path.exists(onnx_path):
-                os.makedirs(os.path.dirname(onnx_path), exist_ok=True)
-                torch_worker.call("export_onnx", onnx_path)
-            cfg = self.engine.info["config"]
-            self.peers["onnxruntime"] = stack.enter_context(Worker(
-                "onnxruntime", onnx_path=onnx_path, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                n_embd=cfg["n_embd"], threads=args.peer_threads, fuse=args.ort_graph == "fused"))
+        if not os.path.exists(onnx_path) and {"onnxruntime", "onnxruntime_int8"} & set(args.peers):
+            os.makedirs(os.path.dirname(onnx_path), exist_ok=True)
+            torch_worker.call("export_onnx", onnx_path)
+        cfg = self.engine.info["config"]
+        for name in ("onnxruntime", "onnxruntime_int8"):
+            if name in args.peers:
+                self.peers[name] = stack.enter_context(Worker(
+                    "onnxruntime", onnx_path=onnx_path, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
+                    n_embd=cfg["n_embd"], threads=args.peer_threads, fuse=args.ort_graph == "fused",
+                    int8=name in INT8_PEERS))
         if torch_worker is not None and "transformers" not in args.peers:
             torch_worker.close()  # it only exported the graph
 
@@ -118,15 +134,19 @@ class Fleet:
         prompt = [self.prompt_ids()] * batch
         ours, fed = self.engine.call("logits", prompt, steps)
         results = {name: peer_models.agreement(ours, worker.call("logits", prompt, fed))
-                   for name, worker in self.peers.items()}
+                   for name, worker in self.peers.items() if name not in INT8_PEERS}
         return peer_models.check_agreement(results)
 
-    def bfloat16_agreement(self, batch, steps=CHECK_STEPS):
-        """How far the bfloat16 engine's logits are from the float32 engine's (reported only)."""
+    def reduced_precision_agreement(self, batch, steps=CHECK_STEPS):
+        """How far the logits of the engines with bfloat16 or int8 weights and of the int8 peers
+        are from the float32 engine's, feeding every one the same tokens (reported only)."""
         prompt = [self.prompt_ids()] * batch
         ours, fed = self.engine.call("logits", prompt, steps)
-        theirs, _ = self.engines["engine_bf16"].call("logits", prompt, steps, fed)
-        return peer_models.agreement(ours, theirs)
+        found = {name: peer_models.agreement(ours, worker.call("logits", prompt, steps, fed)[0])
+                 for name, worker in self.engines.items() if name != "engine"}
+        found.update({name: peer_models.agreement(ours, worker.call("logits", prompt, fed))
+                      for name, worker in self.peers.items() if name in INT8_PEERS})
+        return found
 
     def generate_variant(self, name, batch, n):
         """Prepare `name`_b`batch` in its worker; returns the runner."""
@@ -203,24 +223,23 @@ def main():
         batches = sorted({1, args.batch})
         agreement = {"b%d" % b: fleet.check(b) for b in batches} if fleet.peers else {}
         print_agreement(agreement)
-        bf16_agreement = {"b%d" % b: fleet.bfloat16_agreement(b) for b in batches} if "engine_bf16" in fleet.engines \
-            else {}
-        print_agreement({b: {"engine_bf16": r} for b, r in bf16_agreement.items()}, "float32 engine")
+        reduced = {"b%d" % b: fleet.reduced_precision_agreement(b) for b in batches}
+        print_agreement(reduced, "the float32 engine")
         n, names = args.new_tokens, list(fleet.engines) + list(fleet.peers)
         variants = {}
         for batch in batches:
             for name in names:
                 variants["%s_b%d" % (name, batch)] = fleet.generate_variant(name, batch, n)
-            for engine in fleet.engines:
+            for engine in [e for e in fleet.engines if e in FLOORED]:
                 floor = "%s_b%d" % (floor_of(engine), batch)
                 variants[floor] = fleet.engine_variant(floor, {"kind": "floor", "batch": batch, "steps": n}, engine)
-        for engine in fleet.engines:
+        for engine in [e for e in fleet.engines if e in FLOORED]:
             bandwidth = bandwidth_of(engine)
             variants[bandwidth] = fleet.engine_variant(bandwidth, {"kind": "bandwidth", "steps": n}, engine)
         seconds = common.interleaved(variants, args.repeats)
         bandwidth = fleet.engine.call("record", "bandwidth")
         result = summarize(seconds, args, names, bandwidth["bytes_per_step"])
-        result.update(agreement=agreement, bfloat16_agreement=bf16_agreement, peer_details=fleet.peer_details(),
+        result.update(agreement=agreement, reduced_precision_agreement=reduced, peer_details=fleet.peer_details(),
                       model={"step_weight_bytes": fleet.engine.info["step_weight_bytes"],
                              "config": fleet.engine.info["config"], "random_weights": not args.model_dir},
                       bandwidth_threads=bandwidth["threads"])
@@ -253,18 +272,20 @@ def summarize(seconds, args, names, read_bytes):
                                med["%s_b%d" % (floor_of(name), batch)] for batch in batches for name in names},
               "x_bandwidth_floor": {"%s_b%d" % (name, batch): med["%s_b%d" % (name, batch)] / med[bandwidth_of(name)]
                                     for batch in batches for name in names + ["floor"] + floors_bf16}}
-    engines = [e for e in ("engine", "engine_bf16") if e in names]
-    peers = [p for p in names if p not in engines]
+    engines = [e for e in ENGINES if e in names]
+    peers = [p for p in names if p not in engines and p not in INT8_PEERS]
+    if peers or set(INT8_PEERS) & set(names):
+        result["ratios"], result["targets"] = {}, {}
+        result["targets"].update(issue17_targets(med, tokens_per_s, names, b))
     if peers:
         fastest_b1 = min(peers, key=lambda p: med["%s_b1" % p])
         fastest_bb = max(peers, key=lambda p: tokens_per_s["%s_b%d" % (p, b)])
-        result["ratios"], result["targets"] = {}, {}
         for e in engines:
             result["ratios"].update({"%s_b1 ms / %s_b1 ms" % (e, p): med["%s_b1" % e] / med["%s_b1" % p]
                                      for p in peers})
             result["ratios"].update({"%s_b%d tok/s / %s_b%d tok/s" % (e, b, p, b):
                                      tokens_per_s["%s_b%d" % (e, b)] / tokens_per_s["%s_b%d" % (p, b)] for p in peers})
-            weights = "float32" if e == "engine" else "bfloat16 weights"
+            weights = {"engine": "float32", "engine_bf16": "bfloat16 weights", "engine_int8": "int8 weights"}[e]
             result["targets"]["b1 ms/token <= fastest peer's (%s)" % weights] = {
                 "peer": fastest_b1, "variant": e, "engine": med["%s_b1" % e], "peer_value": med["%s_b1" % fastest_b1],
                 "met": med["%s_b1" % e] <= med["%s_b1" % fastest_b1]}
@@ -275,12 +296,34 @@ def summarize(seconds, args, names, read_bytes):
     return result
 
 
+def issue17_targets(med, tokens_per_s, names, b):
+    """Issue 17's targets, where both sides ran: int8 at batch 1 <= 0.6x ONNX Runtime float32's
+    ms/token and <= ONNX Runtime int8's; int8 at batch b >= ONNX Runtime int8's tokens/s; float32
+    at batch 1 within 1.2x of ONNX Runtime float32's."""
+    wanted = [("engine_int8 b1 ms/token <= 0.6x onnxruntime's", "engine_int8", "onnxruntime", 1, 0.6),
+              ("engine_int8 b1 ms/token <= onnxruntime_int8's", "engine_int8", "onnxruntime_int8", 1, 1.0),
+              ("engine_int8 b%d tokens/s >= onnxruntime_int8's" % b, "engine_int8", "onnxruntime_int8", b, None),
+              ("engine b1 ms/token <= 1.2x onnxruntime's", "engine", "onnxruntime", 1, 1.2)]
+    targets = {}
+    for label, ours, peer, batch, factor in wanted:
+        if ours not in names or peer not in names:
+            continue
+        key, peer_key = "%s_b%d" % (ours, batch), "%s_b%d" % (peer, batch)
+        if factor is None:
+            engine, peer_value, met = tokens_per_s[key], tokens_per_s[peer_key], tokens_per_s[key] >= tokens_per_s[peer_key]
+        else:
+            engine, peer_value, met = med[key], med[peer_key], med[key] <= factor * med[peer_key]
+        targets[label] = {"peer": peer, "variant": ours, "engine": engine, "peer_value": peer_value,
+                          "ratio": engine / peer_value, "met": met}
+    return targets
+
+
 def print_agreement(agreement, against="our engine"):
     print("\nlogits agreement with %s before timing (prompt + %d cached steps)" % (against, CHECK_STEPS))
     for batch, peers in agreement.items():
         for peer, r in peers.items():
-            print("  %-4s %-13s max |diff| %.2e of max |logit| %.2f, same argmax: %s" % (
-                batch, peer, r["max_abs_diff"], r["logit_scale"], r["same_argmax"]))
+            print("  %-4s %-16s max |diff| %.2e of max |logit| %.2f, same argmax: %s (%.1f%%)" % (
+                batch, peer, r["max_abs_diff"], r["logit_scale"], r["same_argmax"], 100 * r["argmax_agreement"]))
 
 
 def print_table(result, args, threads):

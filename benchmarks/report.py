@@ -301,12 +301,16 @@ def section_peers(results, plots):
     rows = [[batch, peer, "%.2e" % a["max_abs_diff"], f2(a["logit_scale"]), "yes" if a["same_argmax"] else "NO"]
             for batch, peers in r.get("agreement", {}).items() for peer, a in peers.items()]
     out += [table(["batch", "peer", "max abs logit diff", "largest abs logit", "same argmax"], rows), ""]
-    bf16 = r.get("bfloat16_agreement")
-    if bf16:
-        out += ["Our engine with bfloat16 weights against our float32 engine, same prompt and fed tokens: " + "; ".join(
-            "%s max abs logit diff %s of largest %s, same argmax %s" % (
-                batch, f3(a["max_abs_diff"]), f2(a["logit_scale"]), "yes" if a["same_argmax"] else "no")
-            for batch, a in bf16.items()) + ".", ""]
+    reduced = r.get("reduced_precision_agreement") or {
+        batch: {"engine_bf16": a} for batch, a in r.get("bfloat16_agreement", {}).items()}  # results before int8
+    rows = [[batch, name, f3(a["max_abs_diff"]), "%.2e" % (a["max_abs_diff"] / a["logit_scale"]),
+             "%.1f%%" % (100 * a["argmax_agreement"]) if "argmax_agreement" in a else ("yes" if a["same_argmax"] else "no")]
+            for batch, found in reduced.items() for name, a in found.items()]
+    if rows:
+        out += ["Variants with bfloat16 or int8 weights against our float32 engine, same prompt and fed tokens "
+                "(reported, not required to match; random weights, so see benchmarks/int8_accuracy.py for "
+                "trained ones):", "",
+                table(["batch", "variant", "max abs logit diff", "relative to largest logit", "same argmax"], rows), ""]
     out += ["Greedy decoding of %s new tokens from a %s-token prompt, %s repeats (median), all variants "
             "interleaved:" % (r["new_tokens"], args.get("prompt_tokens"), args.get("repeats")), ""]
     rows = []

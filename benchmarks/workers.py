@@ -130,7 +130,9 @@ class EngineBackend(Backend):
         c = self.loaded.config
         env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_PARALLEL_SIZE", "KOGPT2_THREADS",
                                               "DNNL_MAX_CPU_ISA")}
-        return {"threads": self.threads, "env": env, "mxnet": mxnet.__version__,
+        from kogpt2_serving import kernels
+
+        return {"threads": self.threads, "env": env, "mxnet": mxnet.__version__, "kernels_problem": kernels.problem(),
                 "capabilities": capabilities().as_dict(), "step_weight_bytes":
                 self.common.step_bytes(self.loaded), "params_file": self.loaded.files.params,
                 "config": {"n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "vocab_size": c.vocab_size}}
@@ -229,7 +231,7 @@ class TransformersBackend(Backend):
 
 
 class OrtBackend(Backend):
-    def __init__(self, onnx_path, n_layer, n_head, n_embd, threads=2, fuse=True):
+    def __init__(self, onnx_path, n_layer, n_head, n_embd, threads=2, fuse=True, int8=False):
         super().__init__()
         import peer_models
 
@@ -238,6 +240,9 @@ class OrtBackend(Backend):
         if fuse:
             onnx_path, fused_ops = peer_models.fused_onnx(onnx_path, n_head, n_embd)
             self.graph.update(optimizer="onnxruntime.transformers.optimizer, model_type gpt2", fused_ops=fused_ops)
+        if int8:  # quantized after the fusions, as ONNX Runtime's transformer docs order them
+            onnx_path = peer_models.quantized_onnx(onnx_path)
+            self.graph.update(quantization="onnxruntime.quantization.quantize_dynamic, weight_type QInt8")
         self.threads = threads
         self.session = peer_models.ort_session(onnx_path, threads)
         self.decoder = peer_models.OrtGreedy(self.session, n_layer, n_head, n_embd // n_head)

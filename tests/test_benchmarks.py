@@ -98,13 +98,15 @@ def test_agreement_numbers():
     a = [np.array([[1.0, 5.0, 2.0]]), np.array([[3.0, 0.0, -8.0]])]
     close = [x + 1e-5 for x in a]
     r = peer_models.agreement(a, close)
-    assert r == {"max_abs_diff": pytest.approx(1e-5, rel=1e-3), "logit_scale": 8.0, "same_argmax": True, "steps": 2}
+    assert r == {"max_abs_diff": pytest.approx(1e-5, rel=1e-3), "logit_scale": 8.0, "same_argmax": True, "steps": 2,
+                 "relative_diff": pytest.approx(1e-5 / 8, rel=1e-3), "argmax_agreement": 1.0}
     assert peer_models.check_agreement({"p": r})
     far = [a[0], a[1] + np.array([[0.0, 0.01, 0.0]])]
     with pytest.raises(AssertionError, match="max \\|diff\\|"):
         peer_models.check_agreement({"p": peer_models.agreement(a, far)})
     flipped = [np.array([[1.0, 2.0, 5.0]]), a[1]]  # same numbers, other argmax
     assert not peer_models.agreement(a, flipped)["same_argmax"]
+    assert peer_models.agreement(a, flipped)["argmax_agreement"] == 0.5  # one step of two
     with pytest.raises(ValueError):
         peer_models.agreement(a, a[:1])
 
@@ -198,9 +200,31 @@ def test_peers_summary_computes_ratios_floors_and_targets():
     assert r["tokens_per_s_median"]["engine_b8"] == pytest.approx(200.0)
     assert r["x_gemv_floor"]["engine_b1"] == pytest.approx(2.5)
     assert r["read_bandwidth_gb_s"] == pytest.approx(10 ** 8 / 0.005 / 1e9)
-    b1, b8 = r["targets"].values()
+    b1, b8 = r["targets"]["b1 ms/token <= fastest peer's (float32)"], r["targets"]["b8 tokens/s >= fastest peer's (float32)"]
     assert (b1["peer"], b1["met"]) == ("onnxruntime", False)
     assert (b8["engine"], b8["peer_value"], b8["met"]) == (pytest.approx(200.0), pytest.approx(160.0), True)
+    within = r["targets"]["engine b1 ms/token <= 1.2x onnxruntime's"]  # issue 17's float32 target: 25 vs 20 ms
+    assert (within["ratio"], within["met"]) == (pytest.approx(1.25), False)
+    assert len(r["targets"]) == 3  # no int8 variant ran: no int8 target
+
+
+def test_peers_summary_has_the_int8_targets_where_both_sides_ran():
+    import argparse
+
+    from peers import summarize
+
+    args = argparse.Namespace(new_tokens=10, batch=8)
+    seconds = {"engine_b1": [0.3], "engine_int8_b1": [0.12], "onnxruntime_b1": [0.2], "onnxruntime_int8_b1": [0.15],
+               "floor_b1": [0.1], "engine_b8": [0.4], "engine_int8_b8": [0.3], "onnxruntime_b8": [0.5],
+               "onnxruntime_int8_b8": [0.32], "floor_b8": [0.2], "bandwidth": [0.05]}
+    r = summarize(seconds, args, ["engine", "engine_int8", "onnxruntime", "onnxruntime_int8"], read_bytes=10 ** 8)
+    t = r["targets"]
+    assert t["engine_int8 b1 ms/token <= 0.6x onnxruntime's"]["met"]  # 12 <= 0.6 x 20
+    assert t["engine_int8 b1 ms/token <= onnxruntime_int8's"]["ratio"] == pytest.approx(0.8)
+    assert t["engine_int8 b8 tokens/s >= onnxruntime_int8's"]["met"]  # 266.7 >= 250
+    assert not t["engine b1 ms/token <= 1.2x onnxruntime's"]["met"]  # 30 > 24
+    fastest = t["b1 ms/token <= fastest peer's (int8 weights)"]
+    assert fastest["peer"] == "onnxruntime"  # float32 peers only: int8 has its own targets
 
 
 # ---- endpoint rows ----
@@ -467,3 +491,29 @@ def test_report_lists_skipped_decode_variants_in_their_table(tmp_path):
     assert "| engine greedy, bfloat16 weights | 1 | skipped | - |" in text
     assert "| engine greedy, batch 8 | 8 | 70.00 | 114.3 |" in text
     assert ("**Skipped** `engine_bf16`, `engine_bf16_b8`, `floor_bf16`, `floor_bf16_b8`: " + reason + ".") in text
+
+
+# ---- int8 accuracy ----
+
+def test_int8_accuracy_reports_logits_greedy_and_perplexity(tmp_path):
+    from kogpt2_serving import kernels
+    from kogpt2_serving.testing import make_test_model
+
+    if kernels.problem():
+        pytest.skip(kernels.problem())
+    import int8_accuracy
+
+    directory = make_test_model(str(tmp_path / "model"), n_embd=64, n_head=4, n_layer=2, seed=3)
+    out = tmp_path / "int8_accuracy.json"
+    int8_accuracy.main(["--quick", "--model-dir", directory, "--output", str(out)])
+    r = json.loads(out.read_text())
+    assert r["benchmark"] == "int8_accuracy" and r["steps"] == 2 and r["new_tokens"] == 8
+    for name, found in r["models"].items():
+        logits, greedy = found["logits"], found["greedy"]
+        assert logits["positions"] == len(int8_accuracy.PROMPTS) * 3, name  # the prompt and 2 steps each
+        assert 0 < logits["max_abs_diff"] and 0 < logits["max_relative_diff"] < 0.1, name  # quantized, not broken
+        assert 0 <= logits["argmax_agreement"] <= 1 and 0 <= greedy["tokens_equal"] <= 1, name
+        assert len(greedy["identical_prefix_tokens"]) == greedy["sequences"] == len(int8_accuracy.PROMPTS)
+    assert not r["models"]["kogpt2"]["random_weights"]  # --model-dir: the user's weights
+    ppl = r["models"]["demo"]["heldout_perplexity"]
+    assert ppl["int8 / float32"] == pytest.approx(ppl["int8"] / ppl["float32"]) and abs(ppl["int8 / float32"] - 1) < 0.02

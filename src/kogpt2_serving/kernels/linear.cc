@@ -33,6 +33,21 @@ const int NR = 4;
 // Activation rows per pass over the weights: a prefill's rows are taken this many at a time, so
 // that they stay in cache while the weights stream past them.
 const int ROW_CHUNK = 64;
+// How far ahead of its reads a tile asks for each weight row, in bytes. A tile reads MR rows
+// side by side, MR streams K elements apart, which the hardware prefetchers follow too late for
+// int8 (measured on an AVX2 EPYC: 3.3 GB/s per thread from memory without, against 13 from
+// cache); asking once per 64-byte line, this far ahead, keeps the lines arriving in time.
+#ifndef KOGPT2_PREFETCH
+#define KOGPT2_PREFETCH 512
+#endif
+const int64_t kLine = 64;
+
+template <typename W>
+inline void prefetch_rows(const W* w, int64_t K, int64_t k) {
+  if ((k * static_cast<int64_t>(sizeof(W))) % kLine != 0) return;
+  for (int m = 0; m < MR; ++m)
+    _mm_prefetch(reinterpret_cast<const char*>(w + m * K + k) + KOGPT2_PREFETCH, _MM_HINT_T0);
+}
 
 int cap_from(const char* value) {
   if (!value || !*value) return kAvx512;
@@ -101,6 +116,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, i
     __m256 a[2][MR];
     for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_ps();
     for (int64_t k = 0; k < body; k += 8) {
+      prefetch_rows(w, K, k);
       __m256 wv[MR];
       for (int m = 0; m < MR; ++m) wv[m] = load8(w + m * K + k);
       __m256 xv = _mm256_loadu_ps(x0 + k);
@@ -136,6 +152,7 @@ __attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int
   for (int n = 0; n < R; ++n)
     for (int m = 0; m < MR; ++m) a[n][m] = _mm512_setzero_ps();
   for (int64_t k = 0; k < body; k += 16) {
+    prefetch_rows(w, K, k);
     __m512 wv[MR];
     for (int m = 0; m < MR; ++m) wv[m] = load16(w + m * K + k);
     for (int n = 0; n < R; ++n) {
