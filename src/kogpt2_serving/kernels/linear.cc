@@ -12,6 +12,7 @@
 // big CPU can run the small one's path. Threads: OpenMP, as many as MXNet's own pool.
 #include <immintrin.h>
 #include <omp.h>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -33,21 +34,6 @@ const int NR = 4;
 // Activation rows per pass over the weights: a prefill's rows are taken this many at a time, so
 // that they stay in cache while the weights stream past them.
 const int ROW_CHUNK = 64;
-// How far ahead of its reads a tile asks for each weight row, in bytes. A tile reads MR rows
-// side by side, MR streams K elements apart, which the hardware prefetchers follow too late for
-// int8 (measured on an AVX2 EPYC: 3.3 GB/s per thread from memory without, against 13 from
-// cache); asking once per 64-byte line, this far ahead, keeps the lines arriving in time.
-#ifndef KOGPT2_PREFETCH
-#define KOGPT2_PREFETCH 512
-#endif
-const int64_t kLine = 64;
-
-template <typename W>
-inline void prefetch_rows(const W* w, int64_t K, int64_t k) {
-  if ((k * static_cast<int64_t>(sizeof(W))) % kLine != 0) return;
-  for (int m = 0; m < MR; ++m)
-    _mm_prefetch(reinterpret_cast<const char*>(w + m * K + k) + KOGPT2_PREFETCH, _MM_HINT_T0);
-}
 
 int cap_from(const char* value) {
   if (!value || !*value) return kAvx512;
@@ -78,13 +64,13 @@ inline float load_weight(const int8_t* w) { return static_cast<float>(*w); }
 inline float load_weight(const float* w) { return *w; }
 
 template <typename W>
-void tile_portable(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t mr, int64_t K,
+void tile_portable(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K,
                    float acc[NR][MR]) {
   for (int64_t n = 0; n < nr; ++n)
     for (int64_t m = 0; m < mr; ++m) {
       float sum = 0.f;
       const float* xn = x + n * ldx;
-      const W* wm = w + m * K;
+      const W* wm = w + m * ldw;
       for (int64_t k = 0; k < K; ++k) sum += xn[k] * load_weight(wm + k);
       acc[n][m] = sum;
     }
@@ -103,11 +89,38 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// One activation row (a decode step's usual case): MR accumulators alone would make each k step
+// wait for the previous step's FMAs (4-5 cycles of latency), so two sets take alternate halves of
+// every 16 k, and the loop runs at the speed of its loads and conversions instead.
+template <typename W>
+__attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const W* w, int64_t ldw, int64_t K, float acc[NR][MR]) {
+  const int64_t body = K - K % 8, pairs = K - K % 16;
+  __m256 a[2][MR];
+  for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < pairs; k += 16) {
+    const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+    for (int m = 0; m < MR; ++m) {
+      a[0][m] = _mm256_fmadd_ps(x0, load8(w + m * ldw + k), a[0][m]);
+      a[1][m] = _mm256_fmadd_ps(x1, load8(w + m * ldw + k + 8), a[1][m]);
+    }
+  }
+  if (pairs < body) {
+    const __m256 xv = _mm256_loadu_ps(x + pairs);
+    for (int m = 0; m < MR; ++m) a[0][m] = _mm256_fmadd_ps(xv, load8(w + m * ldw + pairs), a[0][m]);
+  }
+  for (int m = 0; m < MR; ++m) {
+    float sum = hsum8(_mm256_add_ps(a[0][m], a[1][m]));
+    for (int64_t k = body; k < K; ++k) sum += x[k] * load_weight(w + m * ldw + k);
+    acc[0][m] = sum;
+  }
+}
+
 // AVX2 has 16 vector registers: MR weights + NR2 x 4 accumulators + x, NR2 = 2 rows at a time.
 template <typename W>
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, int64_t ldx, const W* w,
-                                                   int64_t mr, int64_t K, float acc[NR][MR]) {
-  if (mr < MR) return tile_portable(x, nr, ldx, w, mr, K, acc);
+                                                   int64_t ldw, int64_t mr, int64_t K, float acc[NR][MR]) {
+  if (mr < MR) return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
+  if (nr == 1) return row1_avx2(x, w, ldw, K, acc);
   const int64_t body = K - K % 8;
   for (int64_t n0 = 0; n0 < nr; n0 += 2) {
     const bool two = n0 + 1 < nr;
@@ -116,9 +129,8 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, i
     __m256 a[2][MR];
     for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_ps();
     for (int64_t k = 0; k < body; k += 8) {
-      prefetch_rows(w, K, k);
       __m256 wv[MR];
-      for (int m = 0; m < MR; ++m) wv[m] = load8(w + m * K + k);
+      for (int m = 0; m < MR; ++m) wv[m] = load8(w + m * ldw + k);
       __m256 xv = _mm256_loadu_ps(x0 + k);
       for (int m = 0; m < MR; ++m) a[0][m] = _mm256_fmadd_ps(xv, wv[m], a[0][m]);
       if (two) {
@@ -130,7 +142,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, i
       for (int m = 0; m < MR; ++m) {
         const float* xr = r ? x1 : x0;
         float sum = hsum8(a[r][m]);
-        for (int64_t k = body; k < K; ++k) sum += xr[k] * load_weight(w + m * K + k);
+        for (int64_t k = body; k < K; ++k) sum += xr[k] * load_weight(w + m * ldw + k);
         acc[n0 + r][m] = sum;
       }
   }
@@ -145,16 +157,15 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const float* w)
 // 32 vector registers: MR weights + R x MR accumulators + x; R fixed at compile time so that
 // the accumulators stay in registers.
 template <int R, typename W>
-__attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int64_t ldx, const W* w, int64_t K,
+__attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int64_t ldx, const W* w, int64_t ldw, int64_t K,
                                                              float acc[NR][MR]) {
   const int64_t body = K - K % 16;
   __m512 a[R][MR];
   for (int n = 0; n < R; ++n)
     for (int m = 0; m < MR; ++m) a[n][m] = _mm512_setzero_ps();
   for (int64_t k = 0; k < body; k += 16) {
-    prefetch_rows(w, K, k);
     __m512 wv[MR];
-    for (int m = 0; m < MR; ++m) wv[m] = load16(w + m * K + k);
+    for (int m = 0; m < MR; ++m) wv[m] = load16(w + m * ldw + k);
     for (int n = 0; n < R; ++n) {
       __m512 xv = _mm512_loadu_ps(x + n * ldx + k);
       for (int m = 0; m < MR; ++m) a[n][m] = _mm512_fmadd_ps(xv, wv[m], a[n][m]);
@@ -163,52 +174,184 @@ __attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int
   for (int n = 0; n < R; ++n)
     for (int m = 0; m < MR; ++m) {
       float sum = _mm512_reduce_add_ps(a[n][m]);
-      for (int64_t k = body; k < K; ++k) sum += x[n * ldx + k] * load_weight(w + m * K + k);
+      for (int64_t k = body; k < K; ++k) sum += x[n * ldx + k] * load_weight(w + m * ldw + k);
       acc[n][m] = sum;
     }
 }
 
 template <typename W>
-void tile_avx512(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t mr, int64_t K, float acc[NR][MR]) {
-  if (mr < MR) return tile_portable(x, nr, ldx, w, mr, K, acc);
+void tile_avx512(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K, float acc[NR][MR]) {
+  if (mr < MR) return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
   switch (nr) {
-    case 1: return rows_avx512<1>(x, ldx, w, K, acc);
-    case 2: return rows_avx512<2>(x, ldx, w, K, acc);
-    case 3: return rows_avx512<3>(x, ldx, w, K, acc);
-    default: return rows_avx512<4>(x, ldx, w, K, acc);
+    case 1: return rows_avx512<1>(x, ldx, w, ldw, K, acc);
+    case 2: return rows_avx512<2>(x, ldx, w, ldw, K, acc);
+    case 3: return rows_avx512<3>(x, ldx, w, ldw, K, acc);
+    default: return rows_avx512<4>(x, ldx, w, ldw, K, acc);
   }
 }
 
 template <typename W>
-void tile(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t mr, int64_t K, float acc[NR][MR]) {
+void tile(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K, float acc[NR][MR]) {
   switch (isa()) {
-    case kAvx512: return tile_avx512(x, nr, ldx, w, mr, K, acc);
-    case kAvx2: return tile_avx2(x, nr, ldx, w, mr, K, acc);
-    default: return tile_portable(x, nr, ldx, w, mr, K, acc);
+    case kAvx512: return tile_avx512(x, nr, ldx, w, ldw, mr, K, acc);
+    case kAvx2: return tile_avx2(x, nr, ldx, w, ldw, mr, K, acc);
+    default: return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
   }
+}
+
+// Which weight rows a tile reads. Tile b of the first M / MR takes rows b, b + Q, b + 2Q, b + 3Q
+// (Q = M / MR), not MR neighbours: neighbouring rows would put the tile's MR streams within one
+// 4 KB page at K-element offsets, a pattern the hardware prefetchers do not follow (int8 rows
+// read at ~3 GB/s per thread on an AVX2 EPYC that way), while these are MR sequential streams
+// that the consecutive tiles of a thread continue. The last tile takes the M % MR rows left.
+struct Tile {
+  int64_t first;   // the tile's first weight row
+  int64_t stride;  // rows between the tile's rows
+  int64_t rows;    // MR, or fewer in the last tile
+};
+
+inline int64_t tile_count(int64_t M) { return M / MR + (M % MR ? 1 : 0); }
+
+inline Tile tile_of(int64_t b, int64_t M) {
+  const int64_t quarter = M / MR;
+  if (b < quarter) return Tile{b, quarter, MR};
+  return Tile{quarter * MR, 1, M - quarter * MR};
 }
 
 // out (N, M) = x (N, K) . w (M, K)^T, then * scale[m] (if given) + bias[m] (if given).
 template <typename W>
 void linear(const float* x, const W* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
             int64_t K) {
-  const int64_t blocks = (M + MR - 1) / MR;
+  const int64_t blocks = tile_count(M);
   const int threads = omp_get_max_threads();
   for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
     const int64_t rows = N - n0 < ROW_CHUNK ? N - n0 : ROW_CHUNK;
 #pragma omp parallel for schedule(static) num_threads(threads) if (blocks * rows * K > 65536)
     for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t m0 = b * MR, mr = M - m0 < MR ? M - m0 : MR;
+      const Tile t = tile_of(b, M);
       float acc[NR][MR];
       for (int64_t n = n0; n < n0 + rows; n += NR) {
         const int64_t nr = n0 + rows - n < NR ? n0 + rows - n : NR;
-        tile(x + n * K, nr, K, w + m0 * K, mr, K, acc);
+        tile(x + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
         for (int64_t r = 0; r < nr; ++r)
-          for (int64_t m = 0; m < mr; ++m) {
+          for (int64_t m = 0; m < t.rows; ++m) {
+            const int64_t o = t.first + m * t.stride;
             float v = acc[r][m];
-            if (scale) v *= scale[m0 + m];
-            if (bias) v += bias[m0 + m];
-            out[(n + r) * M + m0 + m] = v;
+            if (scale) v *= scale[o];
+            if (bias) v += bias[o];
+            out[(n + r) * M + o] = v;
+          }
+      }
+    }
+  }
+}
+
+// ---- int8 activations as well: kogpt2_linear_w8a8 ----
+// Turning every int8 weight into a float costs two instructions per 8 weights; with each
+// activation row quantized too, 32 products take one vpmaddubsw and one vpmaddwd, which is what
+// makes several rows (a batch's step, a prefill) faster (benchmarks/kernels.py). Its products: x row n -> xq = round(x / sx[n]) in [-127, 127] (half away from zero,
+// sx[n] = max|x_n| / 127, or 1 for a zero row), then
+//   out[n][m] = float(sum_k xq[n][k] * w[m][k]) * sx[n] * scale[m] + bias[m].
+// The int32 sums are exact (|sum| <= K * 127 * 127 < 2^31 for K < 133,000), so every path gives
+// the same sums. vpmaddubsw takes one unsigned operand: |xq| times w with xq's sign, whose pair
+// sums stay within int16 (2 * 127 * 127 < 32768). AVX-512 CPUs run the AVX2 path here.
+
+void quantize_rows(const float* x, int64_t N, int64_t K, int8_t* q, float* sx) {
+#pragma omp parallel for schedule(static) if (N * K > 65536)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xn = x + n * K;
+    float absmax = 0.f;
+    for (int64_t k = 0; k < K; ++k) absmax = std::fabs(xn[k]) > absmax ? std::fabs(xn[k]) : absmax;
+    const float s = absmax > 0.f ? absmax / 127.f : 1.f;
+    sx[n] = s;
+    for (int64_t k = 0; k < K; ++k) {
+      const float r = xn[k] / s;
+      float v = std::floor(std::fabs(r) + 0.5f);
+      v = v > 127.f ? 127.f : v;
+      q[n * K + k] = static_cast<int8_t>(r < 0.f ? -v : v);
+    }
+  }
+}
+
+void tile_w8a8_portable(const int8_t* x, int64_t nr, int64_t ldx, const int8_t* w, int64_t ldw, int64_t mr, int64_t K,
+                        int32_t acc[NR][MR]) {
+  for (int64_t n = 0; n < nr; ++n)
+    for (int64_t m = 0; m < mr; ++m) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += static_cast<int32_t>(x[n * ldx + k]) * w[m * ldw + k];
+      acc[n][m] = sum;
+    }
+}
+
+__attribute__((target("avx2"))) inline int32_t hsum8_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+// 32 products of |x| (unsigned) and w carrying x's sign, summed into 8 int32 lanes of acc.
+__attribute__((target("avx2"))) inline __m256i dot32(__m256i acc, __m256i ax, __m256i x, __m256i w, __m256i ones) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x)), ones));
+}
+
+// 2 activation rows x MR outputs at a time: 8 accumulators, the 2 rows and their magnitudes.
+__attribute__((target("avx2"))) void tile_w8a8_avx2(const int8_t* x, int64_t nr, int64_t ldx, const int8_t* w,
+                                                    int64_t ldw, int64_t mr, int64_t K, int32_t acc[NR][MR]) {
+  if (mr < MR) return tile_w8a8_portable(x, nr, ldx, w, ldw, mr, K, acc);
+  const int64_t body = K - K % 32;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t n0 = 0; n0 < nr; n0 += 2) {
+    const bool two = n0 + 1 < nr;
+    const int8_t* x0 = x + n0 * ldx;
+    const int8_t* x1 = two ? x0 + ldx : x0;
+    __m256i a[2][MR];
+    for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_si256();
+    for (int64_t k = 0; k < body; k += 32) {
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + k)), m0 = _mm256_abs_epi8(v0);
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + k)), m1 = _mm256_abs_epi8(v1);
+      for (int m = 0; m < MR; ++m) {
+        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + m * ldw + k));
+        a[0][m] = dot32(a[0][m], m0, v0, wv, ones);
+        if (two) a[1][m] = dot32(a[1][m], m1, v1, wv, ones);
+      }
+    }
+    for (int r = 0; r < (two ? 2 : 1); ++r)
+      for (int m = 0; m < MR; ++m) {
+        const int8_t* xr = r ? x1 : x0;
+        int32_t sum = hsum8_epi32(a[r][m]);
+        for (int64_t k = body; k < K; ++k) sum += static_cast<int32_t>(xr[k]) * w[m * ldw + k];
+        acc[n0 + r][m] = sum;
+      }
+  }
+}
+
+void linear_w8a8(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
+                 int64_t M, int64_t K) {
+  std::vector<int8_t> xq(N * K);
+  std::vector<float> sx(N);
+  quantize_rows(x, N, K, xq.data(), sx.data());
+  const bool avx2 = isa() >= kAvx2;
+  const int64_t blocks = tile_count(M);
+  const int threads = omp_get_max_threads();
+  for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
+    const int64_t rows = N - n0 < ROW_CHUNK ? N - n0 : ROW_CHUNK;
+#pragma omp parallel for schedule(static) num_threads(threads) if (blocks * rows * K > 65536)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const Tile t = tile_of(b, M);
+      int32_t acc[NR][MR];
+      for (int64_t n = n0; n < n0 + rows; n += NR) {
+        const int64_t nr = n0 + rows - n < NR ? n0 + rows - n : NR;
+        if (avx2)
+          tile_w8a8_avx2(xq.data() + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
+        else
+          tile_w8a8_portable(xq.data() + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t m = 0; m < t.rows; ++m) {
+            const int64_t o = t.first + m * t.stride;
+            float v = static_cast<float>(acc[r][m]) * sx[n + r] * scale[o];
+            if (bias) v += bias[o];
+            out[(n + r) * M + o] = v;
           }
       }
     }
@@ -297,6 +440,24 @@ REGISTER_OP(kogpt2_linear_f32)
     .setInferType(infer_type<kFloat32, 1>)
     .setInferShape(infer_shape)
     .setForward(forward<float, 1>, "cpu")
+    .setBackward(backward, "cpu");
+
+MXReturnValue forward_w8a8(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* inputs,
+                           std::vector<MXTensor>* outputs, const OpResource& res) {
+  MXTensor& x = (*inputs)[0];
+  MXTensor& w = (*inputs)[1];
+  const float* bias = has_bias(attrs) ? (*inputs)[3].data<float>() : nullptr;
+  const int64_t M = w.shape[0], K = w.shape[1], N = x.size() / K;
+  linear_w8a8(x.data<float>(), w.data<int8_t>(), (*inputs)[2].data<float>(), bias, (*outputs)[0].data<float>(), N, M,
+              K);
+  return MX_SUCCESS;
+}
+
+REGISTER_OP(kogpt2_linear_w8a8)
+    .setParseAttrs(parse_attrs<2>)
+    .setInferType(infer_type<kInt8, 2>)
+    .setInferShape(infer_shape)
+    .setForward(forward_w8a8, "cpu")
     .setBackward(backward, "cpu");
 
 extern "C" {
