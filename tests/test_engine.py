@@ -142,16 +142,39 @@ def test_steps_past_the_convolution_limit_use_fullyconnected_alike(tiny_model):
         assert np.abs(engine.step(state, logits.argmax(-1))[0] - wide[row]).max() < 1e-5
 
 
-def test_step_kernels_are_copies_of_the_weights_and_not_saved(tiny_model, tmp_path):
+def load_with_steps(model_dir, monkeypatch, f32_kernel):
+    """The model with its float32 steps through oneDNN's convolutions or through our kernel,
+    whichever this CPU would choose (files.loader.f32_kernel_steps)."""
+    from kogpt2_serving import kernels
+    from kogpt2_serving.files import loader
+
+    if f32_kernel and kernels.problem():
+        pytest.skip(kernels.problem())
+    monkeypatch.setattr(loader, "f32_kernel_steps", lambda ctx, dtype: f32_kernel)
+    return loader.load_model(model_dir, device="cpu")
+
+
+@pytest.mark.parametrize("f32_kernel", [False, True], ids=["conv-steps", "kernel-steps"])
+def test_step_kernels_are_copies_of_the_weights_or_absent_and_not_saved(tiny_model_dir, tmp_path, monkeypatch,
+                                                                         f32_kernel):
     import mxnet as mx
 
     from kogpt2_serving.files.checkpoint import save_params
 
-    model = tiny_model.engine.model
+    loaded = load_with_steps(tiny_model_dir, monkeypatch, f32_kernel)
+    model = loaded.engine.model
     attention, ffn = model.layers[0].attention, model.layers[0].ffn
     for linear in (attention._multi_head_qkv_proj, attention._out_proj, ffn._hidden_map, model._logits_proj):
+        assert linear.f32_steps == f32_kernel
+        if f32_kernel:
+            assert linear.step_weight._data is None  # our kernel reads `weight` itself: no copy
+            continue
         weight, kernel = linear.weight.data().asnumpy(), linear.step_weight.data().asnumpy()
         assert kernel.shape == weight.shape + (1,) and np.array_equal(kernel[:, :, 0], weight)
+    ids = [[5, 17, 33, 9], [8, 2]]
+    state, logits = loaded.engine.start(ids, 3)
+    full = loaded.engine.full_logits([ids[0] + [7]])[0][-1]
+    assert np.abs(loaded.engine.step(state, [7, 7])[0] - full).max() < 1e-4  # steps agree with the full pass
     save_params(model, str(tmp_path / "saved.params"))
     saved = mx.nd.load(str(tmp_path / "saved.params"))
     assert not [k for k in saved if "step" in k]

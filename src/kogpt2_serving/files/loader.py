@@ -34,7 +34,7 @@ def load_model(model_dir, device="auto", dtype="float32"):
 
     from ..model.engine import Engine
     from ..model.int8_weights import store_weights_in_int8
-    from ..model.network import GPT2Model, store_weights_in_bfloat16
+    from ..model.network import GPT2Model, store_weights_in_bfloat16, use_f32_kernel_for_steps
 
     started = time.time()
     files = find_model_files(model_dir)
@@ -49,10 +49,30 @@ def load_model(model_dir, device="auto", dtype="float32"):
         store_weights_in_bfloat16(model)
     elif dtype == "int8":
         store_weights_in_int8(model)
+    elif f32_kernel_steps(ctx, dtype):
+        use_f32_kernel_for_steps(model)
     engine = Engine(model, ctx, compute_dtype(dtype))
     log.info("loaded %s (%d layers, %d units, vocab %d) on %s as %s in %.1f s", files.params, config.n_layer,
              config.n_embd, config.vocab_size, ctx, dtype, time.time() - started)
     return LoadedModel(files, config, tokenizer, engine, ctx, dtype)
+
+
+def f32_kernel_steps(ctx, dtype):
+    """Whether float32 decode steps go through our kernel: on CPUs whose best path there is AVX2
+    (no AVX-512, or oneDNN capped at AVX2), where it is ~0.55x of oneDNN's step products
+    (benchmarks/kernels.py, README section 8); elsewhere oneDNN's convolution steps are as fast.
+    Needs the kernels to build and load (MXNet >= 1.7); otherwise the convolution steps serve."""
+    if dtype != "float32" or ctx.device_type != "cpu":
+        return False
+    from .. import kernels
+
+    if kernels.problem():
+        return False
+    try:
+        return kernels.isa() == "avx2"
+    except ModelLoadError as e:  # no compiler, a failed build: the convolution steps still work
+        log.warning("float32 steps through oneDNN: %s", e)
+        return False
 
 
 def read_checked(files):

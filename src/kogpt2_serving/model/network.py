@@ -56,6 +56,7 @@ class Linear(nn.Dense):
 
     bfloat16 = False
     int8 = False
+    f32_steps = False  # decode steps through kogpt2_linear_f32 (use_f32_kernel_for_steps)
 
     def __init__(self, units, in_units, **kwargs):
         super().__init__(units, in_units=in_units, **kwargs)
@@ -86,13 +87,16 @@ class Linear(nn.Dense):
         docs/serving.md ("Memory per worker") and benchmarks/README.md. int8 weights go
         through their own kernel, which reads them as stored: no copy.
         """
+        bias = _value(F, self.bias) if self.bias is not None else None
         if self.int8:
-            bias = _value(F, self.bias) if self.bias is not None else None
             return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias)  # (B, N)
+        if self.f32_steps:
+            if bias is None:
+                return F.kogpt2_linear_f32(x, _value(F, self.weight), no_bias=True)  # (B, N)
+            return F.kogpt2_linear_f32(x, _value(F, self.weight), bias)
         if rows > MAX_CONV_ROWS:
             return self(x)
         kernel = _value(F, self.step_weight)
-        bias = _value(F, self.bias) if self.bias is not None else None
         cols = F.transpose(x).expand_dims(0)  # (1, K, B)
         if self.bfloat16:
             cols = F.amp_cast(cols, dtype=BFLOAT16)
@@ -160,12 +164,20 @@ def _value(F, param):
     return param.var() if F is symbol else param.data()
 
 
+def use_f32_kernel_for_steps(model):
+    """Decode steps of float32 weights through our kernel (kernels/linear.cc), which reads the
+    weights as stored: no step copy. Measured on AVX2 CPUs, where oneDNN's products read the
+    weights at half its speed (benchmarks/kernels.py); call before the first step graph."""
+    for linear in blocks(model, Linear):
+        linear.f32_steps = True
+
+
 def fill_step_weights(model):
     """Copy every Linear's weight into its step kernel (as stored: bfloat16 stays bfloat16;
-    int8 weights need none). Call after the weights are final; a later change to `weight` is
+    int8 weights and steps through our float32 kernel need none). Call after the weights are final; a later change to `weight` is
     not seen by steps."""
     for linear in blocks(model, Linear):
-        if linear.int8:
+        if linear.int8 or linear.f32_steps:
             continue
         weight = linear.weight.data()  # (N, K)
         linear.step_weight.cast(weight.dtype)
