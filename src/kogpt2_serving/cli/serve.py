@@ -4,9 +4,9 @@ The same stack a SageMaker container runs on `serve`, runnable locally without r
 (see :mod:`kogpt2_serving.serving.server`). Flags win over the SAGEMAKER_* variables, which win over
 the defaults.
 
-By default one engine process holds the model and batches continuously, and MMS runs
-LIGHT_WORKERS light workers (parse, validate, render; no MXNet), so that many requests can be
-in flight. ``--engine off`` (or a user ``inference.py`` that defines ``model_fn``,
+By default one engine process per device (one per visible GPU, else one on the CPU; ``--engines``)
+holds the model and batches continuously, and MMS runs LIGHT_WORKERS light workers (parse,
+validate, render; no MXNet), so that many requests can be in flight. ``--engine off`` (or a user ``inference.py`` that defines ``model_fn``,
 ``predict_fn`` or ``transform_fn``, or ``--batch-size`` > 1) gives the in-process workers of
 before: each holds its own model copy with cores // workers threads, default one worker.
 """
@@ -43,9 +43,10 @@ def add_arguments(parser):
                         help="on: one engine process with continuous batching behind light workers; off: the model "
                              "in every worker (default ${} or on)".format(ENGINE_ENV))
     parser.add_argument("--engines", default=None, metavar="N|auto",
-                        help="engine processes, each with its own copy of the weights on its own device: auto = one "
-                             "per visible GPU (gpu:0, gpu:1, ...) with --device auto|gpu, else one on the CPU; N (1-{}) "
-                             "CPU engines split the cores (default ${} or auto)".format(MAX_ENGINES, ENGINES_ENV))
+                        help="engine processes, each with its own copy of the weights on its own device: auto = "
+                             "one per visible GPU (gpu:0, gpu:1, ...) with --device auto|gpu, else one on the CPU; "
+                             "N (1-{}) CPU engines split the cores (default ${} or auto)".format(
+                                 MAX_ENGINES, ENGINES_ENV))
     parser.add_argument("--frontend", choices=("mms", "native"), default=None,
                         help="mms: Multi Model Server with light workers (the SageMaker toolkit's server); native: an "
                              "aiohttp frontend on the same engine that streams tokens (\"stream\": true) and serves "

@@ -98,6 +98,17 @@ def _threads(engines, cores, environ):
     return max(1, (cores or cpu_count()) // engines)
 
 
+def oversubscribed(plan, environ=None, cores=None):
+    """A warning when the operator's threads per engine x engines exceed the cores, else None."""
+    explicit = explicit_threads(environ)
+    cores = cores or cpu_count()
+    if plan.threads is not None or not explicit.isdigit() or int(explicit) * plan.count <= cores:
+        return None
+    return ("{} engines x {} threads (KOGPT2_THREADS / OMP_NUM_THREADS) exceed the {} cores: OpenMP teams that share "
+            "cores slow each other down many times over; unset it to split the cores".format(
+                plan.count, explicit, cores))
+
+
 def gpu_count(nodes=NVIDIA_NODES, command=None, timeout=COUNT_TIMEOUT):
     """GPUs MXNet can use, without importing it here: 0 when no NVIDIA node exists, else what a
     short MXNet subprocess says (0, with a warning, when it fails or takes longer than `timeout`)."""

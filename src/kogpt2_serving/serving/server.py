@@ -62,7 +62,7 @@ from ..settings import (BIND_TO_PORT_ENV, DEVICE_ENV, DTYPE_ENV, ENGINE_SOCKET_E
                         WORKERS_ENV, drain_seconds, engine_limits, explicit_threads)
 from . import local_http
 from .engine_group import EngineGroup, total_stats
-from .engine_plan import describe, plan_engines
+from .engine_plan import describe, oversubscribed, plan_engines
 from .gateway import FRONTEND_KINDS, Gateway
 from .mms_config import MODEL_NAME, SERVICE, Sockets, max_request_size, mms_command, mms_properties, response_timeout
 from .process_group import stop_group
@@ -235,6 +235,8 @@ class ModelServer:
         config = self.config
         plan = plan_engines(config.device, config.engines)
         log.info("starting %s", describe(plan))
+        if oversubscribed(plan):
+            log.warning("%s", oversubscribed(plan))
         self._engine = EngineGroup(os.path.abspath(config.model_dir), plan, self.run_dir, config.dtype, env,
                                    self._output)
         self._engine.start(self._startup_timeout(), should_stop)
