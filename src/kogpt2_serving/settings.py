@@ -12,7 +12,9 @@ Names (who reads them):
   ``KOGPT2_MAX_QUEUE``, ``KOGPT2_REQUEST_TIMEOUT_SECONDS``, ``KOGPT2_DRAIN_SECONDS``,
   ``KOGPT2_WATCHDOG_SECONDS``: the engine process, its continuous batching
   (:class:`EngineLimits`), shutdown and the watchdog (cli.serve);
-- ``KOGPT2_ENGINE_SOCKET``: set by ``serve`` for the light workers (the engine's address).
+- ``KOGPT2_ENGINES`` (N | auto): how many engine processes ``serve`` starts (serving.engine_plan);
+- ``KOGPT2_ENGINE_SOCKET``: set by ``serve`` for the light workers: the engines' socket paths,
+  joined by ``os.pathsep`` (serving.engine_pool).
 
 The rest of sagemaker-inference's ``SAGEMAKER_*`` variables are read through its own
 ``Environment`` (serving.server).
@@ -48,6 +50,7 @@ MAX_REQUEST_ROWS_ENV = "KOGPT2_MAX_REQUEST_ROWS"
 MAX_REQUEST_TOKENS_ENV = "KOGPT2_MAX_REQUEST_TOKENS"
 ENGINE_ENV = "KOGPT2_ENGINE"
 FRONTEND_ENV = "KOGPT2_FRONTEND"
+ENGINES_ENV = "KOGPT2_ENGINES"
 ENGINE_SOCKET_ENV = "KOGPT2_ENGINE_SOCKET"
 MAX_BATCH_ROWS_ENV = "KOGPT2_MAX_BATCH_ROWS"
 MAX_CACHE_TOKENS_ENV = "KOGPT2_MAX_CACHE_TOKENS"

@@ -4,9 +4,9 @@ The same stack a SageMaker container runs on `serve`, runnable locally without r
 (see :mod:`kogpt2_serving.serving.server`). Flags win over the SAGEMAKER_* variables, which win over
 the defaults.
 
-By default one engine process holds the model and batches continuously, and MMS runs
-LIGHT_WORKERS light workers (parse, validate, render; no MXNet), so that many requests can be
-in flight. ``--engine off`` (or a user ``inference.py`` that defines ``model_fn``,
+By default one engine process per device (one per visible GPU, else one on the CPU; ``--engines``)
+holds the model and batches continuously, and MMS runs LIGHT_WORKERS light workers (parse,
+validate, render; no MXNet), so that many requests can be in flight. ``--engine off`` (or a user ``inference.py`` that defines ``model_fn``,
 ``predict_fn`` or ``transform_fn``, or ``--batch-size`` > 1) gives the in-process workers of
 before: each holds its own model copy with cores // workers threads, default one worker.
 """
@@ -16,10 +16,11 @@ import os
 from ..errors import ServingError
 from ..files.default_model import resolve_model_dir
 from ..model.device import check_dtype, check_dtype_runs, parse_device
+from ..serving.engine_plan import MAX_ENGINES, engines_setting
 from ..serving.handler_functions import in_process_reason, overrides_reason
 from ..serving.server import MAX_PORT, ServerConfig, in_sagemaker_container, serve
-from ..settings import (BATCH_DELAY_ENV, BATCH_SIZE_ENV, BIND_TO_PORT_ENV, DTYPE_ENV, ENGINE_ENV, FRONTEND_ENV,
-                        WORKERS_ENV, drain_seconds, engine_limits, request_limits, watchdog_seconds)
+from ..settings import (BATCH_DELAY_ENV, BATCH_SIZE_ENV, BIND_TO_PORT_ENV, DTYPE_ENV, ENGINE_ENV, ENGINES_ENV,
+                        FRONTEND_ENV, WORKERS_ENV, drain_seconds, engine_limits, request_limits, watchdog_seconds)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,11 @@ def add_arguments(parser):
     parser.add_argument("--engine", choices=("on", "off"), default=None,
                         help="on: one engine process with continuous batching behind light workers; off: the model "
                              "in every worker (default ${} or on)".format(ENGINE_ENV))
+    parser.add_argument("--engines", default=None, metavar="N|auto",
+                        help="engine processes, each with its own copy of the weights on its own device: auto = "
+                             "one per visible GPU (gpu:0, gpu:1, ...) with --device auto|gpu, else one on the CPU; "
+                             "N (1-{}) CPU engines split the cores (default ${} or auto)".format(
+                                 MAX_ENGINES, ENGINES_ENV))
     parser.add_argument("--frontend", choices=("mms", "native"), default=None,
                         help="mms: Multi Model Server with light workers (the SageMaker toolkit's server); native: an "
                              "aiohttp frontend on the same engine that streams tokens (\"stream\": true) and serves "
@@ -68,6 +74,7 @@ def config_from_args(args):
     model_dir = resolve_model_dir(args.model_dir, log)
     batch_size = args.batch_size if args.batch_size is not None else _env_int(BATCH_SIZE_ENV, 1)
     engine = _engine_mode(args, model_dir, batch_size)
+    engines = _engines(args, engine)
     frontend = _frontend(args, model_dir, engine)
     default_workers = LIGHT_WORKERS if engine else 1
     workers = args.workers or _env_int(WORKERS_ENV, default_workers)
@@ -89,6 +96,7 @@ def config_from_args(args):
         log_file=args.log_file,
         install_requirements=args.install_requirements,
         engine=engine,
+        engines=engines,
         watchdog_interval=watchdog_seconds(),
         frontend=frontend,
     )
@@ -131,6 +139,14 @@ def _engine_mode(args, model_dir, batch_size):
         log.info("%s: the model runs in every worker (each holds its own copy), not in an engine process", reason)
         return False
     return True
+
+
+def _engines(args, engine):
+    """The engine count asked for (None: auto), checked now even when it is not used."""
+    engines = engines_setting(getattr(args, "engines", None))
+    if not engine and getattr(args, "engines", None) is not None:
+        log.warning("--engines %s is ignored: the model runs in every worker (no engine process)", args.engines)
+    return engines
 
 
 def _frontend(args, model_dir, engine):

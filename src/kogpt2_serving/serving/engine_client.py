@@ -1,13 +1,12 @@
 """The light worker's side of the engine: what ``model_fn`` returns when ``serve`` runs an engine.
 
 A light worker never imports MXNet. It holds the tokenizer (to encode and check prompts, so a
-413 or a 400 costs no engine time) and the engine's socket path; ``predict_fn`` sends the
-encoded prompts and their parameters to the engine process and waits for the answer, which
-``output_fn`` renders as before. The weights exist once, in the engine, whatever the number
-of workers.
+413 or a 400 costs no engine time) and the engines' socket paths (an :class:`~.engine_pool.EnginePool`,
+which picks an engine per request); ``predict_fn`` sends the encoded prompts and their
+parameters to an engine process and waits for the answer, which ``output_fn`` renders as
+before. The weights exist once per engine, whatever the number of workers.
 """
 import logging
-import socket
 import time
 from typing import NamedTuple, Optional
 
@@ -20,6 +19,7 @@ from ..generation.scheduler import check_fits
 from ..settings import engine_limits
 from . import engine_protocol as protocol
 from .codec import Answer, Prediction
+from .engine_pool import EnginePool, connect, exchange
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +35,18 @@ class RequestMeta(NamedTuple):
 
 
 class EngineModel:
-    """The tokenizer, the engine's limits, and the engine's address."""
+    """The tokenizer, the engine's limits, and the engines' addresses (`sockets`: a path, several
+    joined by os.pathsep, or an EnginePool)."""
 
-    def __init__(self, model_dir, socket_path):
-        self.socket_path = socket_path
+    def __init__(self, model_dir, sockets):
+        self.engines = sockets if isinstance(sockets, EnginePool) else EnginePool(sockets)
         self.files = find_model_files(or_demo_model(model_dir, log))
         self.tokenizer = load_tokenizer(self.files)
         self.limits = engine_limits()
         self.info = self._wait_for_engine()
         self.positions = int(self.info["positions"])
-        log.info("light worker: generation runs in the engine process (pid %s, %s) at %s", self.info.get("pid"),
-                 self.info.get("device"), socket_path)
+        log.info("light worker: generation runs in %d engine process(es) (first to answer: pid %s, %s) at %s",
+                 len(self.engines.paths), self.info.get("pid"), self.info.get("device"), ", ".join(self.engines.paths))
 
     def _wait_for_engine(self):
         deadline = time.time() + CONNECT_WAIT
@@ -77,7 +78,7 @@ class EngineModel:
         return prediction_of(payload, answer)
 
     def call(self, message, timeout):
-        return engine_call(self.socket_path, message, timeout)
+        return self.engines.call(message, timeout)
 
 
 def prepare_items(tokenizer, positions, prompts, limits):
@@ -117,27 +118,6 @@ def prediction_of(payload, answer):
 
 
 def engine_call(socket_path, message, timeout):
-    """One exchange with the engine at `socket_path` -> its answer; its error as a ServingError
-    (EngineUnavailable when it is not there or ends mid-exchange)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        try:
-            sock.connect(socket_path)
-        except OSError:
-            raise protocol.EngineUnavailable("the engine is not running (it may be restarting); retry the request")
-        try:
-            protocol.send(sock, message)
-            answer = protocol.receive(sock)
-        except socket.timeout:
-            raise protocol.EngineUnavailable("the engine did not answer within {:.0f} s".format(timeout))
-        except (OSError, protocol.ProtocolError):
-            answer = None
-        if answer is None:
-            raise protocol.EngineUnavailable("the engine process ended while handling this request (it is being "
-                                             "restarted); retry the request")
-    finally:
-        sock.close()
-    if not answer.get("ok"):
-        raise protocol.error_from_json(answer)
-    return answer
+    """One exchange with the engine at `socket_path` (this engine, not a pool's choice) -> its
+    answer; its error as a ServingError (EngineUnavailable when it is not there or ends mid-exchange)."""
+    return exchange(connect(socket_path, timeout), message, timeout)

@@ -30,11 +30,12 @@ class EngineError(ServingError):
 
 
 class EngineSupervisor:
-    def __init__(self, model_dir, socket_path, device, dtype, env, output):
+    def __init__(self, model_dir, socket_path, device, dtype, env, output, label="the engine process"):
         self.model_dir, self.socket_path = model_dir, socket_path
         self.device, self.dtype = device, dtype
         self.env = env
         self.output = output  # serving.server._Output: copies the engine's lines, remembers the load failure
+        self.label = label  # how logs and errors name it: "engine 2 of 4 (gpu:1)" when serve runs several
         self.restarts = []  # times of restarts, for the give-up rule
         self.failed = None  # why the supervisor gave up
         self._proc = None
@@ -54,23 +55,35 @@ class EngineSupervisor:
 
     def start(self, timeout, should_stop=None):
         """Start the engine and wait until it has loaded and warmed up its model (or should_stop())."""
+        self.launch()
+        return self.wait_started(timeout, should_stop)
+
+    def launch(self):
+        """Start the engine process without waiting (so that several engines load at once)."""
         self._launch()
+        return self
+
+    def wait_started(self, timeout, should_stop=None):
+        """Wait until the launched engine is ready, then watch it (restart it when it dies)."""
         self._wait_ready(timeout, should_stop)
         self._thread = threading.Thread(target=self._watch, name="engine-supervisor", daemon=True)
         self._thread.start()
         return self
 
+    def command(self):
+        return [sys.executable, "-m", "kogpt2_serving.serving.engine_process", "--model-dir", self.model_dir,
+                "--socket", self.socket_path, "--device", self.device, "--dtype", self.dtype]
+
     def _launch(self):
-        command = [sys.executable, "-m", "kogpt2_serving.serving.engine_process", "--model-dir", self.model_dir,
-                   "--socket", self.socket_path, "--device", self.device, "--dtype", self.dtype]
         self._ready.clear()
         with self._lock:
             if self._stopping.is_set():
                 raise EngineError("the server is stopping")
-            self._proc = subprocess.Popen(command, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = subprocess.Popen(self.command(), env=self.env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.output.follow(self._proc.stdout, on_line=self._on_line)
-        log.info("engine process starting (pid %d) for %s", self._proc.pid, self.model_dir)
+        log.info("engine process starting (pid %d) for %s: %s on %s", self._proc.pid, self.model_dir, self.label,
+                 self.device)
 
     def _on_line(self, line):
         if line.startswith(READY_LINE):
@@ -84,10 +97,10 @@ class EngineSupervisor:
             code = self._proc.poll()
             if code is not None:
                 cause = self.output.load_failure
-                raise EngineError("the engine process exited with status {} during start-up{}".format(
-                    code, ": " + cause if cause else " (see its output above)"))
+                raise EngineError("{} exited with status {} during start-up{}".format(
+                    self.label, code, ": " + cause if cause else " (see its output above)"))
             if time.time() > deadline:
-                raise EngineError("the engine was not ready after {:.0f} s".format(timeout))
+                raise EngineError("{} was not ready after {:.0f} s".format(self.label, timeout))
 
     def _watch(self):
         while not self._stopping.is_set():
@@ -100,17 +113,17 @@ class EngineSupervisor:
             now = time.time()
             self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW] + [now]
             if len(self.restarts) > MAX_RESTARTS:
-                self.failed = "the engine process exited {} times in {:.0f} s (last status {})".format(
-                    len(self.restarts), RESTART_WINDOW, code)
+                self.failed = "{} exited {} times in {:.0f} s (last status {})".format(
+                    self.label, len(self.restarts), RESTART_WINDOW, code)
                 log.error("%s: giving up", self.failed)
                 return
-            log.error("the engine process (pid %d) exited with status %s: requests in flight were answered 503; "
-                      "starting a new one", self._proc.pid, code)
+            log.error("the engine process (pid %d) exited with status %s: %s's requests in flight were answered 503; "
+                      "starting a new one", self._proc.pid, code, self.label)
             self._group_gone(self._proc)
             try:
                 self._launch()
                 self._wait_ready(600)
-                log.info("engine process restarted (pid %d)", self._proc.pid)
+                log.info("engine process restarted (pid %d): %s", self._proc.pid, self.label)
             except EngineError as e:
                 if self._stopping.is_set():
                     return

@@ -21,11 +21,11 @@ MMS_TIMEOUT_MARGIN = 15.0  # s past the request timeout before MMS gives up on a
 
 
 class Sockets(NamedTuple):
-    """Where MMS and the engine listen: unix socket paths (in the server's private directory)."""
+    """Where MMS listens: unix socket paths in the server's private directory (the engines'
+    sockets are beside them: engine_group.socket_path)."""
 
     inference: str
     management: str
-    engine: str
 
     @classmethod
     def in_dir(cls, run_dir):

@@ -4,7 +4,8 @@ to the engine process directly, so that tokens can stream.
 Multi Model Server 1.1.11 cannot stream (one reply per batch, with a Content-Length), so this
 frontend replaces MMS *and* its light workers: it decodes and validates a request exactly as
 the handler service does (:mod:`.codec`, the same errors and statuses), encodes its prompts,
-sends them to the engine over its unix socket, and renders the answer. Routes:
+sends them to an engine over its unix socket (:mod:`.engine_pool` picks one per request when
+``serve`` runs several), and renders the answer. Routes:
 
 - ``GET /ping``: 200 once the engine is ready and healthy, else 503 (``health()``);
 - ``POST /invocations``: the formats, parameters, errors and statuses of the MMS path; with
@@ -36,10 +37,11 @@ from ..generation.scheduler import check_fits
 from ..generation.stopping import TIME_LIMIT
 from ..settings import engine_limits, request_limits
 from . import codec, handler, tgi
-from .engine_async import EngineExchange, checked
+from .engine_async import checked
 from .engine_protocol import error_from_json
-from .engine_client import (ANSWER_MARGIN, RequestMeta, deadline_of, engine_call, generate_message, prediction_of,
-                            prepare_items, results_of)
+from .engine_client import (ANSWER_MARGIN, RequestMeta, deadline_of, generate_message, prediction_of, prepare_items,
+                            results_of)
+from .engine_pool import EnginePool
 from .handler_service import FINISH_REASON_HEADER, stopped_for_time
 from .listener import HEALTHY, Listener, too_large_message
 
@@ -72,15 +74,16 @@ class PayloadTooLarge(ServingError):
 
 
 class FrontendModel:
-    """What the frontend needs of the model: its tokenizer, its positions (from the engine),
-    the engine's limits, and the ids TGI calls special."""
+    """What the frontend needs of the model: its tokenizer, its positions (from an engine),
+    the engines' limits, the ids TGI calls special, and the engines (`sockets`: a path, several
+    joined by os.pathsep, or an EnginePool, which picks one per request)."""
 
-    def __init__(self, model_dir, engine_socket):
+    def __init__(self, model_dir, sockets):
         self.model_dir = model_dir
-        self.engine_socket = engine_socket
+        self.engines = sockets if isinstance(sockets, EnginePool) else EnginePool(sockets)
         self.tokenizer = load_tokenizer(find_model_files(or_demo_model(model_dir, log)))
         self.limits = engine_limits()
-        self.positions = int(engine_call(engine_socket, {"op": "info"}, timeout=10)["positions"])
+        self.positions = int(self.engines.call({"op": "info"}, timeout=10)["positions"])
         tok = self.tokenizer
         self.specials = frozenset(i for i in (tok.bos_id, tok.eos_id, tok.pad_id, getattr(tok, "unk_id", None))
                                   if i is not None)
@@ -251,7 +254,7 @@ class NativeFrontend(Listener):
 
     async def _exchange(self, message):
         """One request to the engine and its answer (errors raised)."""
-        async with EngineExchange(self.model.engine_socket) as engine:
+        async with self.model.engines.exchange() as engine:
             await engine.send(message)
             return checked(await engine.receive(_answer_timeout(message)))
 
@@ -262,7 +265,7 @@ class NativeFrontend(Listener):
         model = self.model
         message = generate_message(meta.request_id, [item], deadline_of(meta, model.limits), stream=True)
         timeout = _answer_timeout(message)
-        async with EngineExchange(model.engine_socket) as engine:
+        async with model.engines.exchange() as engine:
             await engine.send(message)
             event = await engine.receive(timeout)
             if event.get("event") != "token":

@@ -1,7 +1,7 @@
 """``serve --frontend native``: the engine process behind :class:`~.native_frontend.NativeFrontend`,
 with no Multi Model Server.
 
-The same life cycle as :class:`~.server.ModelServer` (whose engine, watchdog, drain and stop it
+The same life cycle as :class:`~.server.ModelServer` (whose engines, watchdog, drain and stop it
 reuses): bind the public address first (``/ping`` answers 503 until the model is ready), start
 the engine and wait until its model is loaded and warmed up, load the tokenizer, then one real
 generation through the public address before it says it is ready.
@@ -12,8 +12,8 @@ import tempfile
 import time
 
 from ..files.model_dir import find_model_files
-from .engine_supervisor import EngineSupervisor
-from .mms_config import MMS_MAX_REQUEST_SIZE, Sockets, max_request_size
+from .engine_pool import EnginePool
+from .mms_config import MMS_MAX_REQUEST_SIZE, max_request_size
 from .native_frontend import FrontendModel, NativeFrontend
 from .server import ModelServer, ServerError, _Output, _short_temp_root, cannot_listen
 
@@ -32,8 +32,7 @@ class NativeServer(ModelServer):
         if not 1 <= config.port <= MAX_PORT:
             raise ServerError("port {} is not usable: pick one in 1-{}".format(config.port, MAX_PORT))
         find_model_files(config.model_dir)
-        self.run_dir = tempfile.mkdtemp(prefix="kgs-", dir=_short_temp_root())  # mode 0700
-        self.sockets = Sockets.in_dir(self.run_dir)
+        self.run_dir = tempfile.mkdtemp(prefix="kgs-", dir=_short_temp_root())  # mode 0700: the engines' sockets
         try:
             self._gateway = NativeFrontend(config.host, config.port, max_body=max_payload(),
                                            health=self._health,
@@ -41,16 +40,13 @@ class NativeServer(ModelServer):
         except OSError as e:
             raise cannot_listen(config, e)
         self._output = _Output(config.log_file)
-        env = self._engine_environment(dict(os.environ))
-        self._engine = EngineSupervisor(os.path.abspath(config.model_dir), self.sockets.engine, config.device,
-                                        config.dtype, env, self._output)
-        self._engine.start(self._startup_timeout(), should_stop)
+        self._start_engines(self._engine_environment(dict(os.environ)), should_stop)
         if should_stop is not None and should_stop():
             return self
-        self._gateway.attach(FrontendModel(config.model_dir, self.sockets.engine))
+        self._gateway.attach(FrontendModel(config.model_dir, EnginePool(self._engine.socket_paths)))
         log.info("native frontend on %s: POST /invocations (streams with \"stream\": true), TGI's /generate, "
-                 "/generate_stream, /info, /health; GET /ping; generation in the engine process (pid %s)",
-                 self.url, self._engine.pid)
+                 "/generate_stream, /info, /health; GET /ping; generation in %s",
+                 self.url, self._engine.describe_pids())
         return self
 
     def wait_ready(self, timeout=None, should_stop=None):

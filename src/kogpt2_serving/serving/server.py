@@ -61,8 +61,8 @@ from ..model.device import cpu_count, threads_per_worker
 from ..settings import (BIND_TO_PORT_ENV, DEVICE_ENV, DTYPE_ENV, ENGINE_SOCKET_ENV, OMP_THREADS_ENV, THREADS_ENV,
                         WORKERS_ENV, drain_seconds, engine_limits, explicit_threads)
 from . import local_http
-from .engine_client import engine_call
-from .engine_supervisor import EngineSupervisor
+from .engine_group import EngineGroup, total_stats
+from .engine_plan import describe, oversubscribed, plan_engines
 from .gateway import FRONTEND_KINDS, Gateway
 from .mms_config import MODEL_NAME, SERVICE, Sockets, max_request_size, mms_command, mms_properties, response_timeout
 from .process_group import stop_group
@@ -93,7 +93,8 @@ class ServerConfig(NamedTuple):
     log_file: Optional[str] = None  # None: MMS logs to this process's stdout
     startup_timeout: Optional[float] = None  # None: SAGEMAKER_STARTUP_TIMEOUT (600 s)
     install_requirements: bool = False  # pip install <model_dir>/code/requirements.txt first
-    engine: bool = False  # one engine process with continuous batching; light MMS workers
+    engine: bool = False  # engine processes with continuous batching; light MMS workers
+    engines: Optional[int] = None  # how many engine processes; None: one per visible GPU, else one (engine_plan)
     watchdog_interval: float = 0.0  # s between the watchdog's probes; 0: no watchdog
     frontend: str = "mms"  # or "native": aiohttp in front of the engine, streaming (serving.native_server)
 
@@ -184,11 +185,9 @@ class ModelServer:
             _install_requirements(config.model_dir, env)
         self._output = _Output(config.log_file)
         if config.engine:
-            self._engine = EngineSupervisor(os.path.abspath(config.model_dir), self.sockets.engine, config.device,
-                                            config.dtype, self._engine_environment(env), self._output)
-            self._engine.start(self._startup_timeout(), should_stop)
+            self._start_engines(self._engine_environment(env), should_stop)
             if should_stop is not None and should_stop():
-                return self  # stopped while the engine loaded: no MMS to start
+                return self  # stopped while the engines loaded: no MMS to start
             env = self._light_worker_environment(env)
         self._proc = subprocess.Popen(mms_command(config, properties), env=env, cwd=self.run_dir,
                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -196,7 +195,7 @@ class ModelServer:
         self._output.follow(self._proc.stdout)
         log.info("Multi Model Server starting (pid %d) for %s on %s, %d worker(s), %s", self._proc.pid,
                  config.model_dir, self.url, config.workers,
-                 "light: generation runs in the engine process (pid {})".format(self._engine.pid) if config.engine
+                 "light: generation runs in " + self._engine.describe_pids() if config.engine
                  else _threads_note(config.workers))
         log.info("only GET /ping and POST /invocations are served on %s; Multi Model Server listens on unix "
                  "sockets in %s (management API: %s)", self.url, self.run_dir, self.sockets.management)
@@ -230,6 +229,18 @@ class ModelServer:
         # docs/serving.md, "Performance", for what a shorter spin cost after idle pauses).
         return env
 
+    def _start_engines(self, env, should_stop):
+        """Plan the engines (how many, which devices, threads each), start them all and wait
+        until every one has loaded its model."""
+        config = self.config
+        plan = plan_engines(config.device, config.engines)
+        log.info("starting %s", describe(plan))
+        if oversubscribed(plan):
+            log.warning("%s", oversubscribed(plan))
+        self._engine = EngineGroup(os.path.abspath(config.model_dir), plan, self.run_dir, config.dtype, env,
+                                   self._output)
+        self._engine.start(self._startup_timeout(), should_stop)
+
     def _engine_environment(self, env):
         """The engine computes with the whole machine unless the operator chose its threads."""
         engine_env = dict(env)
@@ -238,9 +249,10 @@ class ModelServer:
         return engine_env
 
     def _light_worker_environment(self, env):
-        """Light workers compute nothing: one thread each, and the engine's address."""
+        """Light workers compute nothing: one thread each, and the engines' addresses."""
         light = dict(env)
-        light.update({ENGINE_SOCKET_ENV: self.sockets.engine, THREADS_ENV: "1", OMP_THREADS_ENV: "1"})
+        light.update({ENGINE_SOCKET_ENV: os.pathsep.join(self._engine.socket_paths), THREADS_ENV: "1",
+                      OMP_THREADS_ENV: "1"})
         return light
 
     def _start_watchdog(self):
@@ -254,8 +266,8 @@ class ModelServer:
             return "the model is not loaded yet"
         if self.poll() is not None:
             return "Multi Model Server is not running"
-        if self._engine is not None and not self._engine.ready:
-            return self._engine.failed or "the engine process is restarting"
+        if self._engine is not None and self._engine.problem():
+            return self._engine.problem()
         if self._watchdog is not None and self._watchdog.problem:
             return self._watchdog.problem
         return None
@@ -269,25 +281,27 @@ class ModelServer:
         return None
 
     def _client_gone(self, request_id):
-        """The gateway's client hung up: the engine stops spending steps on its request."""
+        """The gateway's client hung up: the engine holding its request stops spending steps on it."""
         if self._engine is not None:
-            threading.Thread(target=self._cancel, args=(request_id,), name="cancel", daemon=True).start()
-
-    def _cancel(self, request_id):
-        try:
-            engine_call(self.sockets.engine, {"op": "cancel", "id": request_id}, timeout=5)
-        except ServingError as e:
-            log.debug("cancelling %s: %s", request_id, e.message)
+            threading.Thread(target=self._engine.cancel, args=(request_id,), name="cancel", daemon=True).start()
 
     def engine_stats(self):
-        """The engine's scheduler counters (steps, rows per step, joins, ...); {} without an engine."""
-        if self._engine is None:
-            return {}
-        return engine_call(self.sockets.engine, {"op": "stats"}, timeout=10)
+        """The engines' scheduler counters added up (steps, rows per step, joins, ...; max_rows the
+        largest); {} without an engine."""
+        return total_stats(self.engines_stats())
+
+    def engines_stats(self):
+        """Each engine's counters with its index, device and pid ([] without an engine)."""
+        return self._engine.stats() if self._engine is not None else []
 
     @property
     def engine_pid(self):
+        """The (first) engine's pid."""
         return self._engine.pid if self._engine is not None else None
+
+    @property
+    def engine_pids(self):
+        return self._engine.pids if self._engine is not None else []
 
     def drain(self, grace):
         """Answer new requests 503 and give those in flight up to `grace` s; True if all finished."""
