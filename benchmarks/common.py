@@ -143,25 +143,33 @@ def floor_step(loaded, batch, steps):
 
     Every weight matrix of a step (qkv, out, ffn in/out per layer, the tied head once) goes
     through the product a decode step uses (a 1x1 convolution over the engine's step kernels,
-    `Linear.step`) against `batch` columns, all in one hybridized graph: the memory-bandwidth
-    floor for one decode step in this process, with no attention, norms or per-op Python."""
+    `Linear.step`, or our float32 kernel over the weights where the engine steps through it)
+    against `batch` columns, all in one hybridized graph: the memory-bandwidth floor for one
+    decode step in this process, with no attention, norms or per-op Python."""
     import mxnet as mx
     from mxnet import gluon
 
-    params = loaded.engine.model._collect_params_with_prefix()
-    kernels = [p.data() for n, p in params.items() if n.endswith(".step_weight") and n.startswith("layers.")]
-    kernels.append(params["_logits_proj.step_weight"].data())
+    from kogpt2_serving.model.network import Linear, blocks
+
+    linears = blocks(loaded.engine.model, Linear)  # every layer's, then the tied head
+    ours = linears[0].f32_steps
+    kernels = [(l.weight if ours else l.step_weight).data() for l in linears]
     shapes = [k.shape for k in kernels]
+
+    def product(F, x, k, shape):
+        if ours:
+            return F.kogpt2_linear_f32(x, k, no_bias=True)
+        return F.amp_cast(F.Convolution(x, k, kernel=(1,), num_filter=shape[0], no_bias=True), dtype="float32")
 
     class Chain(gluon.HybridBlock):
         def hybrid_forward(self, F, *inputs):
             half = len(inputs) // 2
-            sums = [F.sum(F.amp_cast(F.Convolution(x, k, kernel=(1,), num_filter=shape[0], no_bias=True),
-                                     dtype="float32"))
+            sums = [F.sum(product(F, x, k, shape))
                     for x, k, shape in zip(inputs[:half], inputs[half:], shapes)]  # (sum has no bfloat16 kernel)
             return F.add_n(*sums)
 
-    xs = [mx.nd.ones((1, k.shape[1], batch), ctx=loaded.ctx, dtype=loaded.engine.dtype) for k in kernels]
+    xs = [mx.nd.ones((batch, k.shape[1]) if ours else (1, k.shape[1], batch), ctx=loaded.ctx,
+                     dtype=loaded.engine.dtype) for k in kernels]
     if loaded.dtype == "bfloat16":  # bfloat16 weights: the products' inputs are bfloat16 too
         from kogpt2_serving.model.network import BFLOAT16  # (a NumPy dtype MXNet knows without ml_dtypes)
 

@@ -8,8 +8,6 @@ the same random weights and activations, interleaved, best of --repeats:
   conv        the 1x1 convolution the decode steps use (model/network.py Linear.step), float32
   f32         kogpt2_linear_f32, our kernel over the same float32 weights
   int8        kogpt2_linear_int8, our kernel over int8 weights with per-output-channel scales
-  w8a8        kogpt2_linear_w8a8, the same int8 weights with each activation row quantized too
-              (integer products: vpmaddubsw)
 
 Prints ms per step and GB/s of weights read per variant and row count, and the ratios to fc and
 conv. The ISA our kernels use follows KOGPT2_KERNEL_ISA / DNNL_MAX_CPU_ISA (run it once with
@@ -27,7 +25,7 @@ import common  # noqa: E402  (puts src/ on the path; threads are chosen before M
 
 UNITS, HIDDEN, VOCAB, LAYERS = 768, 3072, 50000, 12
 SHAPES = [(3 * UNITS, UNITS), (UNITS, UNITS), (HIDDEN, UNITS), (UNITS, HIDDEN)] * LAYERS + [(VOCAB, UNITS)]
-VARIANTS = ("fc", "conv", "f32", "int8", "w8a8")
+VARIANTS = ("fc", "conv", "f32", "int8")
 STEPS = 3  # steps per timed run
 
 
@@ -58,16 +56,15 @@ def main(argv=None):
         result["rows"][rows] = {v: {"ms": best[v] * 1e3, "GB/s": _bytes(v) / best[v] / 1e9} for v in VARIANTS}
         print("rows {:3d}: ".format(rows) + "  ".join(
             "{} {:.2f} ms ({:.1f} GB/s)".format(v, best[v] * 1e3, _bytes(v) / best[v] / 1e9) for v in VARIANTS))
-        print("          int8/fc {:.2f}x  int8/conv {:.2f}x  w8a8/conv {:.2f}x  w8a8/int8 {:.2f}x  f32/fc {:.2f}x  "
-              "f32/conv {:.2f}x".format(best["int8"] / best["fc"], best["int8"] / best["conv"],
-                                        best["w8a8"] / best["conv"], best["w8a8"] / best["int8"],
-                                        best["f32"] / best["fc"], best["f32"] / best["conv"]))
+        print("          int8/fc {:.2f}x  int8/conv {:.2f}x  f32/fc {:.2f}x  f32/conv {:.2f}x".format(
+            best["int8"] / best["fc"], best["int8"] / best["conv"], best["f32"] / best["fc"],
+            best["f32"] / best["conv"]))
     if args.output:
         common.write_result(args.output, "kernels", args, {"mxnet": threads}, result, modules=("mxnet",))
 
 
 def _bytes(variant):
-    return sum(m * k for m, k in SHAPES) * (1 if variant in ("int8", "w8a8") else 4)
+    return sum(m * k for m, k in SHAPES) * (1 if variant == "int8" else 4)
 
 
 def _weights(mx):
@@ -100,10 +97,7 @@ def _calls(mx, weights, rows):
     def int8():
         return [mx.nd.kogpt2_linear_int8(x[k], q, s, no_bias=True) for (m, k), (_, _, q, s) in zip(SHAPES, weights)]
 
-    def w8a8():
-        return [mx.nd.kogpt2_linear_w8a8(x[k], q, s, no_bias=True) for (m, k), (_, _, q, s) in zip(SHAPES, weights)]
-
-    return {"fc": fc, "conv": conv, "f32": f32, "int8": int8, "w8a8": w8a8}
+    return {"fc": fc, "conv": conv, "f32": f32, "int8": int8}
 
 
 def _timed(mx, call):

@@ -218,12 +218,16 @@ def fused_onnx(path, n_head, n_embd):
 def quantized_onnx(path):
     """`path` through ONNX Runtime's own int8 (onnxruntime.quantization.quantize_dynamic with
     its defaults: int8 weights, uint8 activations quantized per step), made once beside it."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = path[:-len(".onnx")] + "-int8.onnx"
     if not os.path.exists(out):
         tmp = out[:-len(".onnx")] + ".tmp.onnx"
-        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8)
+        # The fused graph's own operators (com.microsoft domain) have no ONNX shape inference:
+        # their outputs are float32, which ORT's quantizer must be told.
+        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         os.replace(tmp, out)
     return out
 

@@ -12,7 +12,6 @@
 // big CPU can run the small one's path. Threads: OpenMP, as many as MXNet's own pool.
 #include <immintrin.h>
 #include <omp.h>
-#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -246,118 +245,6 @@ void linear(const float* x, const W* w, const float* scale, const float* bias, f
   }
 }
 
-// ---- int8 activations as well: kogpt2_linear_w8a8 ----
-// Turning every int8 weight into a float costs two instructions per 8 weights; with each
-// activation row quantized too, 32 products take one vpmaddubsw and one vpmaddwd, which is what
-// makes several rows (a batch's step, a prefill) faster (benchmarks/kernels.py). Its products: x row n -> xq = round(x / sx[n]) in [-127, 127] (half away from zero,
-// sx[n] = max|x_n| / 127, or 1 for a zero row), then
-//   out[n][m] = float(sum_k xq[n][k] * w[m][k]) * sx[n] * scale[m] + bias[m].
-// The int32 sums are exact (|sum| <= K * 127 * 127 < 2^31 for K < 133,000), so every path gives
-// the same sums. vpmaddubsw takes one unsigned operand: |xq| times w with xq's sign, whose pair
-// sums stay within int16 (2 * 127 * 127 < 32768). AVX-512 CPUs run the AVX2 path here.
-
-void quantize_rows(const float* x, int64_t N, int64_t K, int8_t* q, float* sx) {
-#pragma omp parallel for schedule(static) if (N * K > 65536)
-  for (int64_t n = 0; n < N; ++n) {
-    const float* xn = x + n * K;
-    float absmax = 0.f;
-    for (int64_t k = 0; k < K; ++k) absmax = std::fabs(xn[k]) > absmax ? std::fabs(xn[k]) : absmax;
-    const float s = absmax > 0.f ? absmax / 127.f : 1.f;
-    sx[n] = s;
-    for (int64_t k = 0; k < K; ++k) {
-      const float r = xn[k] / s;
-      float v = std::floor(std::fabs(r) + 0.5f);
-      v = v > 127.f ? 127.f : v;
-      q[n * K + k] = static_cast<int8_t>(r < 0.f ? -v : v);
-    }
-  }
-}
-
-void tile_w8a8_portable(const int8_t* x, int64_t nr, int64_t ldx, const int8_t* w, int64_t ldw, int64_t mr, int64_t K,
-                        int32_t acc[NR][MR]) {
-  for (int64_t n = 0; n < nr; ++n)
-    for (int64_t m = 0; m < mr; ++m) {
-      int32_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) sum += static_cast<int32_t>(x[n * ldx + k]) * w[m * ldw + k];
-      acc[n][m] = sum;
-    }
-}
-
-__attribute__((target("avx2"))) inline int32_t hsum8_epi32(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-  return _mm_cvtsi128_si32(s);
-}
-
-// 32 products of |x| (unsigned) and w carrying x's sign, summed into 8 int32 lanes of acc.
-__attribute__((target("avx2"))) inline __m256i dot32(__m256i acc, __m256i ax, __m256i x, __m256i w, __m256i ones) {
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x)), ones));
-}
-
-// 2 activation rows x MR outputs at a time: 8 accumulators, the 2 rows and their magnitudes.
-__attribute__((target("avx2"))) void tile_w8a8_avx2(const int8_t* x, int64_t nr, int64_t ldx, const int8_t* w,
-                                                    int64_t ldw, int64_t mr, int64_t K, int32_t acc[NR][MR]) {
-  if (mr < MR) return tile_w8a8_portable(x, nr, ldx, w, ldw, mr, K, acc);
-  const int64_t body = K - K % 32;
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t n0 = 0; n0 < nr; n0 += 2) {
-    const bool two = n0 + 1 < nr;
-    const int8_t* x0 = x + n0 * ldx;
-    const int8_t* x1 = two ? x0 + ldx : x0;
-    __m256i a[2][MR];
-    for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_si256();
-    for (int64_t k = 0; k < body; k += 32) {
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0 + k)), m0 = _mm256_abs_epi8(v0);
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1 + k)), m1 = _mm256_abs_epi8(v1);
-      for (int m = 0; m < MR; ++m) {
-        const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + m * ldw + k));
-        a[0][m] = dot32(a[0][m], m0, v0, wv, ones);
-        if (two) a[1][m] = dot32(a[1][m], m1, v1, wv, ones);
-      }
-    }
-    for (int r = 0; r < (two ? 2 : 1); ++r)
-      for (int m = 0; m < MR; ++m) {
-        const int8_t* xr = r ? x1 : x0;
-        int32_t sum = hsum8_epi32(a[r][m]);
-        for (int64_t k = body; k < K; ++k) sum += static_cast<int32_t>(xr[k]) * w[m * ldw + k];
-        acc[n0 + r][m] = sum;
-      }
-  }
-}
-
-void linear_w8a8(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
-                 int64_t M, int64_t K) {
-  std::vector<int8_t> xq(N * K);
-  std::vector<float> sx(N);
-  quantize_rows(x, N, K, xq.data(), sx.data());
-  const bool avx2 = isa() >= kAvx2;
-  const int64_t blocks = tile_count(M);
-  const int threads = omp_get_max_threads();
-  for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
-    const int64_t rows = N - n0 < ROW_CHUNK ? N - n0 : ROW_CHUNK;
-#pragma omp parallel for schedule(static) num_threads(threads) if (blocks * rows * K > 65536)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const Tile t = tile_of(b, M);
-      int32_t acc[NR][MR];
-      for (int64_t n = n0; n < n0 + rows; n += NR) {
-        const int64_t nr = n0 + rows - n < NR ? n0 + rows - n : NR;
-        if (avx2)
-          tile_w8a8_avx2(xq.data() + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
-        else
-          tile_w8a8_portable(xq.data() + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
-        for (int64_t r = 0; r < nr; ++r)
-          for (int64_t m = 0; m < t.rows; ++m) {
-            const int64_t o = t.first + m * t.stride;
-            float v = static_cast<float>(acc[r][m]) * sx[n + r] * scale[o];
-            if (bias) v += bias[o];
-            out[(n + r) * M + o] = v;
-          }
-      }
-    }
-  }
-}
-
 // ---- the MXNet operators ----
 
 bool has_bias(const std::unordered_map<std::string, std::string>& attrs) {
@@ -440,24 +327,6 @@ REGISTER_OP(kogpt2_linear_f32)
     .setInferType(infer_type<kFloat32, 1>)
     .setInferShape(infer_shape)
     .setForward(forward<float, 1>, "cpu")
-    .setBackward(backward, "cpu");
-
-MXReturnValue forward_w8a8(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* inputs,
-                           std::vector<MXTensor>* outputs, const OpResource& res) {
-  MXTensor& x = (*inputs)[0];
-  MXTensor& w = (*inputs)[1];
-  const float* bias = has_bias(attrs) ? (*inputs)[3].data<float>() : nullptr;
-  const int64_t M = w.shape[0], K = w.shape[1], N = x.size() / K;
-  linear_w8a8(x.data<float>(), w.data<int8_t>(), (*inputs)[2].data<float>(), bias, (*outputs)[0].data<float>(), N, M,
-              K);
-  return MX_SUCCESS;
-}
-
-REGISTER_OP(kogpt2_linear_w8a8)
-    .setParseAttrs(parse_attrs<2>)
-    .setInferType(infer_type<kInt8, 2>)
-    .setInferShape(infer_shape)
-    .setForward(forward_w8a8, "cpu")
     .setBackward(backward, "cpu");
 
 extern "C" {
