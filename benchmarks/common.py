@@ -153,7 +153,7 @@ def floor_step(loaded, batch, steps):
 
     linears = blocks(loaded.engine.model, Linear)  # every layer's, then the tied head
     ours = linears[0].f32_steps
-    kernels = [(l.weight if ours else l.step_weight).data() for l in linears]
+    kernels = [(linear.weight if ours else linear.step_weight).data() for linear in linears]
     shapes = [k.shape for k in kernels]
 
     def product(F, x, k, shape):

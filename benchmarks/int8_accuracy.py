@@ -29,7 +29,8 @@ PROMPTS = ["대한민국은 민주공화국이다.", "대한민국의 주권은 
 
 def main(argv=None):
     p = common.parser(__doc__, new_tokens=64)
-    p.add_argument("--steps", type=int, default=16, help="cached steps whose logits are compared (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=16,
+                   help="cached steps whose logits are compared (default: %(default)s)")
     args = p.parse_args(argv)
     if args.quick:
         args.new_tokens, args.steps = 8, 2
@@ -49,7 +50,8 @@ def measure(name, directory, args):
 
     models = {dtype: load_model(directory, device=args.device, dtype=dtype) for dtype in ("float32", "int8")}
     f32, int8 = models["float32"], models["int8"]
-    found = {"random_weights": name == "kogpt2" and not args.model_dir, "logits": logits_agreement(f32, int8, args.steps),
+    found = {"random_weights": name == "kogpt2" and not args.model_dir,
+             "logits": logits_agreement(f32, int8, args.steps),
              "greedy": greedy_agreement(Generator(f32), Generator(int8), args.new_tokens)}
     if name == "demo":
         found["heldout_perplexity"] = {dtype: heldout_perplexity(m) for dtype, m in models.items()}

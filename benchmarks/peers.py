@@ -310,9 +310,11 @@ def issue17_targets(med, tokens_per_s, names, b):
             continue
         key, peer_key = "%s_b%d" % (ours, batch), "%s_b%d" % (peer, batch)
         if factor is None:
-            engine, peer_value, met = tokens_per_s[key], tokens_per_s[peer_key], tokens_per_s[key] >= tokens_per_s[peer_key]
+            engine, peer_value = tokens_per_s[key], tokens_per_s[peer_key]
+            met = engine >= peer_value
         else:
-            engine, peer_value, met = med[key], med[peer_key], med[key] <= factor * med[peer_key]
+            engine, peer_value = med[key], med[peer_key]
+            met = engine <= factor * peer_value
         targets[label] = {"peer": peer, "variant": ours, "engine": engine, "peer_value": peer_value,
                           "ratio": engine / peer_value, "met": met}
     return targets

@@ -303,8 +303,7 @@ def section_peers(results, plots):
     out += [table(["batch", "peer", "max abs logit diff", "largest abs logit", "same argmax"], rows), ""]
     reduced = r.get("reduced_precision_agreement") or {
         batch: {"engine_bf16": a} for batch, a in r.get("bfloat16_agreement", {}).items()}  # results before int8
-    rows = [[batch, name, f3(a["max_abs_diff"]), "%.2e" % (a["max_abs_diff"] / a["logit_scale"]),
-             "%.1f%%" % (100 * a["argmax_agreement"]) if "argmax_agreement" in a else ("yes" if a["same_argmax"] else "no")]
+    rows = [[batch, name, f3(a["max_abs_diff"]), "%.2e" % (a["max_abs_diff"] / a["logit_scale"]), _argmax(a)]
             for batch, found in reduced.items() for name, a in found.items()]
     if rows:
         out += ["Variants with bfloat16 or int8 weights against our float32 engine, same prompt and fed tokens "
@@ -334,6 +333,13 @@ def section_peers(results, plots):
     out.append(plots.figure("peers", r, lambda fig: _draw_peers(fig, r)))
     out += ["", caption(r)]
     return "\n".join(out)
+
+
+def _argmax(agreement):
+    """The share of positions with the same argmax, or yes/no in results that only say that."""
+    if "argmax_agreement" in agreement:
+        return "%.1f%%" % (100 * agreement["argmax_agreement"])
+    return "yes" if agreement["same_argmax"] else "no"
 
 
 def _first(mapping):

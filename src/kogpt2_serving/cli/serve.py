@@ -55,8 +55,8 @@ def add_arguments(parser):
     parser.add_argument("--device", default="auto", help="auto | cpu | gpu | gpu:N (default auto)")
     parser.add_argument("--dtype", default=None,
                         help="float32 | float16 (GPU) | bfloat16 (CPU with AVX-512: weights in bfloat16, logits within "
-                             "~1%%; 1.3-1.5x faster decoding measured on AVX512-BF16) | int8 (CPU, MXNet >= 1.7: weights in int8 with "
-                             "per-output scales, our own kernels) (default ${} or float32)".format(
+                             "~1%%; 1.3-1.5x faster decoding measured on AVX512-BF16) | int8 (CPU, MXNet >= 1.7: "
+                             "weights in int8 with per-output scales, our own kernels) (default ${} or float32)".format(
                                  DTYPE_ENV))
     parser.add_argument("--batch-size", type=int, default=None,
                         help="MMS batching of in-process workers (--engine off; experimental, served at "

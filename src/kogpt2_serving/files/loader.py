@@ -60,7 +60,8 @@ def load_model(model_dir, device="auto", dtype="float32"):
 def f32_kernel_steps(ctx, dtype):
     """Whether float32 decode steps go through our kernel: on CPUs whose best path there is AVX2
     (no AVX-512, or oneDNN capped at AVX2), where it is ~0.55x of oneDNN's step products
-    (benchmarks/kernels.py, README section 8); elsewhere oneDNN's convolution steps are as fast.
+    (benchmarks/kernels.py; benchmarks/README.md, "Kernels of our own"); elsewhere oneDNN's
+    convolution steps are as fast.
     Needs the kernels to build and load (MXNet >= 1.7); otherwise the convolution steps serve."""
     if dtype != "float32" or ctx.device_type != "cpu":
         return False

@@ -174,8 +174,8 @@ def use_f32_kernel_for_steps(model):
 
 def fill_step_weights(model):
     """Copy every Linear's weight into its step kernel (as stored: bfloat16 stays bfloat16;
-    int8 weights and steps through our float32 kernel need none). Call after the weights are final; a later change to `weight` is
-    not seen by steps."""
+    int8 weights and steps through our float32 kernel need none). Call after the weights are
+    final; a later change to `weight` is not seen by steps."""
     for linear in blocks(model, Linear):
         if linear.int8 or linear.f32_steps:
             continue
