@@ -234,11 +234,14 @@ def registration_order(n_layer):
 
 def initialize(model, init):
     """model.initialize(init), one parameter at a time in registration_order, whatever order
-    the network registers them in now: the same --seed gives the shipped model's initial weights."""
+    the network registers them in now: the same --seed gives the shipped model's initial weights.
+    The int8 scales (which came later, and only get values when a model loads as int8) are left
+    uninitialised: they draw nothing."""
     from kogpt2_serving.model.compat import structural_parameters
+    from kogpt2_serving.model.network import INT8_SCALE
     from kogpt2_serving.model.weights import TIED
 
-    own = structural_parameters(model)
+    own = {name: p for name, p in structural_parameters(model).items() if not name.endswith("." + INT8_SCALE)}
     order = [network for _, network in registration_order(model.config.n_layer)]
     if sorted(order) != sorted(set(own) - {TIED[1]}):  # the tied head is initialised as the embedding
         raise RuntimeError("registration_order does not list the network's parameters: missing {}, unknown {}".format(
