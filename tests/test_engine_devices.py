@@ -37,7 +37,7 @@ def test_engines_setting_reads_a_count_or_auto(value, want):
     assert engines_setting(None, environ) == want
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "65", "1.5", "two", "2 engines"])
+@pytest.mark.parametrize("value", ["0", "-1", "65", "1.5", "two", "2 engines", "\u00b2"])
 def test_a_bad_engine_count_names_the_setting_the_range_and_the_value(value):
     with pytest.raises(EnginePlanError) as raised:
         engines_setting(None, {ENGINES_ENV: value})

@@ -383,7 +383,7 @@ def test_the_budget_sums_jsonlines_lines_and_comes_from_the_environment(monkeypa
         codec.decode_payload(body, "application/jsonlines")
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "many", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-3", "many", "1.5", "\u00b2"])  # "²" is a digit to str.isdigit, not to int()
 def test_a_bad_budget_setting_names_the_variable(value):
     with pytest.raises(SettingError) as e:
         request_limits({"KOGPT2_MAX_REQUEST_ROWS": value})

@@ -143,6 +143,6 @@ def _positive_int(env, name, default):
     value = env.get(name, "").strip()
     if not value:
         return default
-    if not value.isdigit() or int(value) < 1:
+    if not value.isdecimal() or int(value) < 1:
         raise SettingError("{} must be a positive integer, got {!r}".format(name, value[:40]))
     return int(value)

@@ -75,7 +75,7 @@ def ensure_threads_configured():
 def parse_device(spec):
     """'auto' | 'cpu' | 'gpu' | 'gpu:N' -> ('cpu'|'gpu'|'auto', index)."""
     name, _, index = str(spec).lower().partition(":")
-    if name not in DEVICES or (index and not (index.isdigit() and name == "gpu")):
+    if name not in DEVICES or (index and not (index.isdecimal() and name == "gpu")):
         raise ValueError("device must be auto, cpu, gpu or gpu:N, got {!r}".format(spec))
     return name, int(index or 0)
 

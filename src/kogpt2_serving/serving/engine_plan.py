@@ -48,7 +48,7 @@ def parse_engines(value, name="--engines"):
     text = str(value).strip().lower() if value is not None else ""
     if text in ("", AUTO):
         return None
-    if not text.isdigit() or not 1 <= int(text) <= MAX_ENGINES:
+    if not text.isdecimal() or not 1 <= int(text) <= MAX_ENGINES:
         raise EnginePlanError("{} must be auto or an integer in 1-{}, got {!r}".format(name, MAX_ENGINES,
                                                                                       str(value)[:40]))
     return int(text)
@@ -102,7 +102,7 @@ def oversubscribed(plan, environ=None, cores=None):
     """A warning when the operator's threads per engine x engines exceed the cores, else None."""
     explicit = explicit_threads(environ)
     cores = cores or cpu_count()
-    if plan.threads is not None or not explicit.isdigit() or int(explicit) * plan.count <= cores:
+    if plan.threads is not None or not explicit.isdecimal() or int(explicit) * plan.count <= cores:
         return None
     return ("{} engines x {} threads (KOGPT2_THREADS / OMP_NUM_THREADS) exceed the {} cores: OpenMP teams that share "
             "cores slow each other down many times over; unset it to split the cores".format(
@@ -122,7 +122,7 @@ def gpu_count(nodes=NVIDIA_NODES, command=None, timeout=COUNT_TIMEOUT):
         log.warning("counting GPUs with MXNet failed (%s): planning for none", e)
         return 0
     lines = done.stdout.decode("utf-8", "replace").split()
-    if done.returncode != 0 or not lines or not lines[-1].isdigit():
+    if done.returncode != 0 or not lines or not lines[-1].isdecimal():
         log.warning("counting GPUs with MXNet failed (status %s: %s): planning for none", done.returncode,
                     done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or "no output")
         return 0

@@ -303,7 +303,7 @@ async def _read_body(reader, writer, fields, max_body):
         raise HttpError(501, "bad_request", "transfer-encoding {!r} is not supported".format(_printable(chunked)))
     if chunked and lengths:
         raise HttpError(400, "bad_request", "a request cannot have both Content-Length and Transfer-Encoding")
-    if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdigit()):
+    if len(lengths) > 1 or (lengths and not next(iter(lengths)).isdecimal()):
         raise HttpError(400, "bad_request", "invalid Content-Length")
     length = int(next(iter(lengths))) if lengths else 0
     if length > max_body:

@@ -66,7 +66,7 @@ def cached_model(model_dir, context=None):
 def workers_from_env():
     """SAGEMAKER_MODEL_SERVER_WORKERS, or one worker per core (SageMaker's default)."""
     value = os.environ.get(WORKERS_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else cpu_count()
+    return int(value) if value.isdecimal() and int(value) > 0 else cpu_count()
 
 
 def _device(context):

@@ -569,7 +569,7 @@ def _threads_per_worker_set(workers):
     explicit = explicit_threads()
     if not explicit:
         return threads_per_worker(workers)
-    return int(explicit) if explicit.isdigit() else None
+    return int(explicit) if explicit.isdecimal() else None
 
 
 def _threads_note(workers):
