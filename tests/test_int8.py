@@ -176,3 +176,12 @@ def test_loading_int8_where_the_kernels_cannot_run_fails_with_the_reason(model_d
     with pytest.raises(ModelLoadError, match="^int8 weights cannot run here: " + UNAVAILABLE.replace(".", r"\.")
                        .replace("(", r"\(").replace(")", r"\)")):
         load_model(model_dir, device="cpu", dtype="int8")
+
+
+@pytest.mark.skipif(not UNAVAILABLE, reason="the kernels run on this MXNet")
+def test_serve_refuses_int8_before_starting_where_the_kernels_cannot_run(model_dir, capsys):
+    """On MXNet 1.6 (the images' MXNet) `serve --dtype int8` stops in the launcher, naming why."""
+    from kogpt2_serving.cli.main import main
+
+    assert main(["serve", "--model-dir", model_dir, "--dtype", "int8"]) == 1
+    assert "error: int8 weights cannot run here: " + UNAVAILABLE in capsys.readouterr().err

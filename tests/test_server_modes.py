@@ -188,35 +188,43 @@ def test_a_port_in_use_is_refused_before_anything_starts(tiny_model_dir, capsys)
     assert "error: cannot listen on 127.0.0.1:{}: Address already in use".format(port) in capsys.readouterr().err
 
 
-@pytest.mark.requires_bfloat16
-def test_dtype_bfloat16_reaches_the_workers(tiny_model_dir):
-    """--dtype travels to each worker (KOGPT2_DTYPE): the answer is the bfloat16 model's."""
+def _int8_runs():
+    from kogpt2_serving import kernels
+
+    return kernels.problem()
+
+
+@pytest.mark.parametrize("dtype", [
+    pytest.param("bfloat16", marks=pytest.mark.requires_bfloat16),
+    pytest.param("int8", marks=pytest.mark.skipif(bool(_int8_runs()), reason=_int8_runs() or "int8 runs"))])
+def test_a_weight_dtype_reaches_the_engine(tiny_model_dir, dtype):
+    """--dtype travels to the engine: the answer is that model's, not float32's."""
     from kogpt2_serving.generation.generator import Generator
     from kogpt2_serving.files.loader import load_model
     from kogpt2_serving.generation.params import parse_parameters
 
     prompt, raw = "아기 공룡 둘리는 희동이와", {"max_new_tokens": 8, "details": True}
     expected = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in ("float32", dtype):
         generator = Generator(load_model(tiny_model_dir, device="cpu", dtype=dtype))
         sequence = generator.generate([prompt], parse_parameters(raw))[0][0]
         expected[dtype] = [(t.id, t.logprob) for t in sequence.tokens]
-    # The worker may run other kernels than this process (its own thread count), so logprobs
-    # agree within 1e-4 (~100x float32 rounding here); bfloat16 weights must move them by more
-    # than 10x that (here ~4e-3), else this test could not tell the two apart.
-    gap = max(abs(a[1] - b[1]) for a, b in zip(expected["float32"], expected["bfloat16"]))
-    assert gap > 1e-3 or [i for i, _ in expected["float32"]] != [i for i, _ in expected["bfloat16"]]
-    with ServeProcess(tiny_model_dir, extra_args=["--dtype", "bfloat16"]) as server:
+    # The engine may run other kernels than this process (its own thread count), so logprobs
+    # agree within 1e-4 (~100x float32 rounding here); bfloat16 or int8 weights must move them
+    # by more than 10x that (here ~4e-3), else this test could not tell the two apart.
+    gap = max(abs(a[1] - b[1]) for a, b in zip(expected["float32"], expected[dtype]))
+    assert gap > 1e-3 or [i for i, _ in expected["float32"]] != [i for i, _ in expected[dtype]]
+    with ServeProcess(tiny_model_dir, extra_args=["--dtype", dtype]) as server:
         status, answer = server.post_json({"inputs": prompt, "parameters": raw})
     assert status == 200
     tokens = answer[0]["details"]["tokens"]
-    assert [t["id"] for t in tokens] == [i for i, _ in expected["bfloat16"]]
-    assert [t["logprob"] for t in tokens] == pytest.approx([lp for _, lp in expected["bfloat16"]], abs=1e-4)
+    assert [t["id"] for t in tokens] == [i for i, _ in expected[dtype]]
+    assert [t["logprob"] for t in tokens] == pytest.approx([lp for _, lp in expected[dtype]], abs=1e-4)
 
 
 def test_unknown_dtype_is_refused_before_starting(tiny_model_dir, capsys):
-    assert main(["serve", "--model-dir", tiny_model_dir, "--dtype", "int8"]) == 1
-    assert "--dtype must be one of float32, float16, bfloat16, got 'int8'" in capsys.readouterr().err
+    assert main(["serve", "--model-dir", tiny_model_dir, "--dtype", "int4"]) == 1
+    assert "--dtype must be one of float32, float16, bfloat16, int8, got 'int4'" in capsys.readouterr().err
 
 
 FAULTY_CODE = '''
