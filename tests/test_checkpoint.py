@@ -265,7 +265,7 @@ def test_the_weight_table_names_exactly_the_networks_parameters():
     every reader), and named_weights must key those parameters by the canonical column."""
     from kogpt2_serving.files.config import GPT2Config
     from kogpt2_serving.model.compat import structural_parameters
-    from kogpt2_serving.model.network import STEP_WEIGHT, GPT2Model
+    from kogpt2_serving.model.network import INT8_SCALE, STEP_WEIGHT, GPT2Model
     from kogpt2_serving.model.weights import TIED, shape_of, weights
 
     config = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=3, n_head=2, n_inner=48)
@@ -273,7 +273,8 @@ def test_the_weight_table_names_exactly_the_networks_parameters():
     table = weights(config.n_layer)
     own = structural_parameters(model)  # the network's own names
     assert own[TIED[1]] is own[TIED[0]]  # the tied LM head: the embedding under a second name
-    own = {name: p for name, p in own.items() if name != TIED[1] and not name.endswith("." + STEP_WEIGHT)}
+    derived = ("." + STEP_WEIGHT, "." + INT8_SCALE)  # step kernels and int8 scales: made at load, never stored
+    own = {name: p for name, p in own.items() if name != TIED[1] and not name.endswith(derived)}
     assert sorted(w.network for w in table) == sorted(own)  # each once: a sorted list keeps duplicates
     assert {w.network: shape_of(w, config) for w in table} == {name: tuple(p.shape) for name, p in own.items()}
     assert len({id(p) for p in own.values()}) == len(own)
