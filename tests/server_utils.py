@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -211,6 +212,25 @@ class ServeProcess:
             except OSError:
                 pass
         return "\n".join(parts)
+
+
+# 16 sampled rows of 80 tokens each: long enough that a hang-up lands mid-generation.
+LONG_REQUEST = {"inputs": "대한민국은", "parameters": {"max_new_tokens": 80, "min_new_tokens": 80,
+                                                     "num_return_sequences": 16, "do_sample": True, "seed": 1}}
+
+
+def hang_up_once_decoding(port, steps_taken, timeout=10.0):
+    """Send LONG_REQUEST to POST /invocations on a raw socket, wait until `steps_taken()` (the
+    engines' decode steps so far) moves, then close the socket without reading the answer."""
+    before = steps_taken()
+    body = json.dumps(LONG_REQUEST).encode("utf-8")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    deadline = time.time() + timeout
+    while steps_taken() == before and time.time() < deadline:
+        time.sleep(0.005)  # decoding has begun
+    sock.close()
 
 
 def _processes():

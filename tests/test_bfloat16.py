@@ -11,11 +11,10 @@ import pytest
 
 from kogpt2_serving.model.device import choose_dtype
 from kogpt2_serving.errors import ModelLoadError
-from kogpt2_serving.generation.generator import Generator
 from kogpt2_serving.files.loader import load_model
 from kogpt2_serving.model.network import BFLOAT16, Linear, store_weights_in_bfloat16
-from kogpt2_serving.generation.params import parse_parameters
 from kogpt2_serving.testing import make_test_model
+from generation_checks import check_every_strategy
 from numpy_reference import bfloat16_dense, forward, load_numpy_params, round_to_bfloat16
 
 PROMPTS = ["대한민국은 민주공화국이다.", "아기 공룡 둘리는 희동이와"]
@@ -119,14 +118,7 @@ def test_logits_equal_a_bfloat16_numpy_reference(bf16_model, model_dir):
 
 @pytest.mark.requires_bfloat16
 def test_generation_runs_every_strategy(bf16_model):
-    generator = Generator(bf16_model)
-    for raw in ({"max_new_tokens": 12, "min_new_tokens": 12},
-                {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": True, "seed": 3, "top_p": 0.9},
-                {"max_new_tokens": 12, "min_new_tokens": 12, "num_beams": 3, "num_return_sequences": 2}):
-        per_prompt = generator.generate(PROMPTS, parse_parameters(raw))
-        assert len(per_prompt) == len(PROMPTS)
-        for sequences in per_prompt:
-            assert [len(s.token_ids) for s in sequences] == [12] * raw.get("num_return_sequences", 1), raw
+    check_every_strategy(bf16_model, PROMPTS)
 
 
 def test_unsupported_combinations_name_the_alternative():

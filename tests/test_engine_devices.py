@@ -4,7 +4,6 @@ behind both frontends over loopback HTTP (no GPU here: the GPU launch is checked
 mocked GPU count only)."""
 import asyncio
 import io
-import json
 import os
 import re
 import signal
@@ -25,7 +24,7 @@ from kogpt2_serving.serving.engine_plan import EnginePlan, EnginePlanError, engi
 from kogpt2_serving.serving.engine_pool import EnginePool, socket_paths
 from kogpt2_serving.settings import ENGINES_ENV, THREADS_ENV
 from kogpt2_serving.testing import free_port
-from server_utils import ServeProcess
+from server_utils import ServeProcess, hang_up_once_decoding
 
 # --- the plan ------------------------------------------------------------------------------------
 
@@ -293,16 +292,7 @@ def stats_per_engine(server):
 @pytest.mark.serves
 def test_a_client_hang_up_is_cancelled_in_the_engine_that_holds_it(mms_two):
     before = stats_per_engine(mms_two)
-    parameters = {"max_new_tokens": 80, "min_new_tokens": 80, "num_return_sequences": 16, "do_sample": True, "seed": 1}
-    body = json.dumps({"inputs": "대한민국은", "parameters": parameters}).encode("utf-8")
-    sock = socket.create_connection(("127.0.0.1", mms_two.port), timeout=10)
-    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    deadline = time.time() + 10
-    while sum(s["steps"] for s in stats_per_engine(mms_two)) == sum(s["steps"] for s in before) \
-            and time.time() < deadline:
-        time.sleep(0.005)  # decoding has begun, in one of the engines
-    sock.close()
+    hang_up_once_decoding(mms_two.port, lambda: sum(s["steps"] for s in stats_per_engine(mms_two)))
     deadline = time.time() + 10
     while sum(s["cancelled"] for s in stats_per_engine(mms_two)) == sum(s["cancelled"] for s in before) \
             and time.time() < deadline:

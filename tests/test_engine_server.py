@@ -4,14 +4,13 @@ crash brings (engine killed, queue full, deadline, client gone, SIGTERM, a wedge
 import json
 import os
 import signal
-import socket
 import threading
 import time
 
 import pytest
 
 from kogpt2_serving.generation.params import parse_parameters
-from server_utils import ServeProcess, _processes
+from server_utils import ServeProcess, _processes, hang_up_once_decoding
 
 pytestmark = pytest.mark.serves
 
@@ -119,15 +118,7 @@ def _in_group(pid, group):
 
 def test_a_client_that_hangs_up_stops_costing_steps(engine_server):
     before = engine_server.engine_stats()
-    parameters = {"max_new_tokens": 80, "min_new_tokens": 80, "num_return_sequences": 16, "do_sample": True, "seed": 1}
-    body = json.dumps({"inputs": "대한민국은", "parameters": parameters}).encode("utf-8")
-    sock = socket.create_connection(("127.0.0.1", engine_server.port), timeout=10)
-    sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    deadline = time.time() + 10
-    while engine_server.engine_stats()["steps"] == before["steps"] and time.time() < deadline:
-        time.sleep(0.005)  # decoding has begun
-    sock.close()
+    hang_up_once_decoding(engine_server.port, lambda: engine_server.engine_stats()["steps"])
     deadline = time.time() + 10
     while engine_server.engine_stats()["cancelled"] == before["cancelled"] and time.time() < deadline:
         time.sleep(0.02)

@@ -13,12 +13,11 @@ from kogpt2_serving import kernels
 from kogpt2_serving.errors import ModelLoadError
 from kogpt2_serving.files.default_model import DEMO_MODEL_DIR
 from kogpt2_serving.files.loader import load_model
-from kogpt2_serving.generation.generator import Generator
-from kogpt2_serving.generation.params import parse_parameters
 from kogpt2_serving.model.device import choose_dtype
 from kogpt2_serving.model.int8_weights import quantized
 from kogpt2_serving.model.network import Linear, Lookup, blocks
 from kogpt2_serving.testing import make_test_model
+from generation_checks import check_every_strategy
 from numpy_reference import forward, int8_dense, int8_table, load_numpy_params, quantize_rows
 
 UNAVAILABLE = kernels.problem()
@@ -127,13 +126,7 @@ def test_a_padded_batch_gives_each_row_its_own_logits(int8_model):
 
 @needs_kernels
 def test_generation_runs_every_strategy(int8_model):
-    generator = Generator(int8_model)
-    for raw in ({"max_new_tokens": 12, "min_new_tokens": 12},
-                {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": True, "seed": 3, "top_p": 0.9},
-                {"max_new_tokens": 12, "min_new_tokens": 12, "num_beams": 3, "num_return_sequences": 2}):
-        per_prompt = generator.generate(PROMPTS, parse_parameters(raw))
-        for sequences in per_prompt:
-            assert [len(s.token_ids) for s in sequences] == [12] * raw.get("num_return_sequences", 1), raw
+    check_every_strategy(int8_model, PROMPTS)
 
 
 @needs_kernels
