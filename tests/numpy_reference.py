@@ -69,6 +69,23 @@ def int8_dense(x, w, b=None):
     return dense(x, int8_table(w), b)
 
 
+def quantize_activations(x):
+    """x (..., K) -> (q (..., K) in [-127, 127], scale (..., 1)), both float64, as the int8 kernel
+    quantizes each row of its input on AVX-512 VNNI CPUs: scale = max|row| / 127, q = x * (127 /
+    max|row|) rounded to nearest even, computed in float32 as the kernel computes them."""
+    x = np.asarray(x, dtype=np.float32)
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), np.float32(0)).astype(np.float32)
+    q = np.clip(np.rint(x * inv), -127, 127)
+    return q.astype(np.float64), (amax / np.float32(127)).astype(np.float64)
+
+
+def int8_activations_dense(x, w, b=None):
+    """int8_dense with each row of x quantized to 8 bits first (the VNNI kernel): exact sums."""
+    q, scale = quantize_activations(x)
+    return dense(q * scale, int8_table(w), b)
+
+
 def forward(p, ids, n_layer, n_head, eps=1e-5, act="erf", linear=dense, table=lambda t: t, attention=None,
             token_table=None):
     """ids (T,) -> logits (T, V). Dense weights are (out, in): y = x W^T + b.

@@ -12,6 +12,7 @@ import pytest
 from kogpt2_serving import kernels
 from kogpt2_serving.errors import ModelLoadError
 from kogpt2_serving.model import device
+from numpy_reference import quantize_activations
 
 CHECK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernel_check.py")
 UNAVAILABLE = kernels.problem()
@@ -20,11 +21,13 @@ needs_kernels = pytest.mark.skipif(bool(UNAVAILABLE), reason=UNAVAILABLE or "ker
 
 def _cpu_runs(isa):
     flags = device.cpu_flags() or ()
-    return {"portable": True, "avx2": "avx2" in flags, "avx512": "avx512f" in flags}[isa]
+    return {"portable": True, "avx2": "avx2" in flags, "avx512": "avx512f" in flags,
+            "avx512_vnni": "avx512_vnni" in flags}[isa]
 
 
 @needs_kernels
-@pytest.mark.parametrize("cap, expected", [("portable", "portable"), ("avx2", "avx2"), ("", "avx512")])
+@pytest.mark.parametrize("cap, expected", [("portable", "portable"), ("avx2", "avx2"), ("avx512", "avx512"),
+                                           ("", "avx512_vnni")])
 def test_every_isa_path_matches_a_float64_product(cap, expected):
     if not _cpu_runs(expected):
         pytest.skip("this CPU ({}) cannot run the {} path".format(device.cpu_model(), expected))
@@ -39,6 +42,8 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     assert len(cases) == 21  # 7 shapes x (int8, int8 + bias, f32 + bias)
     worst = max(cases, key=lambda c: c["worst"])
     assert worst["worst"] < 1.0, worst  # within the float32 summation bound, every element
+    int8 = [c for c in cases if c["case"].startswith("int8")]
+    assert max(c["rounding"] for c in int8) <= 1.0  # 8-bit rows (VNNI): nearest levels, right scales
 
 
 @needs_kernels
@@ -80,7 +85,16 @@ def test_the_operator_runs_inside_a_hybridized_graph():
     for _ in range(2):  # traced, then the cached graph
         out = block(mx.nd.array(x)).asnumpy()
         assert out.shape == (2, 3, 24)
-        np.testing.assert_allclose(out, x.astype("float64") @ w.T * scale, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(out, int8_reference(x.reshape(6, 40), w, scale).reshape(2, 3, 24),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def int8_reference(x, w, scale):
+    """x (N, K) . (w * scale)^T in float64, x quantized per row first where the kernels do (VNNI)."""
+    if kernels.quantizes_activations():
+        q, q_scale = quantize_activations(x)
+        return (q * q_scale) @ w.T.astype("float64") * scale
+    return x.astype("float64") @ w.T * scale
 
 
 @needs_kernels

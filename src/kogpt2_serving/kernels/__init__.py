@@ -54,11 +54,18 @@ def load():
 
 
 def isa():
-    """The instruction set the kernels run with in this process: avx512, avx2 or portable
-    (capped by KOGPT2_KERNEL_ISA or DNNL_MAX_CPU_ISA, read once per process)."""
+    """The instruction set the kernels run with in this process: avx512_vnni, avx512, avx2 or
+    portable (capped by KOGPT2_KERNEL_ISA or DNNL_MAX_CPU_ISA, read once per process)."""
     lib = ctypes.CDLL(load())
     lib.kogpt2_kernel_isa.restype = ctypes.c_char_p
     return lib.kogpt2_kernel_isa().decode()
+
+
+def quantizes_activations():
+    """Whether kogpt2_linear_int8 turns each input row into 8 bits (its own scale) before the
+    product in this process: on AVX-512 VNNI, where exact integer sums (vpdpbusd) are what keeps
+    a step at memory speed. Elsewhere it multiplies float32 inputs by the int8 weights."""
+    return isa() == "avx512_vnni"
 
 
 def _lib_api_source():

@@ -4,18 +4,23 @@
 // memory. These kernels read a weight matrix once per call, row by row, at memory speed, for
 // the few activation rows a decode step has (and tile them for a prefill's many rows):
 //   kogpt2_linear_int8 (x (..., K) float32, w (M, K) int8, scale (M) float32[, bias (M)])
-//       -> (..., M) float32 = (x . w^T) * scale + bias     weight-only int8, float32 math
+//       -> (..., M) float32 = (x . w^T) * scale + bias
+//       weight-only int8 with float32 math; on AVX-512 VNNI CPUs each row of x is quantized to
+//       8 bits first (its own scale, max|row| / 127) and the products are exact int32 sums
 //   kogpt2_linear_f32  (x (..., K) float32, w (M, K) float32[, bias (M)]) -> (..., M)
 // Each output is a dot product along K (both operands contiguous), accumulated in float32.
-// The instruction set is chosen once per process (kogpt2_kernel_isa): AVX-512 (F+BW), AVX2+FMA
-// or portable C, capped by KOGPT2_KERNEL_ISA or DNNL_MAX_CPU_ISA (the cap oneDNN obeys), so a
-// big CPU can run the small one's path. Threads: OpenMP, as many as MXNet's own pool.
+// The instruction set is chosen once per process (kogpt2_kernel_isa): AVX-512 VNNI, AVX-512
+// (F+BW), AVX2+FMA or portable C, capped by KOGPT2_KERNEL_ISA or DNNL_MAX_CPU_ISA (the cap
+// oneDNN obeys), so a big CPU can run the small one's path. Threads: OpenMP, as many as MXNet's own pool.
 #include <immintrin.h>
 #include <omp.h>
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "mxnet/lib_api.h"
@@ -24,8 +29,8 @@ using namespace mxnet::ext;
 
 namespace {
 
-enum Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
-const char* kIsaNames[] = {"portable", "avx2", "avx512"};
+enum Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vnni = 3 };
+const char* kIsaNames[] = {"portable", "avx2", "avx512", "avx512_vnni"};
 
 // Output rows (weight rows) per tile and activation rows per tile: MR x NR accumulators.
 const int MR = 4;
@@ -34,12 +39,14 @@ const int NR = 4;
 // that they stay in cache while the weights stream past them.
 const int ROW_CHUNK = 64;
 
+// Our names and oneDNN's: AVX512_CORE is Skylake's AVX-512 (no VNNI); every later class has VNNI.
 int cap_from(const char* value) {
-  if (!value || !*value) return kAvx512;
+  if (!value || !*value) return kAvx512Vnni;
   std::string v(value);
   if (v == "portable" || v == "SSE41" || v == "AVX") return kPortable;
-  if (v == "avx2" || v == "AVX2" || v == "AVX2_VNNI") return kAvx2;
-  return kAvx512;
+  if (v == "avx2" || v == "AVX2" || v == "AVX2_VNNI" || v == "AVX2_VNNI_2") return kAvx2;
+  if (v == "avx512" || v == "AVX512_CORE") return kAvx512;
+  return kAvx512Vnni;
 }
 
 int detect_isa() {
@@ -47,6 +54,7 @@ int detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = kAvx2;
   if (isa == kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) isa = kAvx512;
+  if (isa == kAvx512 && __builtin_cpu_supports("avx512vnni")) isa = kAvx512Vnni;
   const char* own = std::getenv("KOGPT2_KERNEL_ISA");
   int cap = cap_from(own && *own ? own : std::getenv("DNNL_MAX_CPU_ISA"));
   return isa < cap ? isa : cap;
@@ -192,6 +200,7 @@ void tile_avx512(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ld
 template <typename W>
 void tile(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K, float acc[NR][MR]) {
   switch (isa()) {
+    case kAvx512Vnni:
     case kAvx512: return tile_avx512(x, nr, ldx, w, ldw, mr, K, acc);
     case kAvx2: return tile_avx2(x, nr, ldx, w, ldw, mr, K, acc);
     default: return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
@@ -237,6 +246,149 @@ void linear(const float* x, const W* w, const float* scale, const float* bias, f
             const int64_t o = t.first + m * t.stride;
             float v = acc[r][m];
             if (scale) v *= scale[o];
+            if (bias) v += bias[o];
+            out[(n + r) * M + o] = v;
+          }
+      }
+    }
+  }
+}
+
+// ---- AVX-512 VNNI: int8 activations times int8 weights, exact int32 sums ----
+//
+// Weight-only int8 spends three instructions (widen, convert, FMA) per 16 weights and a row; on
+// a VNNI CPU that, not memory, bounds a step. vpdpbusd multiplies 64 unsigned by 64 signed bytes
+// and adds them in groups of four to 16 int32 lanes: one instruction per 64 weights and a row.
+// Each row of x is quantized on its own (scale max|row| / 127, round to nearest even), so a row's
+// result never depends on the rows it is batched with. vpdpbusd needs one unsigned operand: x is
+// stored as q + 128, and 128 * sum(w) (the same instruction over a vector of 128s) is taken off.
+
+struct QuantizedRows {
+  std::vector<uint8_t> values;  // (N, K): q + 128, q in [-127, 127]
+  std::vector<float> scales;    // (N): max|row| / 127 (0 for a row of zeros)
+};
+
+__attribute__((target("avx512f,avx512bw"))) void quantize_row(const float* x, int64_t K, uint8_t* q, float* scale) {
+  const int64_t body = K - K % 16;
+  __m512 amax = _mm512_setzero_ps();
+  for (int64_t k = 0; k < body; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+  float m = _mm512_reduce_max_ps(amax);
+  for (int64_t k = body; k < K; ++k) m = std::max(m, std::fabs(x[k]));
+  *scale = m / 127.f;
+  const float inv = m > 0.f ? 127.f / m : 0.f;
+  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  const __m512i offset = _mm512_set1_epi32(128);
+  for (int64_t k = 0; k < body; k += 16) {
+    __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(_mm512_loadu_ps(x + k), vinv)));
+    __m512i i = _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), offset);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtepi32_epi8(i));
+  }
+  for (int64_t k = body; k < K; ++k) {
+    float v = std::min(127.f, std::max(-127.f, x[k] * inv));
+    q[k] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(v)) + 128);
+  }
+}
+
+QuantizedRows quantize_rows(const float* x, int64_t N, int64_t K) {
+  QuantizedRows rows{std::vector<uint8_t>(N * K), std::vector<float>(N)};
+#pragma omp parallel for schedule(static) if (N * K > 65536)
+  for (int64_t n = 0; n < N; ++n) quantize_row(x + n * K, K, rows.values.data() + n * K, rows.scales.data() + n);
+  return rows;
+}
+
+// R rows of quantized x against MR weight rows: acc[n][m] = sum_k (q[n][k] - 128) * w[m][k], exact.
+// Per 64-byte column: c[m] += 128 * w[m] and a[n][m] += q[n] * w[m]; the bytes past K are masked
+// to 0. The accumulators are named variables, not arrays: GCC keeps arrays of them in memory
+// around vpdpbusd (a store per instruction), which halved the speed.
+#define KOGPT2_VNNI_ROW(n)                                              \
+  if (R > n) {                                                          \
+    const __m512i xv = _mm512_maskz_loadu_epi8(mask, q + n * ldq + k); \
+    a##n##0 = _mm512_dpbusd_epi32(a##n##0, xv, w0);                     \
+    a##n##1 = _mm512_dpbusd_epi32(a##n##1, xv, w1);                     \
+    a##n##2 = _mm512_dpbusd_epi32(a##n##2, xv, w2);                     \
+    a##n##3 = _mm512_dpbusd_epi32(a##n##3, xv, w3);                     \
+  }
+#define KOGPT2_VNNI_SUMS(n)                                    \
+  if (R > n) {                                                 \
+    acc[n][0] = _mm512_reduce_add_epi32(a##n##0) - comp[0];    \
+    acc[n][1] = _mm512_reduce_add_epi32(a##n##1) - comp[1];    \
+    acc[n][2] = _mm512_reduce_add_epi32(a##n##2) - comp[2];    \
+    acc[n][3] = _mm512_reduce_add_epi32(a##n##3) - comp[3];    \
+  }
+
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni(const uint8_t* q, int64_t ldq, const int8_t* w,
+                                                                       int64_t ldw, int64_t K, int32_t acc[NR][MR]) {
+  static_assert(MR == 4 && R <= NR && NR == 4, "the named accumulators are 4 x 4");
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(128));
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i c0 = zero, c1 = zero, c2 = zero, c3 = zero;
+  __m512i a00 = zero, a01 = zero, a02 = zero, a03 = zero, a10 = zero, a11 = zero, a12 = zero, a13 = zero;
+  __m512i a20 = zero, a21 = zero, a22 = zero, a23 = zero, a30 = zero, a31 = zero, a32 = zero, a33 = zero;
+  for (int64_t k = 0; k < K; k += 64) {
+    const __mmask64 mask = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
+    const __m512i w0 = _mm512_maskz_loadu_epi8(mask, w + k), w1 = _mm512_maskz_loadu_epi8(mask, w + ldw + k);
+    const __m512i w2 = _mm512_maskz_loadu_epi8(mask, w + 2 * ldw + k);
+    const __m512i w3 = _mm512_maskz_loadu_epi8(mask, w + 3 * ldw + k);
+    c0 = _mm512_dpbusd_epi32(c0, offset, w0);
+    c1 = _mm512_dpbusd_epi32(c1, offset, w1);
+    c2 = _mm512_dpbusd_epi32(c2, offset, w2);
+    c3 = _mm512_dpbusd_epi32(c3, offset, w3);
+    KOGPT2_VNNI_ROW(0)
+    KOGPT2_VNNI_ROW(1)
+    KOGPT2_VNNI_ROW(2)
+    KOGPT2_VNNI_ROW(3)
+  }
+  const int32_t comp[MR] = {_mm512_reduce_add_epi32(c0), _mm512_reduce_add_epi32(c1), _mm512_reduce_add_epi32(c2),
+                            _mm512_reduce_add_epi32(c3)};
+  KOGPT2_VNNI_SUMS(0)
+  KOGPT2_VNNI_SUMS(1)
+  KOGPT2_VNNI_SUMS(2)
+  KOGPT2_VNNI_SUMS(3)
+}
+#undef KOGPT2_VNNI_ROW
+#undef KOGPT2_VNNI_SUMS
+
+void tile_portable_q(const uint8_t* q, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw, int64_t mr, int64_t K,
+                     int32_t acc[NR][MR]) {
+  for (int64_t n = 0; n < nr; ++n)
+    for (int64_t m = 0; m < mr; ++m) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < K; ++k) sum += (static_cast<int32_t>(q[n * ldq + k]) - 128) * w[m * ldw + k];
+      acc[n][m] = sum;
+    }
+}
+
+void tile_vnni(const uint8_t* q, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw, int64_t mr, int64_t K,
+               int32_t acc[NR][MR]) {
+  if (mr < MR) return tile_portable_q(q, nr, ldq, w, ldw, mr, K, acc);
+  switch (nr) {
+    case 1: return rows_vnni<1>(q, ldq, w, ldw, K, acc);
+    case 2: return rows_vnni<2>(q, ldq, w, ldw, K, acc);
+    case 3: return rows_vnni<3>(q, ldq, w, ldw, K, acc);
+    default: return rows_vnni<4>(q, ldq, w, ldw, K, acc);
+  }
+}
+
+// linear() for int8 weights on a VNNI CPU: out = (q . w^T) * x's row scale * scale[m] + bias[m].
+void linear_vnni(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
+                 int64_t M, int64_t K) {
+  const QuantizedRows rows = quantize_rows(x, N, K);
+  const int64_t blocks = tile_count(M);
+  const int threads = omp_get_max_threads();
+  for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
+    const int64_t chunk = N - n0 < ROW_CHUNK ? N - n0 : ROW_CHUNK;
+#pragma omp parallel for schedule(static) num_threads(threads) if (blocks * chunk * K > 65536)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const Tile t = tile_of(b, M);
+      int32_t acc[NR][MR];
+      for (int64_t n = n0; n < n0 + chunk; n += NR) {
+        const int64_t nr = n0 + chunk - n < NR ? n0 + chunk - n : NR;
+        tile_vnni(rows.values.data() + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t m = 0; m < t.rows; ++m) {
+            const int64_t o = t.first + m * t.stride;
+            float v = static_cast<float>(acc[r][m]) * (rows.scales[n + r] * scale[o]);
             if (bias) v += bias[o];
             out[(n + r) * M + o] = v;
           }
@@ -301,6 +453,10 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   const float* scale = WeightInputs == 2 ? (*inputs)[2].data<float>() : nullptr;
   const float* bias = has_bias(attrs) ? (*inputs)[1 + WeightInputs].data<float>() : nullptr;
   const int64_t M = w.shape[0], K = w.shape[1], N = x.size() / K;
+  if (std::is_same<W, int8_t>::value && isa() == kAvx512Vnni) {
+    linear_vnni(x.data<float>(), w.data<int8_t>(), scale, bias, (*outputs)[0].data<float>(), N, M, K);
+    return MX_SUCCESS;
+  }
   linear<W>(x.data<float>(), w.data<W>(), scale, bias, (*outputs)[0].data<float>(), N, M, K);
   return MX_SUCCESS;
 }
@@ -330,7 +486,7 @@ REGISTER_OP(kogpt2_linear_f32)
     .setBackward(backward, "cpu");
 
 extern "C" {
-// Which instruction set the kernels run with in this process ("avx512", "avx2", "portable").
+// Which instruction set the kernels run with in this process ("avx512_vnni", "avx512", "avx2", "portable").
 const char* kogpt2_kernel_isa() { return kIsaNames[isa()]; }
 }
 
