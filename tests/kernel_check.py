@@ -1,5 +1,8 @@
 """Run the kernels (kogpt2_serving.kernels) over shapes that reach every edge of their tiling and
 compare each output with a float64 NumPy product; print this process's ISA, then one line per case.
+The attention step (kogpt2_attention_step) is compared with a float64 softmax written from the
+definition, over masks that leave each row its own span of slots: left padding, a gap, unused
+capacity, a row with no slot at all.
 
 On AVX-512 VNNI the int8 kernel quantizes each row of x to 8 bits first: its reference is the
 product over those 8-bit rows (numpy_reference.quantize_activations), and each case also reports
@@ -29,8 +32,13 @@ def main():
 
     kernels.load()
     rng = np.random.default_rng(0)
-    isa = kernels.isa()
-    print(isa)
+    print(kernels.isa())
+    check_products(mx, kernels, rng)
+    check_attention(mx, rng)
+    sys.stdout.flush()
+
+
+def check_products(mx, kernels, rng):
     for n, m, k in SHAPES:
         x = rng.standard_normal((n, k)).astype("float32")
         if (n, m, k) == ZERO_ROW:
@@ -63,7 +71,52 @@ def main():
                 allowed = 0.5 * q_scale * np.abs(weight).sum(axis=1) * (1 + 1e-5) + bound
                 line["rounding"] = float((np.abs(out - exact) / allowed).max())
             print(json.dumps(line))
-    sys.stdout.flush()
+
+
+MASKED = -1e4  # the model's masked score (model/network.py)
+# (B rows, H heads, D head size, C slots, query scale, each row's [begin, end) or None, gaps)
+ATTENTION = [
+    (1, 12, 64, 80, 1.0, [(0, 50)], []),                      # unused capacity after the row
+    (4, 4, 64, 37, 1.0, [(0, 37), (5, 30), None, (10, 20)], [(3, 12, 15)]),  # pads, a free row, a gap
+    (3, 2, 16, 19, 1.0, [(2, 19), (0, 1), (7, 8)], []),       # D other than 64, one-slot rows
+    (2, 2, 64, 130, 8.0, [(0, 130), (60, 129)], []),          # large scores: softmax's shift
+]
+
+
+def check_attention(mx, rng):
+    for rows, heads, size, slots, q_scale, spans, gaps in ATTENTION:
+        units = heads * size
+        qkv = rng.standard_normal((rows, 3 * units)).astype("float32")
+        qkv[:, :units] *= q_scale
+        keys = rng.standard_normal((rows, heads, size, slots)).astype("float32")  # (B, H, D, C)
+        values = rng.standard_normal((rows, heads, slots, size)).astype("float32")  # (B, H, C, D)
+        mask = np.full((rows, slots), MASKED, dtype="float32")
+        for row, span in enumerate(spans):
+            if span:
+                mask[row, span[0]:span[1]] = 0
+        for row, begin, end in gaps:
+            mask[row, begin:end] = MASKED
+        scale = 1 / np.sqrt(size)
+        out = mx.nd.kogpt2_attention_step(
+            mx.nd.array(qkv), mx.nd.array(mask), mx.nd.array(keys.reshape(1, -1, slots)),
+            mx.nd.array(values.reshape(1, -1, size)), num_heads=heads, scale=scale).asnumpy()
+        ref = attention_reference(qkv, mask, keys, values, scale)
+        bound = 4e-7 * (slots + size) * np.abs(values).max() + 1e-6
+        print(json.dumps({"case": "attention", "shape": [rows, heads, size, slots],
+                          "worst": float((np.abs(out - ref) / bound).max())}))
+
+
+def attention_reference(qkv, mask, keys, values, scale):
+    """Each row and head: softmax over its cache slots (mask added) and its new token, in float64."""
+    rows, heads, size, slots = keys.shape
+    q, k, v = (qkv.astype("float64").reshape(rows, 3, heads, size)[:, i] for i in range(3))  # (B, H, D)
+    past = np.einsum("bhd,bhdc->bhc", q, keys) * scale + mask[:, None, :]  # (B, H, C)
+    own = (q * k).sum(-1, keepdims=True) * scale  # (B, H, 1)
+    scores = np.concatenate([past, own], axis=-1)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bhc,bhcd->bhd", weights[..., :-1], values) + weights[..., -1:] * v  # (B, H, D)
+    return out.reshape(rows, heads * size)
 
 
 if __name__ == "__main__":

@@ -179,3 +179,53 @@ def test_step_kernels_are_copies_of_the_weights_or_absent_and_not_saved(tiny_mod
     saved = mx.nd.load(str(tmp_path / "saved.params"))
     assert not [k for k in saved if "step" in k]
     assert set(saved) == set(model.named_weights())
+
+
+@pytest.fixture(scope="module")
+def head64_model_dir(tmp_path_factory):
+    """Head size 64, as KoGPT2's: the attention kernel's own code path for it."""
+    from kogpt2_serving.testing import make_test_model
+
+    return make_test_model(str(tmp_path_factory.mktemp("head64")), n_embd=128, n_head=2, n_layer=2,
+                           n_positions=96, seed=3)
+
+
+def load_with_attention(model_dir, monkeypatch, kernel):
+    """The model with its steps' attention through oneDNN's grouped convolutions (every slot of
+    the cache) or through kogpt2_attention_step (each row's own slots)."""
+    from kogpt2_serving import kernels
+    from kogpt2_serving.files import loader
+    from kogpt2_serving.model.network import SelfAttention, blocks
+
+    if kernel and kernels.problem():
+        pytest.skip(kernels.problem())
+    monkeypatch.setattr(loader, "kernels_run", lambda ctx: kernel)
+    loaded = loader.load_model(model_dir, device="cpu")
+    assert all(block.kernel_step == kernel for block in blocks(loaded.engine.model, SelfAttention))
+    return loaded
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["conv-attention", "kernel-attention"])
+def test_rows_joining_a_running_batch_attend_to_their_own_slots(head64_model_dir, monkeypatch, kernel):
+    """Continuous batching's cache: a row decoding, a longer prompt joining it later (the shared
+    length jumps, leaving the first row a gap of masked slots), free rows with no slot at all,
+    and capacity left unused. Each row's logits are those of its own sequence's full pass."""
+    engine = load_with_attention(head64_model_dir, monkeypatch, kernel).engine
+    first, second = [5, 17, 33, 9, 2], [8, 2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49]
+    state = engine.allocate(4, 64)
+    prefill = engine.prefill([first])
+    engine.insert(state, [0], prefill)
+    fed = {0: list(first)}
+    for token in (7, 11):
+        engine.step(state, [token, 0, 0, 0])
+        fed[0].append(token)
+    engine.insert(state, [2], engine.prefill([second]))  # 12 slots: the length jumps from 7 to 12
+    fed[2] = list(second)
+    assert state.length == 12
+    for token in (13, 21, 34):
+        logits = engine.step(state, [token, 0, token + 1, 0])
+        fed[0].append(token)
+        fed[2].append(token + 1)
+        for row, ids in fed.items():
+            full = engine.full_logits([ids])[0][-1]
+            assert np.abs(logits[row] - full).max() < 1e-4 * np.abs(full).max()

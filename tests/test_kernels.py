@@ -39,7 +39,7 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     lines = done.stdout.splitlines()
     assert lines[0] == expected
     cases = [json.loads(line) for line in lines[1:]]
-    assert len(cases) == 21  # 7 shapes x (int8, int8 + bias, f32 + bias)
+    assert len(cases) == 25  # 7 shapes x (int8, int8 + bias, f32 + bias), 4 attention steps
     worst = max(cases, key=lambda c: c["worst"])
     assert worst["worst"] < 1.0, worst  # within the float32 summation bound, every element
     int8 = [c for c in cases if c["case"].startswith("int8")]
@@ -111,6 +111,23 @@ def test_wrong_inputs_are_refused_with_the_reason(weight_dtype, x_cols, message)
                                  mx.nd.ones((8,)), no_bias=True).wait_to_read()
 
 
+@needs_kernels
+@pytest.mark.parametrize("shapes, attrs, message", [
+    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 16)], {"num_heads": 4}, "values must be \\(1, B\\*H\\*C, D\\)"),
+    ([(2, 96), (3, 5), (1, 64, 5), (1, 40, 8)], {"num_heads": 4}, "mask must be \\(B, C\\) with B = 2"),
+    ([(2, 96), (2, 5), (1, 64, 6), (1, 40, 8)], {"num_heads": 4}, "keys must be \\(1, B\\*H\\*D, C\\)"),
+    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 8)], {"num_heads": 5}, "U a multiple of num_heads 5"),
+    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 8)], {"num_heads": "x"}, "needs num_heads \\(a positive integer\\)"),
+])
+def test_attention_step_refuses_wrong_inputs_with_the_reason(shapes, attrs, message):
+    import mxnet as mx
+
+    kernels.load()
+    inputs = [mx.nd.ones(shape) for shape in shapes]
+    with pytest.raises(mx.base.MXNetError, match=message):
+        mx.nd.kogpt2_attention_step(*inputs, scale=0.125, **attrs).wait_to_read()
+
+
 def test_mxnet_without_the_extension_api_is_refused_by_name(monkeypatch):
     import mxnet as mx
 
@@ -125,12 +142,12 @@ def test_mxnet_without_the_extension_api_is_refused_by_name(monkeypatch):
 def test_a_failed_build_names_the_source_and_the_compiler_error(tmp_path, monkeypatch):
     bad = tmp_path / "linear.cc"
     bad.write_text("this is not C++\n")
-    monkeypatch.setattr(kernels, "SOURCE", str(bad))
+    monkeypatch.setattr(kernels, "SOURCES", [str(bad)] + kernels.SOURCES[1:])
     monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / "cache"))
     kernels._loaded.clear()
-    with pytest.raises(ModelLoadError, match="building the kogpt2 kernels from .*linear.cc failed") as e:
+    with pytest.raises(ModelLoadError, match="building the kogpt2 kernels from .*linear.cc.* failed") as e:
         kernels.load()
-    assert "error" in str(e.value)
+    assert "error" in str(e.value) and str(bad) in str(e.value)  # the compiler's line naming the file
     assert os.listdir(str(tmp_path / "cache")) == []  # no half-built library left to load later
     monkeypatch.setenv(kernels.COMPILER_ENV, str(tmp_path / "no-such-compiler"))
     with pytest.raises(ModelLoadError, match="needs a C\\+\\+ compiler .*no-such-compiler"):

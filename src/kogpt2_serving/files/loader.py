@@ -34,7 +34,7 @@ def load_model(model_dir, device="auto", dtype="float32"):
 
     from ..model.engine import Engine
     from ..model.int8_weights import store_weights_in_int8
-    from ..model.network import GPT2Model, store_weights_in_bfloat16, use_f32_kernel_for_steps
+    from ..model.network import GPT2Model, store_weights_in_bfloat16, use_attention_kernel, use_f32_kernel_for_steps
 
     started = time.time()
     files = find_model_files(model_dir)
@@ -51,6 +51,8 @@ def load_model(model_dir, device="auto", dtype="float32"):
         store_weights_in_int8(model)
     elif f32_kernel_steps(ctx, dtype):
         use_f32_kernel_for_steps(model)
+    if kernels_run(ctx):
+        use_attention_kernel(model)
     engine = Engine(model, ctx, compute_dtype(dtype))
     log.info("loaded %s (%d layers, %d units, vocab %d) on %s as %s in %.1f s", files.params, config.n_layer,
              config.n_embd, config.vocab_size, ctx, dtype, time.time() - started)
@@ -61,18 +63,27 @@ def f32_kernel_steps(ctx, dtype):
     """Whether float32 decode steps go through our kernel: on CPUs whose best path there is AVX2
     (no AVX-512, or oneDNN capped at AVX2), where it is ~0.55x of oneDNN's step products
     (benchmarks/kernels.py; benchmarks/README.md, "Kernels of our own"); elsewhere oneDNN's
-    convolution steps are as fast.
-    Needs the kernels to build and load (MXNet >= 1.7); otherwise the convolution steps serve."""
-    if dtype != "float32" or ctx.device_type != "cpu":
+    convolution steps are as fast."""
+    from .. import kernels
+
+    return dtype == "float32" and kernels_run(ctx) and kernels.isa() == "avx2"
+
+
+def kernels_run(ctx):
+    """Whether our kernels serve this model's decode steps: on a CPU whose MXNet loads them
+    (MXNet >= 1.7 and a C++ compiler for the first build). Otherwise oneDNN's convolution steps
+    serve, with a warning when the build failed (MXNet 1.6 is expected and says nothing)."""
+    if ctx.device_type != "cpu":
         return False
     from .. import kernels
 
     if kernels.problem():
         return False
     try:
-        return kernels.isa() == "avx2"
+        kernels.load()
+        return True
     except ModelLoadError as e:  # no compiler, a failed build: the convolution steps still work
-        log.warning("float32 steps through oneDNN: %s", e)
+        log.warning("decode steps through oneDNN: %s", e)
         return False
 
 

@@ -1,9 +1,12 @@
-"""Matrix-product kernels of our own for CPU decoding (linear.cc), as MXNet extension operators.
+"""Kernels of our own for CPU decoding, as MXNet extension operators: matrix products
+(linear.cc) and a decode step's attention (attention.cc).
 
 Decode is bandwidth-bound: a step reads every weight once, and oneDNN's float32 GEMV reads them
 well below memory speed on AVX2 CPUs (docs: ../shared/reference/cpu-performance.md, issue 17).
 linear.cc holds products over int8 (weight-only, per-output-channel scales) and float32
-weights, registered as the operators ``kogpt2_linear_int8`` and ``kogpt2_linear_f32``.
+weights, registered as the operators ``kogpt2_linear_int8`` and ``kogpt2_linear_f32``;
+attention.cc holds ``kogpt2_attention_step`` (every row and head of one step, each row reading
+only its own cache slots). isa.h picks the instruction set for both.
 
 They are compiled here, on first use, against the installed MXNet's ``lib_api`` (its extension
 ABI changes between releases, so a prebuilt library would tie the package to one MXNet), into a
@@ -19,7 +22,9 @@ import tempfile
 
 from ..errors import ModelLoadError
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "linear.cc")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [os.path.join(HERE, name) for name in ("linear.cc", "attention.cc")]
+HEADERS = [os.path.join(HERE, "isa.h")]
 CACHE_ENV = "KOGPT2_KERNEL_CACHE"
 COMPILER_ENV = "CXX"
 _loaded = []
@@ -77,8 +82,11 @@ def _lib_api_source():
 def _built_library():
     import mxnet as mx
 
-    with open(SOURCE, "rb") as f:
-        digest = hashlib.sha256(f.read() + mx.__version__.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(mx.__version__.encode())
+    for name in SOURCES + HEADERS:
+        with open(name, "rb") as f:
+            digest.update(f.read())
+    digest = digest.hexdigest()[:16]
     folder = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "kogpt2-serving")
     path = os.path.join(folder, "kogpt2_kernels_{}_{}.so".format(mx.__version__, digest))
     if not os.path.exists(path):
@@ -95,7 +103,7 @@ def _compile(path):
     fd, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
     os.close(fd)
     command = [os.environ.get(COMPILER_ENV, "g++"), "-shared", "-fPIC", "-O3", "-std=c++14", "-fopenmp",
-               "-I", os.path.join(root, "include"), SOURCE, _lib_api_source(), "-o", partial]
+               "-I", os.path.join(root, "include"), "-I", HERE] + SOURCES + [_lib_api_source(), "-o", partial]
     try:
         done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     except OSError as e:
@@ -105,5 +113,5 @@ def _compile(path):
     if done.returncode != 0:
         os.unlink(partial)
         tail = "\n".join(done.stdout.strip().splitlines()[-5:])
-        raise ModelLoadError("building the kogpt2 kernels from {} failed:\n{}".format(SOURCE, tail))
+        raise ModelLoadError("building the kogpt2 kernels from {} failed:\n{}".format(", ".join(SOURCES), tail))
     os.replace(partial, path)

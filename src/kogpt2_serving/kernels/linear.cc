@@ -9,9 +9,8 @@
 //       8 bits first (its own scale, max|row| / 127) and the products are exact int32 sums
 //   kogpt2_linear_f32  (x (..., K) float32, w (M, K) float32[, bias (M)]) -> (..., M)
 // Each output is a dot product along K (both operands contiguous), accumulated in float32.
-// The instruction set is chosen once per process (kogpt2_kernel_isa): AVX-512 VNNI, AVX-512
-// (F+BW), AVX2+FMA or portable C, capped by KOGPT2_KERNEL_ISA or DNNL_MAX_CPU_ISA (the cap
-// oneDNN obeys), so a big CPU can run the small one's path. Threads: OpenMP, as many as MXNet's own pool.
+// The instruction set is chosen once per process (isa.h; kogpt2_kernel_isa names it).
+// Threads: OpenMP, as many as MXNet's own pool.
 #include <immintrin.h>
 #include <omp.h>
 #include <algorithm>
@@ -23,14 +22,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "isa.h"
 #include "mxnet/lib_api.h"
 
 using namespace mxnet::ext;
+using namespace kogpt2;
 
 namespace {
-
-enum Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vnni = 3 };
-const char* kIsaNames[] = {"portable", "avx2", "avx512", "avx512_vnni"};
 
 // Output rows (weight rows) per tile and activation rows per tile: MR x NR accumulators.
 const int MR = 4;
@@ -38,32 +36,6 @@ const int NR = 4;
 // Activation rows per pass over the weights: a prefill's rows are taken this many at a time, so
 // that they stay in cache while the weights stream past them.
 const int ROW_CHUNK = 64;
-
-// Our names and oneDNN's: AVX512_CORE is Skylake's AVX-512 (no VNNI); every later class has VNNI.
-int cap_from(const char* value) {
-  if (!value || !*value) return kAvx512Vnni;
-  std::string v(value);
-  if (v == "portable" || v == "SSE41" || v == "AVX") return kPortable;
-  if (v == "avx2" || v == "AVX2" || v == "AVX2_VNNI" || v == "AVX2_VNNI_2") return kAvx2;
-  if (v == "avx512" || v == "AVX512_CORE") return kAvx512;
-  return kAvx512Vnni;
-}
-
-int detect_isa() {
-  int isa = kPortable;
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = kAvx2;
-  if (isa == kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) isa = kAvx512;
-  if (isa == kAvx512 && __builtin_cpu_supports("avx512vnni")) isa = kAvx512Vnni;
-  const char* own = std::getenv("KOGPT2_KERNEL_ISA");
-  int cap = cap_from(own && *own ? own : std::getenv("DNNL_MAX_CPU_ISA"));
-  return isa < cap ? isa : cap;
-}
-
-int isa() {
-  static int chosen = detect_isa();
-  return chosen;
-}
 
 // ---- one tile: out[n][m] = sum_k x[n][k] * w[m][k], for nr <= NR rows of x, MR rows of w ----
 

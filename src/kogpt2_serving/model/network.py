@@ -173,6 +173,14 @@ def use_f32_kernel_for_steps(model):
         linear.f32_steps = True
 
 
+def use_attention_kernel(model):
+    """Decode steps' attention through kogpt2_attention_step (kernels/attention.cc): one
+    operator per layer instead of ~20, each row reading only the slots it uses. Call before the
+    first step graph; CPU only (the kernels are CPU operators)."""
+    for attention in blocks(model, SelfAttention):
+        attention.kernel_step = True
+
+
 def fill_step_weights(model):
     """Copy every Linear's weight into its step kernel (as stored: bfloat16 stays bfloat16;
     int8 weights and steps through our float32 kernel need none). Call after the weights are
@@ -194,6 +202,8 @@ def blocks(model, kind):
 
 class SelfAttention(gluon.HybridBlock):
     """Multi-head self-attention with a fused qkv projection."""
+
+    kernel_step = False  # decode steps through kogpt2_attention_step (use_attention_kernel)
 
     def __init__(self, units, num_heads, **kwargs):
         super().__init__(**kwargs)
@@ -229,10 +239,19 @@ class SelfAttention(gluon.HybridBlock):
         B*H small products one at a time, the convolution reads the cache once, in place, at
         memory speed (measured in benchmarks/README.md). Caches arrive already flattened because
         reshaping a graph input inside a static graph copies it.
+
+        Where our kernels run (`kernel_step`), one operator does all of it instead
+        (kernels/attention.cc), each row reading only its own slots rather than the cache's
+        whole capacity.
         """
         h, d = self._num_heads, self._units // self._num_heads
         groups = rows * h
-        q, k, v = F.split(self._multi_head_qkv_proj.step(F, x, rows), num_outputs=3, axis=-1)  # 3 x (B, U)
+        qkv = self._multi_head_qkv_proj.step(F, x, rows)  # (B, 3U)
+        q, k, v = F.split(qkv, num_outputs=3, axis=-1)  # 3 x (B, U)
+        if self.kernel_step:
+            out = F.kogpt2_attention_step(qkv, mask, keys, values, num_heads=h, scale=self._scale)  # (B, U)
+            out = self._out_proj.step(F, out, rows)  # (B, U)
+            return out, k.reshape((rows, h, d, 1)), v.reshape((rows, h, 1, d))
         # With one position, (B, H*D) is already laid out as (B*H, D) per head.
         past = F.Convolution(keys, q.reshape((groups, d, 1)), kernel=(1,), num_filter=groups,
                              num_group=groups, no_bias=True)  # (1, B*H, C)

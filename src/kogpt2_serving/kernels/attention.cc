@@ -1,0 +1,264 @@
+// One decode step's attention, every row and head in one MXNet (>= 1.7) extension operator.
+//
+//   kogpt2_attention_step (qkv (B, 3U), mask (B, C), keys (1, B*H*D, C), values (1, B*H*C, D);
+//                          num_heads = H, scale) -> (B, U)
+//
+// qkv is the step's fused projection [q | k | v]; keys and values are one layer's cache as the
+// step graph holds it (model/network.py: each head's keys transposed, (D, C), and values (C, D));
+// mask is additive over the cache's slots. For each row b and head h the output is
+//   softmax([q . K[:, c] * scale + mask[b, c] for the cache's slots c] ++ [q . k * scale]) . [V ; v]
+// where k and v are the new token's own key and value (the engine writes them into the cache
+// after the step). This is what the convolution route of SelfAttention.step computes, with two
+// differences that make it cheaper, not different:
+//   - each row reads only its own span of slots, from its first to its last unmasked one: a slot
+//     masked at MASKED (-1e4) gets an attention weight of exactly 0 in float32 either way, and
+//     the convolutions read every slot of the cache's whole capacity for every row;
+//   - about 20 graph operators per layer (products, softmax, slices, concatenation) become one.
+// Sums are float32; exp is a vectorizable polynomial within 2 ulp of expf (fast_exp).
+#include <omp.h>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "isa.h"
+#include "mxnet/lib_api.h"
+
+using namespace mxnet::ext;
+using namespace kogpt2;
+
+namespace {
+
+// Slots whose mask is at or below this are not read (the model masks with -1e4, network.MASKED).
+const float kUnread = -5e3f;
+
+// e^x, for the softmax's x <= 0: 2^n * p(r) with n = round(x / ln 2) (adding and taking away
+// 1.5 * 2^23 rounds a float to an integer; GCC does not vectorize floorf in these loops),
+// r = x - n ln 2 (ln 2 in two parts, exact for |n| < 2^10) and p Cephes' expf polynomial.
+// 0 below -87 (no subnormal results). Plain arithmetic, bit casts and a bit mask, no selects,
+// comparisons or std::max (each kept GCC 12 from vectorizing the loops for AVX2), so that the
+// loops that call it vectorize at each ISA.
+inline __attribute__((always_inline)) float fast_exp(float x) {
+  const float kRound = 12582912.0f;
+  // All bits, or none below -87, where the rest may overflow: their result is masked to 0.
+  const int32_t kept = ~(__builtin_bit_cast(int32_t, x + 87.0f) >> 31);
+  const float n = (x * 1.44269504088896341f + kRound) - kRound;
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float two_n = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
+  return __builtin_bit_cast(float, __builtin_bit_cast(int32_t, p * two_n) & kept);
+}
+
+struct Span {
+  int64_t begin, end;  // the row's slots to read: [begin, end), empty when every slot is masked
+};
+
+Span span_of(const float* mask, int64_t C) {
+  int64_t begin = 0, end = C;
+  while (begin < C && mask[begin] <= kUnread) ++begin;
+  while (end > begin && mask[end - 1] <= kUnread) --end;
+  return Span{begin, end};
+}
+
+struct Head {
+  const float *q, *k, *v;  // (D) each: this row's query and new key and value for the head
+  const float* keys;       // (D, C): the head's cached keys, transposed
+  const float* values;     // (C, D): the head's cached values
+  const float* mask;       // (C): the row's mask
+  float* out;              // (D)
+};
+
+// One (row, head): scores over the span and the new token, softmax, weighted values. DT is the
+// head size when known at compile time (64 for KoGPT2), 0 for any: a fixed D keeps the output's
+// accumulators in registers.
+template <int DT>
+inline __attribute__((always_inline)) void attend_one(const Head& h, Span span, int64_t C, int64_t d_size,
+                                                       float scale, float* scores) {
+  const int64_t D = DT ? DT : d_size, n = span.end - span.begin;
+  for (int64_t c = 0; c < n; ++c) scores[c] = 0.0f;
+  for (int64_t d = 0; d < D; ++d) {  // scores (n) += q[d] * keys[d, span]
+    const float qd = h.q[d];
+    const float* row = h.keys + d * C + span.begin;
+#pragma omp simd
+    for (int64_t c = 0; c < n; ++c) scores[c] += qd * row[c];
+  }
+  float own = 0.0f;  // the new token's score
+#pragma omp simd reduction(+ : own)
+  for (int64_t d = 0; d < D; ++d) own += h.q[d] * h.k[d];
+  own *= scale;
+  float top = own;
+  const float* mask = h.mask + span.begin;
+#pragma omp simd reduction(max : top)
+  for (int64_t c = 0; c < n; ++c) {
+    scores[c] = scores[c] * scale + mask[c];
+    top = scores[c] > top ? scores[c] : top;
+  }
+  const float own_weight = fast_exp(own - top);
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) scores[c] = fast_exp(scores[c] - top);
+  float total = own_weight;
+#pragma omp simd reduction(+ : total)
+  for (int64_t c = 0; c < n; ++c) total += scores[c];
+  float acc[DT ? DT : 1];
+  float* sum = DT ? acc : h.out;  // any D: accumulate in the output itself
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) sum[d] = own_weight * h.v[d];
+  for (int64_t c = 0; c < n; ++c) {  // sum (D) += weight[c] * values[c]
+    const float w = scores[c];
+    const float* row = h.values + (span.begin + c) * D;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) sum[d] += w * row[d];
+  }
+  const float inv = 1.0f / total;
+#pragma omp simd
+  for (int64_t d = 0; d < D; ++d) h.out[d] = sum[d] * inv;
+}
+
+// One step's inputs and output as the operator gets them.
+struct Step {
+  const float *qkv, *mask, *keys, *values;
+  float* out;
+  int64_t B, H, D, C;
+  float scale;
+  std::vector<Span> spans;  // (B): each row's slots to read
+};
+
+// Row-head bh (= b * H + h) of a step: the same code compiled for each ISA (attend_head_* below;
+// OpenMP outlines a parallel region into a function of its own, without its caller's target, so
+// the vector code lives in these and the parallel loop in attend_step calls them).
+inline __attribute__((always_inline)) void attend_head(const Step& s, int64_t bh, float* scores) {
+  const int64_t b = bh / s.H, h = bh % s.H, U = s.H * s.D;
+  const float* row = s.qkv + b * 3 * U + h * s.D;
+  const Head head{row, row + U, row + 2 * U, s.keys + bh * s.D * s.C, s.values + bh * s.C * s.D,
+                  s.mask + b * s.C, s.out + b * U + h * s.D};
+  if (s.D == 64)
+    attend_one<64>(head, s.spans[b], s.C, s.D, s.scale, scores);
+  else
+    attend_one<0>(head, s.spans[b], s.C, s.D, s.scale, scores);
+}
+
+__attribute__((target("avx512f,avx512bw"))) void attend_head_avx512(const Step& s, int64_t bh, float* scores) {
+  attend_head(s, bh, scores);
+}
+
+__attribute__((target("avx2,fma"))) void attend_head_avx2(const Step& s, int64_t bh, float* scores) {
+  attend_head(s, bh, scores);
+}
+
+void attend_head_portable(const Step& s, int64_t bh, float* scores) { attend_head(s, bh, scores); }
+
+void attend_step(Step& s) {
+  void (*attend)(const Step&, int64_t, float*) =
+      isa() >= kAvx512 ? attend_head_avx512 : isa() == kAvx2 ? attend_head_avx2 : attend_head_portable;
+  s.spans.resize(s.B);
+  int64_t work = 0;  // values read
+  for (int64_t b = 0; b < s.B; ++b) {
+    s.spans[b] = span_of(s.mask + b * s.C, s.C);
+    work += 2 * (s.spans[b].end - s.spans[b].begin) * s.H * s.D;
+  }
+#pragma omp parallel if (work > 65536)
+  {
+    std::vector<float> scores(s.C > 0 ? s.C : 1);
+#pragma omp for schedule(static)
+    for (int64_t bh = 0; bh < s.B * s.H; ++bh) attend(s, bh, scores.data());
+  }
+}
+
+// ---- the MXNet operator ----
+
+bool read_attrs(const std::unordered_map<std::string, std::string>& attrs, int64_t* heads, float* scale) {
+  auto h = attrs.find("num_heads"), sc = attrs.find("scale");
+  if (h == attrs.end() || sc == attrs.end()) return false;
+  try {
+    *heads = std::stoll(h->second);
+    *scale = std::stof(sc->second);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return *heads > 0;
+}
+
+MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs, int* num_in, int* num_out) {
+  int64_t heads;
+  float scale;
+  if (!read_attrs(attrs, &heads, &scale)) {
+    MX_ERROR_MSG << "kogpt2_attention_step needs num_heads (a positive integer) and scale (a number)";
+    return MX_FAIL;
+  }
+  *num_in = 4;
+  *num_out = 1;
+  return MX_SUCCESS;
+}
+
+MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  for (size_t i = 0; i < in_types->size(); ++i)
+    if ((*in_types)[i] != kFloat32) {
+      MX_ERROR_MSG << "kogpt2_attention_step: input " << i << " has dtype " << (*in_types)[i] << ", expected float32";
+      return MX_FAIL;
+    }
+  (*out_types)[0] = kFloat32;
+  return MX_SUCCESS;
+}
+
+MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
+                          std::vector<std::vector<unsigned int>>* in_shapes,
+                          std::vector<std::vector<unsigned int>>* out_shapes) {
+  int64_t H;
+  float scale;
+  read_attrs(attrs, &H, &scale);
+  const auto &qkv = (*in_shapes)[0], &mask = (*in_shapes)[1], &keys = (*in_shapes)[2], &values = (*in_shapes)[3];
+  if (qkv.size() != 2 || qkv[1] % 3 != 0 || (qkv[1] / 3) % H != 0) {
+    MX_ERROR_MSG << "kogpt2_attention_step: qkv must be (B, 3U) with U a multiple of num_heads " << H;
+    return MX_FAIL;
+  }
+  const int64_t B = qkv[0], U = qkv[1] / 3, D = U / H;
+  if (mask.size() != 2 || mask[0] != B) {
+    MX_ERROR_MSG << "kogpt2_attention_step: mask must be (B, C) with B = " << B;
+    return MX_FAIL;
+  }
+  const int64_t C = mask[1];
+  if (keys.size() != 3 || keys[0] != 1 || keys[1] != B * U || keys[2] != C) {
+    MX_ERROR_MSG << "kogpt2_attention_step: keys must be (1, B*H*D, C) = (1, " << B * U << ", " << C << ")";
+    return MX_FAIL;
+  }
+  if (values.size() != 3 || values[0] != 1 || values[1] != B * H * C || values[2] != D) {
+    MX_ERROR_MSG << "kogpt2_attention_step: values must be (1, B*H*C, D) = (1, " << B * H * C << ", " << D << ")";
+    return MX_FAIL;
+  }
+  (*out_shapes)[0] = {static_cast<unsigned int>(B), static_cast<unsigned int>(U)};
+  return MX_SUCCESS;
+}
+
+MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  int64_t H;
+  float scale;
+  read_attrs(attrs, &H, &scale);
+  std::vector<MXTensor>& in = *inputs;
+  const int64_t B = in[0].shape[0], U = in[0].shape[1] / 3;
+  Step step{in[0].data<float>(), in[1].data<float>(), in[2].data<float>(), in[3].data<float>(),
+            (*outputs)[0].data<float>(), B, H, U / H, in[1].shape[1], scale, {}};
+  attend_step(step);
+  return MX_SUCCESS;
+}
+
+MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* inputs,
+                       std::vector<MXTensor>* outputs, const OpResource& res) {
+  MX_ERROR_MSG << "kogpt2_attention_step is for inference: it has no backward pass";
+  return MX_FAIL;
+}
+
+}  // namespace
+
+REGISTER_OP(kogpt2_attention_step)
+    .setParseAttrs(parse_attrs)
+    .setInferType(infer_type)
+    .setInferShape(infer_shape)
+    .setForward(forward, "cpu")
+    .setBackward(backward, "cpu");
