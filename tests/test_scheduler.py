@@ -96,12 +96,90 @@ def test_a_newcomer_longer_than_the_batch_makes_its_length_jump(tiny_model):
                             [int(a_logits.argmax()), int(prefill.logits.argmax())])
 
 
+def test_resize_of_the_first_rows_copies_them_alike(tiny_model):
+    """The continuous batcher keeps its live rows first, and resize copies such a prefix without
+    a gather: the kept rows step on as they did."""
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    a, a_logits = engine.start([tok.encode_prompt(p) for p in PROMPTS[:3]], 30)
+    for _ in range(3):
+        a_logits = engine.step(a, a_logits.argmax(-1))
+    merged = engine.resize(a, [0, 1], rows=4, capacity=128)
+    tokens = list(a_logits.argmax(-1))
+    step_apart_and_together(engine, merged, [(a, [0, 1], tokens)], tokens[:2] + [0, 0])
+
+
+def test_a_retired_cache_serves_the_next_batch_unchanged(tiny_model, monkeypatch):
+    """retire() hands a finished batch's cache arrays to the next allocate (no zeroing: the old
+    values sit in masked slots); a batch on them decodes as one on fresh zeros does."""
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    monkeypatch.setattr(engine, "_spare", [])  # what earlier tests' batchers retired
+    old, logits = engine.start([tok.encode_prompt(p) for p in PROMPTS[:4]], 40)
+    for _ in range(20):
+        logits = engine.step(old, logits.argmax(-1))
+    capacity = old.capacity
+    engine.retire(old)
+    assert len(engine._spare) == 2
+    prompts = [tok.encode_prompt(PROMPTS[4]), tok.encode_prompt(PROMPTS[2])]
+    reused = engine.allocate(2, capacity)
+    assert engine._spare == []  # both arrays came from the retired batch
+    assert np.abs(reused.keys.asnumpy()).max() > 0  # and hold its values
+    engine.insert(reused, [0, 1], engine.prefill(prompts))
+    fresh, fresh_logits = engine.start(prompts, capacity - len(prompts[1]) - 1)
+    assert fresh.capacity == capacity
+    tokens = list(fresh_logits.argmax(-1))
+    for _ in range(5):
+        got, want = engine.step(reused, tokens), engine.step(fresh, tokens)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        tokens = list(want.argmax(-1))
+
+
 def test_resize_drops_slots_no_kept_row_uses(tiny_model):
     engine, tok = tiny_model.engine, tiny_model.tokenizer
     long_, short = tok.encode_prompt(PROMPTS[2]), tok.encode_prompt(PROMPTS[4])
     state, _ = engine.start([long_, short], 4)
     kept = engine.resize(state, [1], rows=1, capacity=64)
     assert kept.length == len(short) and list(kept.pads) == [0]
+
+
+def test_a_step_of_the_first_rows_leaves_the_rest_and_a_moved_row_goes_on(tiny_model):
+    """Engine.step over a prefix of rows computes those rows as a whole-batch step does and
+    leaves the others; Engine.move_row puts a row elsewhere and it decodes on from there."""
+    engine, tok = tiny_model.engine, tiny_model.tokenizer
+    prompts = [tok.encode_prompt(p) for p in PROMPTS[:3]]
+    whole, logits = engine.start(prompts, 20)
+    part, _ = engine.start(prompts, 20)
+    tokens = list(logits.argmax(-1))
+    first_two = engine.step(part, tokens[:2])
+    all_three = engine.step(whole, tokens)
+    np.testing.assert_allclose(first_two, all_three[:2], atol=1e-4)
+    assert part.positions.asnumpy()[:, 0].tolist() == [len(prompts[0]) + 1, len(prompts[1]) + 1, len(prompts[2])]
+    # row 0 finished: row 1 stays, row 2 (still one token behind in `part`) is not used again;
+    # in `whole`, row 2 moves into row 0 and the two live rows step on as before
+    engine.move_row(whole, 2, 0)
+    twin, _ = engine.start(prompts, 20)
+    engine.step(twin, tokens)
+    tokens = list(all_three.argmax(-1))
+    for _ in range(4):
+        moved = engine.step(whole, [tokens[2], tokens[1]])  # (2, V): rows 2 and 1 of the twin
+        expected = engine.step(twin, tokens)
+        np.testing.assert_allclose(moved, expected[[2, 1]], atol=1e-4)
+        tokens = list(expected.argmax(-1))
+    with pytest.raises(ValueError, match="a step feeds 1 to 3 rows, got 4 tokens"):
+        engine.step(twin, tokens + [0])
+
+
+class StepSpy:
+    """The engine, with the row count of every step recorded."""
+
+    def __init__(self, engine):
+        self.engine, self.rows = engine, []
+
+    def step(self, state, tokens):
+        self.rows.append(len(tokens))
+        return self.engine.step(state, tokens)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
 
 
 def mixed_jobs(generator):
@@ -119,6 +197,7 @@ def mixed_jobs(generator):
 def test_requests_that_join_a_running_batch_get_what_they_get_alone(generator):
     jobs = mixed_jobs(generator)
     batcher = ContinuousBatcher(generator)
+    batcher.engine = spy = StepSpy(batcher.engine)
     run_until_idle(batcher, {0: jobs[:2], 3: jobs[2:4], 9: jobs[4:]})
     for job in jobs:
         assert job.error is None
@@ -127,6 +206,19 @@ def test_requests_that_join_a_running_batch_get_what_they_get_alone(generator):
     assert stats.joins >= 2  # arrivals at rounds 3 and 9 joined a batch that was running
     assert stats.shared_steps > 0 and stats.max_rows >= 4
     assert stats.row_steps > stats.steps  # steps really carried several rows
+    # every step ran exactly its live rows (up to 16, step_sizes has every count): rows that
+    # finished left the step at once, however the batch was laid out
+    assert len(spy.rows) == stats.steps and sum(spy.rows) == stats.row_steps
+    assert len(set(spy.rows)) >= 4
+
+
+def test_step_sizes_are_exact_up_to_16_then_a_few():
+    from kogpt2_serving.generation.scheduler import step_size, step_sizes
+
+    assert step_sizes(3) == [1, 2, 3]
+    assert step_sizes(16) == list(range(1, 17))
+    assert step_sizes(40) == list(range(1, 17)) + [24, 32, 40]
+    assert [step_size(n, 40) for n in (5, 16, 17, 25, 40)] == [5, 16, 24, 32, 40]
 
 
 def test_a_short_request_is_answered_while_a_long_one_decodes(generator):

@@ -11,9 +11,12 @@ one thread). Each round it
    (``Engine.insert``: no copy of the cache; every row writes the same slot, a newcomer padded
    on the left). Only when there are not enough free rows or slots is the batch rebuilt
    (``Engine.resize``: live rows kept, compacted, in a batch of the next row bucket: 1, 2, 4,
-   8, ...), and when rows are mostly free it shrinks the same way;
-3. feeds every row's pending token in one step and lets each live row choose its next one;
-   a request is answered the moment its last row finishes.
+   8, ...);
+3. feeds every live row's pending token in one step and lets each choose its next one; a
+   request is answered the moment its last row finishes. The live rows are kept first (a
+   finished row's place is taken by the last live row, ``Engine.move_row``: one row's cache
+   copied), so that a step computes only them: its size is the number of live rows
+   (``step_sizes``), not the batch's, and a step's cost follows the rows that need it.
 
 A request's rows keep their own chooser, processors, seed and budget (see
 :mod:`.strategies`), so what a request gets does not depend on what it shared steps with: a
@@ -274,8 +277,9 @@ class ContinuousBatcher:
         return self._state.length - start, max(u.params.max_new_tokens - len(row.tokens) for _, u, row in live)
 
     def _batch_for(self, rows, capacity):
-        """The smallest of batch_sizes() that holds `rows`, so there are few step graphs and rebuilds
-        are rare; exactly `rows` where that batch's cache would exceed max_cache_tokens."""
+        """The smallest of batch_sizes() that holds `rows`, so that rows to spare make rebuilds rare
+        (idle rows cost memory, not steps); exactly `rows` where that batch's cache would exceed
+        max_cache_tokens."""
         size = next(size for size in batch_sizes(self.limits.max_rows) if size >= rows)
         return size if size * capacity <= self.limits.max_cache_tokens else rows
 
@@ -303,15 +307,16 @@ class ContinuousBatcher:
                   len(self._live()), len(self._slots))
 
     def _free_rows(self, live, newcomers, width):
-        """State rows for the newcomers: free rows of the running batch when it has enough rows and
-        slots, else those of a rebuilt one."""
+        """State rows for the newcomers: the free rows after the live ones in the running batch
+        when it has enough rows and slots, else those of a rebuilt one."""
+        self._compact()
+        live = self._live()
         _, future = self._span_and_future(live)
         future = max([future] + [u.params.max_new_tokens - len(row.tokens) for _, u, row in newcomers])
         state = self._state
-        free = [slot for slot, entry in enumerate(self._slots) if entry is None or entry[1].finished]
-        if state is not None and len(free) >= len(newcomers) and \
+        if state is not None and len(self._slots) - len(live) >= len(newcomers) and \
                 max(state.length, width) + future <= state.capacity:
-            return free[:len(newcomers)]
+            return list(range(len(live), len(live) + len(newcomers)))
         self._rebuild(live, len(live) + len(newcomers), width, future)
         return list(range(len(live), len(live) + len(newcomers)))
 
@@ -330,30 +335,49 @@ class ContinuousBatcher:
             self._state = self.engine.allocate(batch, capacity)
         else:
             self.stats.rebuilds += 1
-            self._state = self.engine.resize(self._state, [slot for slot, _, _ in live], batch, capacity)
+            old, self._state = self._state, self.engine.resize(self._state, [slot for slot, _, _ in live], batch,
+                                                               capacity)
+            self.engine.retire(old)
         self._slots = [(unit, row) for _, unit, row in live] + [None] * (batch - len(live))
 
     def _step(self):
-        """Feed every row's pending token; live rows choose their next one."""
+        """Feed every live row's pending token (the live rows first, see `_compact`); they choose
+        their next one."""
+        self._compact()
         live = self._live()
         if not live:
-            self._state, self._slots = None, []
+            self._idle()
             return
-        tokens = [self.filler] * len(self._slots)
+        rows = min(step_size(len(live), self.limits.max_rows), len(self._slots))
+        tokens = [self.filler] * rows  # rows past the live ones (few: see step_sizes) are computed idle
         for slot, _, row in live:
             tokens[slot] = row.tokens[-1][0]
         self._count_step(live)
-        logits = self.engine.step(self._state, tokens)  # (B, V)
+        logits = self.engine.step(self._state, tokens)  # (rows, V)
         for slot, unit, row in live:
             _advance(unit, row, logits[slot])
             if row.finished:
                 self._slots[slot] = None
                 self._unit_progress(unit)
-        live = self._live()
-        if not live:
-            self._state, self._slots = None, []
-        elif len(live) * 4 <= len(self._slots):
-            self._rebuild(live, len(live))  # mostly free rows: a smaller batch steps faster
+        if not self._live():
+            self._idle()
+
+    def _idle(self):
+        """No row left: the batch's cache goes back to the engine for the next one."""
+        if self._state is not None:
+            self.engine.retire(self._state)
+        self._state, self._slots = None, []
+
+    def _compact(self):
+        """The live rows first: each free row among the first n (n live rows) takes a live row
+        from after them (one row's cache copied), so that a step can compute the first n only."""
+        live = [slot for slot, _, _ in self._live()]
+        n = len(live)
+        holes = [slot for slot in range(n) if slot not in set(live)]
+        for hole, source in zip(holes, [slot for slot in live if slot >= n]):
+            self.engine.move_row(self._state, source, hole)
+            self._slots[hole] = self._slots[source]
+        self._slots[n:] = [None] * (len(self._slots) - n)
 
     def _count_step(self, live):
         self.stats.steps += 1
@@ -407,6 +431,19 @@ def _advance(unit, row, logits):
     row.advance(logits)
     if unit.job.on_token is not None:
         unit.job.on_token(unit.index, unit.rows.index(row), row.tokens[-1], row.finished)
+
+
+def step_sizes(max_rows):
+    """The row counts steps run with, each its own step graph: every count up to 16 (a step costs
+    what its rows cost, so it runs exactly the live rows), then multiples of 8 and max_rows (a few
+    idle rows rather than a graph per count: each holds its own buffers)."""
+    exact = list(range(1, min(max_rows, 16) + 1))
+    return exact + [size for size in range(24, max_rows, 8)] + ([max_rows] if max_rows > 16 else [])
+
+
+def step_size(rows, max_rows):
+    """The smallest of step_sizes(max_rows) that holds `rows` live rows."""
+    return next((size for size in step_sizes(max_rows) if size >= rows), rows)
 
 
 def batch_sizes(max_rows):

@@ -25,7 +25,8 @@ import threading
 import time
 
 from ..errors import ServingError, cause_of
-from ..generation.scheduler import batch_sizes
+from ..generation.scheduler import step_sizes
+from ..model.cache import capacity_for
 from ..settings import engine_limits
 from . import engine_protocol as protocol
 
@@ -203,8 +204,9 @@ class _Connection(socketserver.BaseRequestHandler):
 
 def load_engine(model_dir, device, dtype, max_rows):
     """Load and warm up -> (Generator, info dict). The warm-up also builds the step graph of every
-    batch size the scheduler uses (1, 2, 4, ... max_rows): building one costs ~0.25 s at KoGPT2
-    size on 2 cores, which the first burst of concurrent requests would otherwise pay."""
+    row count the scheduler steps with (step_sizes: 1, 2, 3, ... 16, then multiples of 8):
+    building one costs ~0.25 s at KoGPT2 size on 2 cores, which the first burst of concurrent
+    requests would otherwise pay."""
     from ..files.default_model import or_demo_model
     from ..files.loader import load_model
     from ..generation.generator import Generator
@@ -217,9 +219,10 @@ def load_engine(model_dir, device, dtype, max_rows):
     started = time.time()
     generator.generate(["안녕하세요"], GenerationParameters(max_new_tokens=4))
     engine, prompt = generator.engine, generator.tokenizer.encode_prompt("안녕하세요")
-    for rows in batch_sizes(max_rows):
-        state = engine.allocate(rows, 64)
-        engine.insert(state, list(range(rows)), engine.prefill([prompt] * rows))
+    sizes = step_sizes(max_rows)
+    state = engine.allocate(sizes[-1], capacity_for(len(prompt), len(sizes)))
+    engine.insert(state, [0], engine.prefill([prompt]))  # the other rows are free: computed idle
+    for rows in sizes:
         engine.step(state, [generator.tokenizer.eos_id] * rows)
     log.info("warm-up took %.2f s", time.time() - started)
     return generator, {"positions": loaded.config.n_positions, "device": str(loaded.ctx), "dtype": loaded.dtype}
