@@ -221,6 +221,23 @@ def test_step_sizes_are_exact_up_to_16_then_a_few():
     assert [step_size(n, 40) for n in (5, 16, 17, 25, 40)] == [5, 16, 24, 32, 40]
 
 
+def test_a_prompts_rows_draw_in_their_own_order_when_compaction_moves_them(generator):
+    """A sampled prompt of 2 sequences shares one RNG, drawn in row order. When the row before
+    them finishes, the last one moves into its slot (the live rows stay first) and the two change
+    places in the batch: they must still draw in row order, as alone."""
+    short = Job([prepared(generator, PROMPTS[0], max_new_tokens=2, min_new_tokens=2)])
+    pair = Job([prepared(generator, PROMPTS[5 % len(PROMPTS)], max_new_tokens=30, do_sample=True, seed=7,
+                         top_k=20, num_return_sequences=2)])
+    batcher = ContinuousBatcher(generator)
+    moved = []
+    batcher.engine = spy = StepSpy(batcher.engine)
+    spy.move_row = lambda state, source, target: (moved.append((source, target)),
+                                                  generator.engine.move_row(state, source, target))
+    run_until_idle(batcher, {0: [short, pair]})
+    assert moved == [(2, 0)]  # the pair's second row took the short one's slot
+    assert_same(pair.results, alone(generator, pair))
+
+
 def test_a_short_request_is_answered_while_a_long_one_decodes(generator):
     done = []
     long_ = Job([prepared(generator, PROMPTS[0], max_new_tokens=60)], on_done=done.append)

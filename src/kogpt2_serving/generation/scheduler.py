@@ -354,7 +354,9 @@ class ContinuousBatcher:
             tokens[slot] = row.tokens[-1][0]
         self._count_step(live)
         logits = self.engine.step(self._state, tokens)  # (rows, V)
-        for slot, unit, row in live:
+        # A prompt's rows draw from one RNG in row order (Generator.rows_of); compaction may have
+        # put them in other slots, so they choose in their own order, not the slots'.
+        for slot, unit, row in sorted(live, key=lambda entry: entry[1].rows.index(entry[2])):
             _advance(unit, row, logits[slot])
             if row.finished:
                 self._slots[slot] = None

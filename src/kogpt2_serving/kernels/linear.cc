@@ -232,15 +232,18 @@ void linear(const float* x, const W* w, const float* scale, const float* bias, f
 // a VNNI CPU that, not memory, bounds a step. vpdpbusd multiplies 64 unsigned by 64 signed bytes
 // and adds them in groups of four to 16 int32 lanes: one instruction per 64 weights and a row.
 // Each row of x is quantized on its own (scale max|row| / 127, round to nearest even), so a row's
-// result never depends on the rows it is batched with. vpdpbusd needs one unsigned operand: x is
-// stored as q + 128, and 128 * sum(w) (the same instruction over a vector of 128s) is taken off.
+// result never depends on the rows it is batched with. vpdpbusd needs one unsigned operand: the
+// weights, flipped to w + 128 (one xor per 64 weights, shared by every row), and 128 * sum(q) of
+// each row of x, counted while quantizing it, is taken off the sums.
 
 struct QuantizedRows {
-  std::vector<uint8_t> values;  // (N, K): q + 128, q in [-127, 127]
-  std::vector<float> scales;    // (N): max|row| / 127 (0 for a row of zeros)
+  std::vector<int8_t> values;  // (N, K): q in [-127, 127]
+  std::vector<float> scales;   // (N): max|row| / 127 (0 for a row of zeros)
+  std::vector<int32_t> sums;   // (N): sum of the row's q
 };
 
-__attribute__((target("avx512f,avx512bw"))) void quantize_row(const float* x, int64_t K, uint8_t* q, float* scale) {
+__attribute__((target("avx512f,avx512bw"))) void quantize_row(const float* x, int64_t K, int8_t* q, float* scale,
+                                                              int32_t* sum) {
   const int64_t body = K - K % 16;
   __m512 amax = _mm512_setzero_ps();
   for (int64_t k = 0; k < body; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
@@ -249,70 +252,79 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_row(const float* x, in
   *scale = m / 127.f;
   const float inv = m > 0.f ? 127.f / m : 0.f;
   const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
-  const __m512i offset = _mm512_set1_epi32(128);
+  __m512i total = _mm512_setzero_si512();
   for (int64_t k = 0; k < body; k += 16) {
     __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(_mm512_loadu_ps(x + k), vinv)));
-    __m512i i = _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), offset);
+    __m512i i = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    total = _mm512_add_epi32(total, i);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtepi32_epi8(i));
   }
+  int32_t s = _mm512_reduce_add_epi32(total);
   for (int64_t k = body; k < K; ++k) {
     float v = std::min(127.f, std::max(-127.f, x[k] * inv));
-    q[k] = static_cast<uint8_t>(static_cast<int>(std::nearbyint(v)) + 128);
+    q[k] = static_cast<int8_t>(std::nearbyint(v));
+    s += q[k];
   }
+  *sum = s;
 }
 
 QuantizedRows quantize_rows(const float* x, int64_t N, int64_t K) {
-  QuantizedRows rows{std::vector<uint8_t>(N * K), std::vector<float>(N)};
+  QuantizedRows rows{std::vector<int8_t>(N * K), std::vector<float>(N), std::vector<int32_t>(N)};
 #pragma omp parallel for schedule(static) if (N * K > 65536)
-  for (int64_t n = 0; n < N; ++n) quantize_row(x + n * K, K, rows.values.data() + n * K, rows.scales.data() + n);
+  for (int64_t n = 0; n < N; ++n)
+    quantize_row(x + n * K, K, rows.values.data() + n * K, rows.scales.data() + n, rows.sums.data() + n);
   return rows;
 }
 
-// R rows of quantized x against MR weight rows: acc[n][m] = sum_k (q[n][k] - 128) * w[m][k], exact.
-// Per 64-byte column: c[m] += 128 * w[m] and a[n][m] += q[n] * w[m]; the bytes past K are masked
-// to 0. The accumulators are named variables, not arrays: GCC keeps arrays of them in memory
-// around vpdpbusd (a store per instruction), which halved the speed.
+// [sum(a0), sum(a1), sum(a2), sum(a3)]: the four reductions share their shuffles (about a third
+// of the instructions of four separate ones, which cost as much as the products at K = 768).
+__attribute__((target("avx512f,avx512bw"))) inline __m128i sum4(__m512i a0, __m512i a1, __m512i a2, __m512i a3) {
+  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(a0, a1), _mm512_unpackhi_epi32(a0, a1));
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(a2, a3), _mm512_unpackhi_epi32(a2, a3));
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));  // per lane
+  const __m256i v = _mm256_add_epi32(_mm512_castsi512_si256(u), _mm512_extracti64x4_epi64(u, 1));
+  return _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+}
+
+// R rows of quantized x against MR weight rows: acc[n][m] = sum_k q[n][k] * w[m][k], exact.
+// Per 64-byte column: a[n][m] += (w[m] + 128) . q[n]; the bytes past K are masked to 0 in q,
+// so whatever w holds there adds nothing. The accumulators are named variables, not arrays: GCC
+// keeps arrays of them in memory around vpdpbusd (a store per instruction), which halved the speed.
 #define KOGPT2_VNNI_ROW(n)                                              \
   if (R > n) {                                                          \
     const __m512i xv = _mm512_maskz_loadu_epi8(mask, q + n * ldq + k); \
-    a##n##0 = _mm512_dpbusd_epi32(a##n##0, xv, w0);                     \
-    a##n##1 = _mm512_dpbusd_epi32(a##n##1, xv, w1);                     \
-    a##n##2 = _mm512_dpbusd_epi32(a##n##2, xv, w2);                     \
-    a##n##3 = _mm512_dpbusd_epi32(a##n##3, xv, w3);                     \
+    a##n##0 = _mm512_dpbusd_epi32(a##n##0, w0, xv);                     \
+    a##n##1 = _mm512_dpbusd_epi32(a##n##1, w1, xv);                     \
+    a##n##2 = _mm512_dpbusd_epi32(a##n##2, w2, xv);                     \
+    a##n##3 = _mm512_dpbusd_epi32(a##n##3, w3, xv);                     \
   }
-#define KOGPT2_VNNI_SUMS(n)                                    \
-  if (R > n) {                                                 \
-    acc[n][0] = _mm512_reduce_add_epi32(a##n##0) - comp[0];    \
-    acc[n][1] = _mm512_reduce_add_epi32(a##n##1) - comp[1];    \
-    acc[n][2] = _mm512_reduce_add_epi32(a##n##2) - comp[2];    \
-    acc[n][3] = _mm512_reduce_add_epi32(a##n##3) - comp[3];    \
+#define KOGPT2_VNNI_SUMS(n)                                                                          \
+  if (R > n) {                                                                                       \
+    const __m128i sums = _mm_sub_epi32(sum4(a##n##0, a##n##1, a##n##2, a##n##3),                     \
+                                       _mm_set1_epi32(128 * q_sums[n]));                             \
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(acc[n]), sums);                                      \
   }
 
 template <int R>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni(const uint8_t* q, int64_t ldq, const int8_t* w,
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni(const int8_t* q, int64_t ldq,
+                                                                       const int32_t* q_sums, const int8_t* w,
                                                                        int64_t ldw, int64_t K, int32_t acc[NR][MR]) {
   static_assert(MR == 4 && R <= NR && NR == 4, "the named accumulators are 4 x 4");
-  const __m512i offset = _mm512_set1_epi8(static_cast<char>(128));
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // w ^ 0x80 = w + 128, unsigned
   const __m512i zero = _mm512_setzero_si512();
-  __m512i c0 = zero, c1 = zero, c2 = zero, c3 = zero;
   __m512i a00 = zero, a01 = zero, a02 = zero, a03 = zero, a10 = zero, a11 = zero, a12 = zero, a13 = zero;
   __m512i a20 = zero, a21 = zero, a22 = zero, a23 = zero, a30 = zero, a31 = zero, a32 = zero, a33 = zero;
   for (int64_t k = 0; k < K; k += 64) {
     const __mmask64 mask = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
-    const __m512i w0 = _mm512_maskz_loadu_epi8(mask, w + k), w1 = _mm512_maskz_loadu_epi8(mask, w + ldw + k);
-    const __m512i w2 = _mm512_maskz_loadu_epi8(mask, w + 2 * ldw + k);
-    const __m512i w3 = _mm512_maskz_loadu_epi8(mask, w + 3 * ldw + k);
-    c0 = _mm512_dpbusd_epi32(c0, offset, w0);
-    c1 = _mm512_dpbusd_epi32(c1, offset, w1);
-    c2 = _mm512_dpbusd_epi32(c2, offset, w2);
-    c3 = _mm512_dpbusd_epi32(c3, offset, w3);
+    const __m512i w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + k), flip);
+    const __m512i w1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + ldw + k), flip);
+    const __m512i w2 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + 2 * ldw + k), flip);
+    const __m512i w3 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + 3 * ldw + k), flip);
     KOGPT2_VNNI_ROW(0)
     KOGPT2_VNNI_ROW(1)
     KOGPT2_VNNI_ROW(2)
     KOGPT2_VNNI_ROW(3)
   }
-  const int32_t comp[MR] = {_mm512_reduce_add_epi32(c0), _mm512_reduce_add_epi32(c1), _mm512_reduce_add_epi32(c2),
-                            _mm512_reduce_add_epi32(c3)};
   KOGPT2_VNNI_SUMS(0)
   KOGPT2_VNNI_SUMS(1)
   KOGPT2_VNNI_SUMS(2)
@@ -321,24 +333,24 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni(const uint
 #undef KOGPT2_VNNI_ROW
 #undef KOGPT2_VNNI_SUMS
 
-void tile_portable_q(const uint8_t* q, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw, int64_t mr, int64_t K,
+void tile_portable_q(const int8_t* q, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw, int64_t mr, int64_t K,
                      int32_t acc[NR][MR]) {
   for (int64_t n = 0; n < nr; ++n)
     for (int64_t m = 0; m < mr; ++m) {
       int32_t sum = 0;
-      for (int64_t k = 0; k < K; ++k) sum += (static_cast<int32_t>(q[n * ldq + k]) - 128) * w[m * ldw + k];
+      for (int64_t k = 0; k < K; ++k) sum += static_cast<int32_t>(q[n * ldq + k]) * w[m * ldw + k];
       acc[n][m] = sum;
     }
 }
 
-void tile_vnni(const uint8_t* q, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw, int64_t mr, int64_t K,
-               int32_t acc[NR][MR]) {
+void tile_vnni(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw,
+               int64_t mr, int64_t K, int32_t acc[NR][MR]) {
   if (mr < MR) return tile_portable_q(q, nr, ldq, w, ldw, mr, K, acc);
   switch (nr) {
-    case 1: return rows_vnni<1>(q, ldq, w, ldw, K, acc);
-    case 2: return rows_vnni<2>(q, ldq, w, ldw, K, acc);
-    case 3: return rows_vnni<3>(q, ldq, w, ldw, K, acc);
-    default: return rows_vnni<4>(q, ldq, w, ldw, K, acc);
+    case 1: return rows_vnni<1>(q, ldq, q_sums, w, ldw, K, acc);
+    case 2: return rows_vnni<2>(q, ldq, q_sums, w, ldw, K, acc);
+    case 3: return rows_vnni<3>(q, ldq, q_sums, w, ldw, K, acc);
+    default: return rows_vnni<4>(q, ldq, q_sums, w, ldw, K, acc);
   }
 }
 
@@ -356,7 +368,8 @@ void linear_vnni(const float* x, const int8_t* w, const float* scale, const floa
       int32_t acc[NR][MR];
       for (int64_t n = n0; n < n0 + chunk; n += NR) {
         const int64_t nr = n0 + chunk - n < NR ? n0 + chunk - n : NR;
-        tile_vnni(rows.values.data() + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
+        tile_vnni(rows.values.data() + n * K, rows.sums.data() + n, nr, K, w + t.first * K, t.stride * K, t.rows,
+                  K, acc);
         for (int64_t r = 0; r < nr; ++r)
           for (int64_t m = 0; m < t.rows; ++m) {
             const int64_t o = t.first + m * t.stride;
