@@ -198,10 +198,12 @@ inline Tile tile_of(int64_t b, int64_t M) {
   return Tile{quarter * MR, 1, M - quarter * MR};
 }
 
-// out (N, M) = x (N, K) . w (M, K)^T, then * scale[m] (if given) + bias[m] (if given).
-template <typename W>
-void linear(const float* x, const W* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
-            int64_t K) {
+// out (N, M) = sums * (row_scale(n) * scale[m]) (scale if given) + bias[m] (if given), the sums
+// out of product(n, nr, tile, acc) for every tile: rows n..n+nr of x against one Tile of w.
+// Activation rows are taken ROW_CHUNK at a time, each chunk's tiles split over the threads.
+template <typename Acc, typename Product, typename RowScale>
+void over_tiles(int64_t N, int64_t M, int64_t K, const float* scale, const float* bias, float* out,
+                const Product& product, const RowScale& row_scale) {
   const int64_t blocks = tile_count(M);
   const int threads = omp_get_max_threads();
   for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
@@ -209,21 +211,34 @@ void linear(const float* x, const W* w, const float* scale, const float* bias, f
 #pragma omp parallel for schedule(static) num_threads(threads) if (blocks * rows * K > 65536)
     for (int64_t b = 0; b < blocks; ++b) {
       const Tile t = tile_of(b, M);
-      float acc[NR][MR];
+      Acc acc[NR][MR];
       for (int64_t n = n0; n < n0 + rows; n += NR) {
         const int64_t nr = n0 + rows - n < NR ? n0 + rows - n : NR;
-        tile(x + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
+        product(n, nr, t, acc);
         for (int64_t r = 0; r < nr; ++r)
           for (int64_t m = 0; m < t.rows; ++m) {
             const int64_t o = t.first + m * t.stride;
-            float v = acc[r][m];
-            if (scale) v *= scale[o];
+            float factor = row_scale(n + r);
+            if (scale) factor *= scale[o];
+            float v = static_cast<float>(acc[r][m]) * factor;
             if (bias) v += bias[o];
             out[(n + r) * M + o] = v;
           }
       }
     }
   }
+}
+
+// out (N, M) = x (N, K) . w (M, K)^T, then * scale[m] (if given) + bias[m] (if given).
+template <typename W>
+void linear(const float* x, const W* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
+            int64_t K) {
+  over_tiles<float>(
+      N, M, K, scale, bias, out,
+      [&](int64_t n, int64_t nr, const Tile& t, float acc[NR][MR]) {
+        tile(x + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
+      },
+      [](int64_t) { return 1.0f; });
 }
 
 // ---- AVX-512 VNNI: int8 activations times int8 weights, exact int32 sums ----
@@ -354,32 +369,17 @@ void tile_vnni(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, 
   }
 }
 
-// linear() for int8 weights on a VNNI CPU: out = (q . w^T) * x's row scale * scale[m] + bias[m].
+// linear() for int8 weights on a VNNI CPU: out = (q . w^T) * (x's row scale * scale[m]) + bias[m].
 void linear_vnni(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
                  int64_t M, int64_t K) {
   const QuantizedRows rows = quantize_rows(x, N, K);
-  const int64_t blocks = tile_count(M);
-  const int threads = omp_get_max_threads();
-  for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
-    const int64_t chunk = N - n0 < ROW_CHUNK ? N - n0 : ROW_CHUNK;
-#pragma omp parallel for schedule(static) num_threads(threads) if (blocks * chunk * K > 65536)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const Tile t = tile_of(b, M);
-      int32_t acc[NR][MR];
-      for (int64_t n = n0; n < n0 + chunk; n += NR) {
-        const int64_t nr = n0 + chunk - n < NR ? n0 + chunk - n : NR;
+  over_tiles<int32_t>(
+      N, M, K, scale, bias, out,
+      [&](int64_t n, int64_t nr, const Tile& t, int32_t acc[NR][MR]) {
         tile_vnni(rows.values.data() + n * K, rows.sums.data() + n, nr, K, w + t.first * K, t.stride * K, t.rows,
                   K, acc);
-        for (int64_t r = 0; r < nr; ++r)
-          for (int64_t m = 0; m < t.rows; ++m) {
-            const int64_t o = t.first + m * t.stride;
-            float v = static_cast<float>(acc[r][m]) * (rows.scales[n + r] * scale[o]);
-            if (bias) v += bias[o];
-            out[(n + r) * M + o] = v;
-          }
-      }
-    }
-  }
+      },
+      [&](int64_t n) { return rows.scales[n]; });
 }
 
 // ---- the MXNet operators ----
