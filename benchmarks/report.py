@@ -61,7 +61,9 @@ def parse_args(argv=None):
 # ---- reading ----
 
 def load_results(directory):
-    """{benchmark: result} for the single-run benchmarks, plus "endpoints": [results]."""
+    """{benchmark: result} for the single-run benchmarks, each from its own file (`peers.json`:
+    other runs kept beside it, such as `peers_int8_vnni.json` for a hand-written section, are
+    not the report's), plus "endpoints": [results]."""
     results = {"endpoints": []}
     for path in sorted(glob.glob(os.path.join(directory, "*.json"))):
         with open(path, encoding="utf-8") as f:
@@ -71,7 +73,7 @@ def load_results(directory):
         data["_file"] = os.path.basename(path)
         if data["benchmark"] == "endpoint_latency":
             results["endpoints"].append(data)
-        else:
+        elif data["_file"] == data["benchmark"] + ".json":
             results[data["benchmark"]] = data
     return results
 

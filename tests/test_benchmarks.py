@@ -310,6 +310,9 @@ def test_report_shows_the_numbers_of_the_result_files_with_their_provenance(tmp_
     results = tmp_path / "results"
     results.mkdir()
     fake_result(str(results), "peers.json", "peers", peers_data())
+    other = peers_data()  # a run kept beside it for a hand-written section: not the report's
+    other["ms_per_token_median"] = dict(other["ms_per_token_median"], engine_b1=99.0)
+    fake_result(str(results), "peers_int8_vnni.json", "peers", other)
     fake_result(str(results), "endpoint-ml.c5.2xlarge.json", "endpoint_latency", {
         "instance_type": "ml.c5.2xlarge", "device_kind": "CPU", "target": "endpoint e", "timed_calls": 19,
         "tokens_per_request_mean": 11.0, "seconds_per_token": {"mean": 0.0312, "p50": 0.0301}},
