@@ -8,6 +8,8 @@ the same random weights and activations, interleaved, best of --repeats:
   conv        the 1x1 convolution the decode steps use (model/network.py Linear.step), float32
   f32         kogpt2_linear_f32, our kernel over the same float32 weights
   int8        kogpt2_linear_int8, our kernel over int8 weights with per-output-channel scales
+  int8_packed kogpt2_linear_int8_packed over the same int8 weights in the packed layout (AVX-512
+              VNNI and AMX CPUs only: elsewhere skipped and listed)
 
 Prints ms per step and GB/s of weights read per variant and row count, and the ratios to fc and
 conv. The ISA our kernels use follows KOGPT2_KERNEL_ISA / DNNL_MAX_CPU_ISA (run it once with
@@ -25,7 +27,7 @@ import common  # noqa: E402  (puts src/ on the path; threads are chosen before M
 
 UNITS, HIDDEN, VOCAB, LAYERS = 768, 3072, 50000, 12
 SHAPES = [(3 * UNITS, UNITS), (UNITS, UNITS), (HIDDEN, UNITS), (UNITS, HIDDEN)] * LAYERS + [(VOCAB, UNITS)]
-VARIANTS = ("fc", "conv", "f32", "int8")
+VARIANTS = ("fc", "conv", "f32", "int8", "int8_packed")
 STEPS = 3  # steps per timed run
 
 
@@ -45,17 +47,22 @@ def main(argv=None):
     from kogpt2_serving.model.device import capabilities
 
     kernels.load()
-    weights = _weights(mx)
-    result = {"kernel_isa": kernels.isa(), "rows": {}}
+    weights = _weights(mx, kernels)
+    variants = VARIANTS if kernels.packs_int8() else VARIANTS[:-1]
+    result = {"kernel_isa": kernels.isa(), "rows": {}, "skipped": {} if kernels.packs_int8() else {
+        "int8_packed": "packed int8 weights need AVX-512 VNNI; this process runs " + kernels.isa()}}
     print("# {}; our kernels: {}".format(capabilities().summary(), result["kernel_isa"]))
     for rows in [int(r) for r in args.rows.split(",")]:
         calls = _calls(mx, weights, rows)
         # the warm-up lets oneDNN re-lay the convolution kernels once
-        samples = common.interleaved({v: _timed(mx, calls[v]) for v in VARIANTS}, args.repeats, progress=False)
+        samples = common.interleaved({v: _timed(mx, calls[v]) for v in variants}, args.repeats, progress=False)
         best = {v: min(t) / STEPS for v, t in samples.items()}
-        result["rows"][rows] = {v: {"ms": best[v] * 1e3, "GB/s": _bytes(v) / best[v] / 1e9} for v in VARIANTS}
+        result["rows"][rows] = {v: {"ms": best[v] * 1e3, "GB/s": _bytes(v) / best[v] / 1e9} for v in variants}
         print("rows {:3d}: ".format(rows) + "  ".join(
-            "{} {:.2f} ms ({:.1f} GB/s)".format(v, best[v] * 1e3, _bytes(v) / best[v] / 1e9) for v in VARIANTS))
+            "{} {:.2f} ms ({:.1f} GB/s)".format(v, best[v] * 1e3, _bytes(v) / best[v] / 1e9) for v in variants))
+        if "int8_packed" in best:
+            print("          int8_packed/int8 {:.2f}x  int8_packed/conv {:.2f}x".format(
+                best["int8_packed"] / best["int8"], best["int8_packed"] / best["conv"]))
         print("          int8/fc {:.2f}x  int8/conv {:.2f}x  f32/fc {:.2f}x  f32/conv {:.2f}x".format(
             best["int8"] / best["fc"], best["int8"] / best["conv"], best["f32"] / best["fc"],
             best["f32"] / best["conv"]))
@@ -64,18 +71,19 @@ def main(argv=None):
 
 
 def _bytes(variant):
-    return sum(m * k for m, k in SHAPES) * (1 if variant == "int8" else 4)
+    return sum(m * k for m, k in SHAPES) * (1 if variant.startswith("int8") else 4)
 
 
-def _weights(mx):
+def _weights(mx, kernels):
     rng = np.random.default_rng(0)
     out = []
     for m, k in SHAPES:
         w = (rng.standard_normal((m, k)) * 0.02).astype("float32")
         scale = np.abs(w).max(axis=1) / 127
         q = np.round(w / scale[:, None]).astype("int8")
+        packed = mx.nd.array(kernels.pack_int8(q), dtype="int8") if kernels.packs_int8() else None
         out.append((mx.nd.array(w), mx.nd.array(w.reshape(m, k, 1)), mx.nd.array(q, dtype="int8"),
-                    mx.nd.array(scale.astype("float32"))))
+                    mx.nd.array(scale.astype("float32")), packed))
     return out
 
 
@@ -85,19 +93,23 @@ def _calls(mx, weights, rows):
     cols = {k: mx.nd.transpose(v).expand_dims(0) for k, v in x.items()}  # (1, K, B)
 
     def fc():
-        return [mx.nd.FullyConnected(x[k], w, no_bias=True, num_hidden=m) for (m, k), (w, _, _, _) in zip(SHAPES, weights)]
+        return [mx.nd.FullyConnected(x[k], w, no_bias=True, num_hidden=m) for (m, k), (w, *_) in zip(SHAPES, weights)]
 
     def conv():
         return [mx.nd.Convolution(cols[k], c, kernel=(1,), num_filter=m, no_bias=True)
-                for (m, k), (_, c, _, _) in zip(SHAPES, weights)]
+                for (m, k), (_, c, *_) in zip(SHAPES, weights)]
 
     def f32():
-        return [mx.nd.kogpt2_linear_f32(x[k], w, no_bias=True) for (m, k), (w, _, _, _) in zip(SHAPES, weights)]
+        return [mx.nd.kogpt2_linear_f32(x[k], w, no_bias=True) for (m, k), (w, *_) in zip(SHAPES, weights)]
 
     def int8():
-        return [mx.nd.kogpt2_linear_int8(x[k], q, s, no_bias=True) for (m, k), (_, _, q, s) in zip(SHAPES, weights)]
+        return [mx.nd.kogpt2_linear_int8(x[k], q, s, no_bias=True) for (m, k), (_, _, q, s, _) in zip(SHAPES, weights)]
 
-    return {"fc": fc, "conv": conv, "f32": f32, "int8": int8}
+    def int8_packed():
+        return [mx.nd.kogpt2_linear_int8_packed(x[k], p, s, no_bias=True)
+                for (m, k), (_, _, _, s, p) in zip(SHAPES, weights)]
+
+    return {"fc": fc, "conv": conv, "f32": f32, "int8": int8, "int8_packed": int8_packed}
 
 
 def _timed(mx, call):

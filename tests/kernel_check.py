@@ -2,7 +2,9 @@
 compare each output with a float64 NumPy product; print this process's ISA, then one line per case.
 The attention step (kogpt2_attention_step) is compared with a float64 softmax written from the
 definition, over masks that leave each row its own span of slots: left padding, a gap, unused
-capacity, a row with no slot at all.
+capacity, a row with no slot at all. Where int8 weights are held packed (AVX-512 VNNI, AMX), the
+packed product and lookup are checked too, against the same weights unpacked: rows past AMX's 16
+and VNNI's 8, an odd number of 16-output blocks, ids out of range.
 
 On AVX-512 VNNI the int8 kernel quantizes each row of x to 8 bits first: its reference is the
 product over those 8-bit rows (numpy_reference.quantize_activations), and each case also reports
@@ -35,7 +37,37 @@ def main():
     print(kernels.isa())
     check_products(mx, kernels, rng)
     check_attention(mx, rng)
+    if kernels.packs_int8():
+        check_packed(mx, kernels, rng)
     sys.stdout.flush()
+
+
+# (N rows, M outputs, K inputs) for the packed layout: M a multiple of 16, K of 64
+PACKED_SHAPES = [(1, 32, 64), (5, 48, 128), (17, 64, 192), (70, 16, 3072), (8, 2304, 768)]
+
+
+def check_packed(mx, kernels, rng):
+    for n, m, k in PACKED_SHAPES:
+        x = rng.standard_normal((n, k)).astype("float32")
+        w8 = rng.integers(-127, 128, (m, k)).astype("int8")
+        scale = (rng.random(m) + 0.5).astype("float32")
+        bias = rng.standard_normal(m).astype("float32")
+        packed = mx.nd.array(kernels.pack_int8(w8), dtype="int8")
+        q, q_scale = quantize_activations(x)
+        weight = w8.astype("float64") * scale[:, None]
+        ref = (q * q_scale) @ weight.T + bias
+        out = mx.nd.kogpt2_linear_int8_packed(mx.nd.array(x), packed, mx.nd.array(scale), mx.nd.array(bias)).asnumpy()
+        bound = 4e-7 * k * (np.abs(q * q_scale) @ np.abs(weight).T) + 1e-6
+        print(json.dumps({"case": "int8_packed+bias", "shape": [n, m, k],
+                          "worst": float((np.abs(out - ref) / bound).max())}))
+    table = rng.integers(-127, 128, (48, 128)).astype("int8")
+    scale = (rng.random(48) + 0.5).astype("float32")
+    ids = np.array([[0, 47, 16], [5, -3, 60]])  # the last two out of range: clipped, as take does
+    expected = table[np.clip(ids, 0, 47)] * scale[np.clip(ids, 0, 47)][..., None]
+    packed = mx.nd.array(kernels.pack_int8(table), dtype="int8")
+    for dtype in ("int32", "float32"):
+        rows = mx.nd.kogpt2_lookup_int8_packed(mx.nd.array(ids, dtype=dtype), packed, mx.nd.array(scale)).asnumpy()
+        print(json.dumps({"case": "lookup_packed", "dtype": dtype, "equal": bool(np.array_equal(rows, expected))}))
 
 
 def check_products(mx, kernels, rng):

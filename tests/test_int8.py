@@ -69,12 +69,16 @@ def test_weights_are_int8_once_and_the_rest_float32(int8_model):
     for linear in linears:
         n, k = linear.weight.shape
         assert linear.int8 and linear.weight.data().dtype == np.int8
+        # packed in place where the kernels quantize their input rows (VNNI, AMX); the test model's
+        # shapes (64 units, vocabulary 400) all fit the layout
+        assert linear.int8_packed == kernels.packs_int8()
         assert linear.weight_scale.data().shape == (n,) and linear.weight_scale.data().dtype == np.float32
         assert linear.step_weight._data is None  # no second copy for the steps
         if linear.bias is not None:
             assert linear.bias.data().dtype == np.float32
     tokens, positions = blocks(model, Lookup)
     assert tokens.int8 and tokens.weight is model._logits_proj.weight  # the tied table, quantized once
+    assert tokens.int8_packed == model._logits_proj.int8_packed  # and read as it is held
     assert tokens.weight_scale is model._logits_proj.weight_scale
     assert not positions.int8 and positions.weight.data().dtype == np.float32
     allocated = [p.data() for p in model.collect_params().values() if p._data]

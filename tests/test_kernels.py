@@ -22,12 +22,12 @@ needs_kernels = pytest.mark.skipif(bool(UNAVAILABLE), reason=UNAVAILABLE or "ker
 def _cpu_runs(isa):
     flags = device.cpu_flags() or ()
     return {"portable": True, "avx2": "avx2" in flags, "avx512": "avx512f" in flags,
-            "avx512_vnni": "avx512_vnni" in flags}[isa]
+            "avx512_vnni": "avx512_vnni" in flags, "amx": "amx" in flags}[isa]
 
 
 @needs_kernels
 @pytest.mark.parametrize("cap, expected", [("portable", "portable"), ("avx2", "avx2"), ("avx512", "avx512"),
-                                           ("", "avx512_vnni")])
+                                           ("avx512_vnni", "avx512_vnni"), ("", "amx")])
 def test_every_isa_path_matches_a_float64_product(cap, expected):
     if not _cpu_runs(expected):
         pytest.skip("this CPU ({}) cannot run the {} path".format(device.cpu_model(), expected))
@@ -39,11 +39,16 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     lines = done.stdout.splitlines()
     assert lines[0] == expected
     cases = [json.loads(line) for line in lines[1:]]
-    assert len(cases) == 25  # 7 shapes x (int8, int8 + bias, f32 + bias), 4 attention steps
-    worst = max(cases, key=lambda c: c["worst"])
+    kinds = [c["case"] for c in cases]
+    packed = expected in ("avx512_vnni", "amx")  # int8 weights are held packed there
+    assert len(cases) == 25 + (7 if packed else 0)  # 7 shapes x (int8, int8 + bias, f32 + bias), 4 attention
+    assert kinds.count("int8_packed+bias") == (5 if packed else 0)  # steps; packed: 5 products, 2 lookups
+    bounded = [c for c in cases if "worst" in c]
+    worst = max(bounded, key=lambda c: c["worst"])
     assert worst["worst"] < 1.0, worst  # within the float32 summation bound, every element
-    int8 = [c for c in cases if c["case"].startswith("int8")]
+    int8 = [c for c in cases if c["case"] in ("int8", "int8+bias")]
     assert max(c["rounding"] for c in int8) <= 1.0  # 8-bit rows (VNNI): nearest levels, right scales
+    assert all(c["equal"] for c in cases if c["case"] == "lookup_packed")  # rows gathered exactly
 
 
 @needs_kernels
@@ -126,6 +131,24 @@ def test_attention_step_refuses_wrong_inputs_with_the_reason(shapes, attrs, mess
     inputs = [mx.nd.ones(shape) for shape in shapes]
     with pytest.raises(mx.base.MXNetError, match=message):
         mx.nd.kogpt2_attention_step(*inputs, scale=0.125, **attrs).wait_to_read()
+
+
+@needs_kernels
+def test_packed_weights_are_refused_where_the_kernels_do_not_pack():
+    """A process whose kernels run below AVX-512 VNNI never packs int8 weights (kernels.packs_int8);
+    handed some anyway, the packed operator says why instead of computing garbage."""
+    code = ("import mxnet as mx, numpy as np\n"
+            "from kogpt2_serving import kernels\n"
+            "kernels.load(); assert not kernels.packs_int8()\n"
+            "w = mx.nd.array(kernels.pack_int8(np.ones((16, 64), 'int8')), dtype='int8')\n"
+            "try:\n"
+            "    mx.nd.kogpt2_linear_int8_packed(mx.nd.ones((1, 64)), w, mx.nd.ones((16,)), no_bias=True).wait_to_read()\n"
+            "except mx.base.MXNetError as e:\n"
+            "    print(e)\n")
+    env = dict(os.environ, KOGPT2_KERNEL_ISA="avx512" if _cpu_runs("avx512") else "avx2")
+    out = subprocess.check_output([sys.executable, "-c", code], env=env, universal_newlines=True,
+                                  stderr=subprocess.STDOUT)
+    assert "packed int8 weights need AVX-512 VNNI, which this process does not run" in out
 
 
 def test_mxnet_without_the_extension_api_is_refused_by_name(monkeypatch):

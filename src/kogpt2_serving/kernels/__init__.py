@@ -6,7 +6,8 @@ well below memory speed on AVX2 CPUs (docs: ../shared/reference/cpu-performance.
 linear.cc holds products over int8 (weight-only, per-output-channel scales) and float32
 weights, registered as the operators ``kogpt2_linear_int8`` and ``kogpt2_linear_f32``;
 attention.cc holds ``kogpt2_attention_step`` (every row and head of one step, each row reading
-only its own cache slots). isa.h picks the instruction set for both.
+only its own cache slots); packed.cc holds the int8 products and lookup over weights packed for
+AVX-512 VNNI and AMX (``pack_int8``). isa.h picks the instruction set for all of them.
 
 They are compiled here, on first use, against the installed MXNet's ``lib_api`` (its extension
 ABI changes between releases, so a prebuilt library would tie the package to one MXNet), into a
@@ -23,8 +24,8 @@ import tempfile
 from ..errors import ModelLoadError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(HERE, name) for name in ("linear.cc", "attention.cc")]
-HEADERS = [os.path.join(HERE, "isa.h")]
+SOURCES = [os.path.join(HERE, name) for name in ("linear.cc", "attention.cc", "packed.cc")]
+HEADERS = [os.path.join(HERE, name) for name in ("isa.h", "int8_rows.h")]
 CACHE_ENV = "KOGPT2_KERNEL_CACHE"
 COMPILER_ENV = "CXX"
 _loaded = []
@@ -59,18 +60,46 @@ def load():
 
 
 def isa():
-    """The instruction set the kernels run with in this process: avx512_vnni, avx512, avx2 or
+    """The instruction set the kernels run with in this process: amx, avx512_vnni, avx512, avx2 or
     portable (capped by KOGPT2_KERNEL_ISA or DNNL_MAX_CPU_ISA, read once per process)."""
     lib = ctypes.CDLL(load())
     lib.kogpt2_kernel_isa.restype = ctypes.c_char_p
     return lib.kogpt2_kernel_isa().decode()
 
 
+PACKED_OUTPUTS, PACKED_INPUTS = 16, 64  # a packed block: 16 outputs x 64 inputs (packed.cc)
+
+
+def packs_int8():
+    """Whether int8 weights are held packed (packed.cc's layout, read by kogpt2_linear_int8_packed
+    and kogpt2_lookup_int8_packed) in this process: where the kernels quantize their input rows
+    (AVX-512 VNNI, and AMX, whose tiles take the layout as it is)."""
+    return quantizes_activations()
+
+
+def can_pack(shape):
+    """Whether a weight (M, K) fits the packed layout: M a multiple of 16, K of 64."""
+    rows, cols = shape
+    return rows > 0 and cols > 0 and rows % PACKED_OUTPUTS == 0 and cols % PACKED_INPUTS == 0
+
+
+def pack_int8(values):
+    """int8 weight (M, K) -> the same bytes in packed.cc's layout, shape (M, K) kept: blocks of 16
+    outputs x 64 inputs, block (mb, kb) at (mb * K/64 + kb) * 1024, its byte r * 64 + n * 4 + j
+    holding w[mb * 16 + n][kb * 64 + r * 4 + j]. A NumPy array in, a NumPy array out."""
+    import numpy as np
+
+    rows, cols = values.shape
+    blocks = values.reshape(rows // PACKED_OUTPUTS, PACKED_OUTPUTS, cols // PACKED_INPUTS, PACKED_INPUTS // 4, 4)
+    return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1, 4)).reshape(rows, cols)  # (mb, kb, r, n, j)
+
+
 def quantizes_activations():
     """Whether kogpt2_linear_int8 turns each input row into 8 bits (its own scale) before the
-    product in this process: on AVX-512 VNNI, where exact integer sums (vpdpbusd) are what keeps
-    a step at memory speed. Elsewhere it multiplies float32 inputs by the int8 weights."""
-    return isa() == "avx512_vnni"
+    product in this process: on AVX-512 VNNI and AMX, where exact integer sums (vpdpbusd,
+    tdpbssd) are what keeps a step at memory speed. Elsewhere it multiplies float32 inputs by
+    the int8 weights."""
+    return isa() in ("avx512_vnni", "amx")
 
 
 def _lib_api_source():

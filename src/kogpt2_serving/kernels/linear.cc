@@ -22,6 +22,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "int8_rows.h"
 #include "isa.h"
 #include "mxnet/lib_api.h"
 
@@ -172,6 +173,7 @@ void tile_avx512(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ld
 template <typename W>
 void tile(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K, float acc[NR][MR]) {
   switch (isa()) {
+    case kAmx:
     case kAvx512Vnni:
     case kAvx512: return tile_avx512(x, nr, ldx, w, ldw, mr, K, acc);
     case kAvx2: return tile_avx2(x, nr, ldx, w, ldw, mr, K, acc);
@@ -250,46 +252,6 @@ void linear(const float* x, const W* w, const float* scale, const float* bias, f
 // result never depends on the rows it is batched with. vpdpbusd needs one unsigned operand: the
 // weights, flipped to w + 128 (one xor per 64 weights, shared by every row), and 128 * sum(q) of
 // each row of x, counted while quantizing it, is taken off the sums.
-
-struct QuantizedRows {
-  std::vector<int8_t> values;  // (N, K): q in [-127, 127]
-  std::vector<float> scales;   // (N): max|row| / 127 (0 for a row of zeros)
-  std::vector<int32_t> sums;   // (N): sum of the row's q
-};
-
-__attribute__((target("avx512f,avx512bw"))) void quantize_row(const float* x, int64_t K, int8_t* q, float* scale,
-                                                              int32_t* sum) {
-  const int64_t body = K - K % 16;
-  __m512 amax = _mm512_setzero_ps();
-  for (int64_t k = 0; k < body; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
-  float m = _mm512_reduce_max_ps(amax);
-  for (int64_t k = body; k < K; ++k) m = std::max(m, std::fabs(x[k]));
-  *scale = m / 127.f;
-  const float inv = m > 0.f ? 127.f / m : 0.f;
-  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
-  __m512i total = _mm512_setzero_si512();
-  for (int64_t k = 0; k < body; k += 16) {
-    __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(_mm512_loadu_ps(x + k), vinv)));
-    __m512i i = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    total = _mm512_add_epi32(total, i);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtepi32_epi8(i));
-  }
-  int32_t s = _mm512_reduce_add_epi32(total);
-  for (int64_t k = body; k < K; ++k) {
-    float v = std::min(127.f, std::max(-127.f, x[k] * inv));
-    q[k] = static_cast<int8_t>(std::nearbyint(v));
-    s += q[k];
-  }
-  *sum = s;
-}
-
-QuantizedRows quantize_rows(const float* x, int64_t N, int64_t K) {
-  QuantizedRows rows{std::vector<int8_t>(N * K), std::vector<float>(N), std::vector<int32_t>(N)};
-#pragma omp parallel for schedule(static) if (N * K > 65536)
-  for (int64_t n = 0; n < N; ++n)
-    quantize_row(x + n * K, K, rows.values.data() + n * K, rows.scales.data() + n, rows.sums.data() + n);
-  return rows;
-}
 
 // [sum(a0), sum(a1), sum(a2), sum(a3)]: the four reductions share their shuffles (about a third
 // of the instructions of four separate ones, which cost as much as the products at K = 768).
@@ -438,7 +400,7 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   const float* scale = WeightInputs == 2 ? (*inputs)[2].data<float>() : nullptr;
   const float* bias = has_bias(attrs) ? (*inputs)[1 + WeightInputs].data<float>() : nullptr;
   const int64_t M = w.shape[0], K = w.shape[1], N = x.size() / K;
-  if (std::is_same<W, int8_t>::value && isa() == kAvx512Vnni) {
+  if (std::is_same<W, int8_t>::value && isa() >= kAvx512Vnni) {
     linear_vnni(x.data<float>(), w.data<int8_t>(), scale, bias, (*outputs)[0].data<float>(), N, M, K);
     return MX_SUCCESS;
   }

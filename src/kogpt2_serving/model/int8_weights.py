@@ -12,7 +12,10 @@ is quantized to 8 bits with its own scale and the sums are exact integers (vpdpb
 result never depends on the rows batched with it either way.
 
 Quantizing replaces each float32 weight by its int8 one in place, one matrix at a time, so the
-model never holds a whole second copy; the step kernels (`fill_step_weights`) are skipped.
+model never holds a whole second copy; the step kernels (`fill_step_weights`) are skipped. Where
+the kernels quantize their input rows (AVX-512 VNNI, AMX), a weight whose shape allows it is
+then re-laid in the packed layout (kernels.pack_int8: blocks of 16 outputs x 64 inputs, the
+operand AMX's tiles and VNNI's broadcast products read as stored), same bytes, still held once.
 Accuracy against float32 is measured in benchmarks/int8_accuracy.py.
 """
 from .compat import load_parameter
@@ -31,10 +34,17 @@ def store_weights_in_int8(model):
     kernels.load()
     linears = blocks(model, Linear)
     tied = {id(linear.weight) for linear in linears}
+    packed = {}  # id(weight) -> held packed, for the weights quantized here
     for block in linears + [b for b in blocks(model, Lookup) if id(b.weight) in tied]:
         block.int8 = True
-        if block.weight.dtype != INT8:
-            _quantize(block.weight, block.weight_scale)
+        weight = block.weight
+        if weight.dtype != INT8:
+            _quantize(weight, block.weight_scale)
+            packed[id(weight)] = kernels.packs_int8() and kernels.can_pack(weight.shape)
+            if packed[id(weight)]:
+                _pack(weight)
+        # the tied table is quantized (and packed) once: the lookup reads it as the head holds it
+        block.int8_packed = packed.get(id(weight), block.int8_packed)
 
 
 def quantized(weight):
@@ -46,6 +56,15 @@ def quantized(weight):
     scale = nd.where(absmax > 0, absmax / LEVELS, nd.ones_like(absmax))  # (N,)
     values = nd.clip(nd.round(nd.broadcast_div(weight, scale.expand_dims(1))), -LEVELS, LEVELS)  # (N, K)
     return values.astype(INT8), scale
+
+
+def _pack(param):
+    """The int8 weight re-laid in the packed layout (kernels.pack_int8), in place, same bytes."""
+    from .. import kernels
+
+    from mxnet import nd
+
+    param.set_data(nd.array(kernels.pack_int8(param.data().asnumpy()), ctx=param.list_ctx()[0], dtype=INT8))
 
 
 def _quantize(param, scale_param):

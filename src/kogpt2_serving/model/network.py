@@ -57,6 +57,7 @@ class Linear(nn.Dense):
 
     bfloat16 = False
     int8 = False
+    int8_packed = False  # the int8 weight is held in the packed layout (model/int8_weights.py)
     f32_steps = False  # decode steps through kogpt2_linear_f32 (use_f32_kernel_for_steps)
 
     def __init__(self, units, in_units, **kwargs):
@@ -72,7 +73,7 @@ class Linear(nn.Dense):
 
     def hybrid_forward(self, F, x, weight, bias=None, step_weight=None, weight_scale=None):
         if self.int8:
-            return _int8_product(F, x, weight, weight_scale, bias)
+            return _int8_product(F, x, weight, weight_scale, bias, self.int8_packed)
         if not self.bfloat16:
             return super().hybrid_forward(F, x, weight, bias)
         out = super().hybrid_forward(F, F.amp_cast(x, dtype=BFLOAT16), weight, bias)
@@ -90,7 +91,8 @@ class Linear(nn.Dense):
         """
         bias = _value(F, self.bias) if self.bias is not None else None
         if self.int8:
-            return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias)  # (B, N)
+            return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias,
+                                 self.int8_packed)  # (B, N)
         if self.f32_steps:
             if bias is None:
                 return F.kogpt2_linear_f32(x, _value(F, self.weight), no_bias=True)  # (B, N)
@@ -108,11 +110,13 @@ class Linear(nn.Dense):
         return F.transpose(out.reshape((self.out_units, rows)))  # (B, N)
 
 
-def _int8_product(F, x, weight, scale, bias):
-    """x (..., K) float32, weight (N, K) int8, scale (N,) -> (..., N) float32: x . (weight * scale) + bias."""
+def _int8_product(F, x, weight, scale, bias, packed):
+    """x (..., K) float32, weight (N, K) int8 (packed or not), scale (N,) -> (..., N) float32:
+    x . (weight * scale) + bias."""
+    product = F.kogpt2_linear_int8_packed if packed else F.kogpt2_linear_int8
     if bias is None:
-        return F.kogpt2_linear_int8(x, weight, scale, no_bias=True)
-    return F.kogpt2_linear_int8(x, weight, scale, bias)
+        return product(x, weight, scale, no_bias=True)
+    return product(x, weight, scale, bias)
 
 
 def _scale_parameter(block, rows):
@@ -126,12 +130,15 @@ class Lookup(nn.Embedding):
 
     bfloat16 = False
     int8 = False
+    int8_packed = False  # the tied table is held packed: its rows are gathered by our kernel
 
     def __init__(self, input_dim, output_dim, **kwargs):
         super().__init__(input_dim, output_dim, **kwargs)
         self.weight_scale = _scale_parameter(self, input_dim)
 
     def hybrid_forward(self, F, x, weight, weight_scale=None):
+        if self.int8_packed:
+            return F.kogpt2_lookup_int8_packed(x, weight, weight_scale)  # (..., U)
         if self.int8:
             rows = F.cast(F.take(weight, x, axis=0), dtype="float32")  # (..., U)
             return F.broadcast_mul(rows, F.take(weight_scale, x, axis=0).expand_dims(-1))

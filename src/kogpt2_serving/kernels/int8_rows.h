@@ -1,0 +1,58 @@
+// Input rows quantized to 8 bits for the int8 kernels on AVX-512 VNNI and AMX CPUs
+// (linear.cc, packed.cc): each row of x on its own, scale max|row| / 127, rounded to nearest
+// even, so that a row's result never depends on the rows it is batched with.
+#ifndef KOGPT2_KERNELS_INT8_ROWS_H_
+#define KOGPT2_KERNELS_INT8_ROWS_H_
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace kogpt2 {
+
+struct QuantizedRows {
+  std::vector<int8_t> values;  // (N, K): q in [-127, 127]
+  std::vector<float> scales;   // (N): max|row| / 127 (0 for a row of zeros)
+  std::vector<int32_t> sums;   // (N): sum of the row's q
+};
+
+__attribute__((target("avx512f,avx512bw"))) inline void quantize_row(const float* x, int64_t K, int8_t* q, float* scale,
+                                                              int32_t* sum) {
+  const int64_t body = K - K % 16;
+  __m512 amax = _mm512_setzero_ps();
+  for (int64_t k = 0; k < body; k += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+  float m = _mm512_reduce_max_ps(amax);
+  for (int64_t k = body; k < K; ++k) m = std::max(m, std::fabs(x[k]));
+  *scale = m / 127.f;
+  const float inv = m > 0.f ? 127.f / m : 0.f;
+  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+  __m512i total = _mm512_setzero_si512();
+  for (int64_t k = 0; k < body; k += 16) {
+    __m512 v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_mul_ps(_mm512_loadu_ps(x + k), vinv)));
+    __m512i i = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    total = _mm512_add_epi32(total, i);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k), _mm512_cvtepi32_epi8(i));
+  }
+  int32_t s = _mm512_reduce_add_epi32(total);
+  for (int64_t k = body; k < K; ++k) {
+    float v = std::min(127.f, std::max(-127.f, x[k] * inv));
+    q[k] = static_cast<int8_t>(std::nearbyint(v));
+    s += q[k];
+  }
+  *sum = s;
+}
+
+inline QuantizedRows quantize_rows(const float* x, int64_t N, int64_t K) {
+  QuantizedRows rows{std::vector<int8_t>(N * K), std::vector<float>(N), std::vector<int32_t>(N)};
+#pragma omp parallel for schedule(static) if (N * K > 65536)
+  for (int64_t n = 0; n < N; ++n)
+    quantize_row(x + n * K, K, rows.values.data() + n * K, rows.scales.data() + n, rows.sums.data() + n);
+  return rows;
+}
+
+}  // namespace kogpt2
+
+#endif  // KOGPT2_KERNELS_INT8_ROWS_H_
