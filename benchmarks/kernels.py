@@ -8,8 +8,8 @@ the same random weights and activations, interleaved, best of --repeats:
   conv        the 1x1 convolution the decode steps use (model/network.py Linear.step), float32
   f32         kogpt2_linear_f32, our kernel over the same float32 weights
   int8        kogpt2_linear_int8, our kernel over int8 weights with per-output-channel scales
-  int8_packed kogpt2_linear_int8_packed over the same int8 weights in the packed layout (AVX-512
-              VNNI and AMX CPUs only: elsewhere skipped and listed)
+  int8_packed kogpt2_linear_int8_packed over the same int8 weights in the packed layout (AMX CPUs
+              only: elsewhere skipped and listed)
 
 Prints ms per step and GB/s of weights read per variant and row count, and the ratios to fc and
 conv. The ISA our kernels use follows KOGPT2_KERNEL_ISA / DNNL_MAX_CPU_ISA (run it once with
@@ -50,7 +50,7 @@ def main(argv=None):
     weights = _weights(mx, kernels)
     variants = VARIANTS if kernels.packs_int8() else VARIANTS[:-1]
     result = {"kernel_isa": kernels.isa(), "rows": {}, "skipped": {} if kernels.packs_int8() else {
-        "int8_packed": "packed int8 weights need AVX-512 VNNI; this process runs " + kernels.isa()}}
+        "int8_packed": "packed int8 weights need AMX; this process runs " + kernels.isa()}}
     print("# {}; our kernels: {}".format(capabilities().summary(), result["kernel_isa"]))
     for rows in [int(r) for r in args.rows.split(",")]:
         calls = _calls(mx, weights, rows)

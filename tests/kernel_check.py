@@ -2,9 +2,9 @@
 compare each output with a float64 NumPy product; print this process's ISA, then one line per case.
 The attention step (kogpt2_attention_step) is compared with a float64 softmax written from the
 definition, over masks that leave each row its own span of slots: left padding, a gap, unused
-capacity, a row with no slot at all. Where int8 weights are held packed (AVX-512 VNNI, AMX), the
-packed product and lookup are checked too, against the same weights unpacked: rows past AMX's 16
-and VNNI's 8, an odd number of 16-output blocks, ids out of range.
+capacity, a row with no slot at all. Where int8 weights are held packed (AMX), the packed product
+and lookup are checked too, against the same weights unpacked: rows past a tile's 16, an odd
+number of 16-output blocks, ids out of range.
 
 On AVX-512 VNNI the int8 kernel quantizes each row of x to 8 bits first: its reference is the
 product over those 8-bit rows (numpy_reference.quantize_activations), and each case also reports

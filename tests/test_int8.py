@@ -69,8 +69,7 @@ def test_weights_are_int8_once_and_the_rest_float32(int8_model):
     for linear in linears:
         n, k = linear.weight.shape
         assert linear.int8 and linear.weight.data().dtype == np.int8
-        # packed in place where the kernels quantize their input rows (VNNI, AMX); the test model's
-        # shapes (64 units, vocabulary 400) all fit the layout
+        # packed in place on AMX CPUs; the test model's shapes (64 units, vocabulary 400) all fit
         assert linear.int8_packed == kernels.packs_int8()
         assert linear.weight_scale.data().shape == (n,) and linear.weight_scale.data().dtype == np.float32
         assert linear.step_weight._data is None  # no second copy for the steps

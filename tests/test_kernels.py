@@ -40,7 +40,7 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     assert lines[0] == expected
     cases = [json.loads(line) for line in lines[1:]]
     kinds = [c["case"] for c in cases]
-    packed = expected in ("avx512_vnni", "amx")  # int8 weights are held packed there
+    packed = expected == "amx"  # int8 weights are held packed there
     assert len(cases) == 25 + (7 if packed else 0)  # 7 shapes x (int8, int8 + bias, f32 + bias), 4 attention
     assert kinds.count("int8_packed+bias") == (5 if packed else 0)  # steps; packed: 5 products, 2 lookups
     bounded = [c for c in cases if "worst" in c]
@@ -135,8 +135,8 @@ def test_attention_step_refuses_wrong_inputs_with_the_reason(shapes, attrs, mess
 
 @needs_kernels
 def test_packed_weights_are_refused_where_the_kernels_do_not_pack():
-    """A process whose kernels run below AVX-512 VNNI never packs int8 weights (kernels.packs_int8);
-    handed some anyway, the packed operator says why instead of computing garbage."""
+    """A process whose kernels run below AMX never packs int8 weights (kernels.packs_int8); handed
+    some anyway, the packed operator says why instead of computing garbage."""
     code = ("import mxnet as mx, numpy as np\n"
             "from kogpt2_serving import kernels\n"
             "kernels.load(); assert not kernels.packs_int8()\n"
@@ -145,10 +145,11 @@ def test_packed_weights_are_refused_where_the_kernels_do_not_pack():
             "    mx.nd.kogpt2_linear_int8_packed(mx.nd.ones((1, 64)), w, mx.nd.ones((16,)), no_bias=True).wait_to_read()\n"
             "except mx.base.MXNetError as e:\n"
             "    print(e)\n")
-    env = dict(os.environ, KOGPT2_KERNEL_ISA="avx512" if _cpu_runs("avx512") else "avx2")
+    below = [isa for isa in ("avx512_vnni", "avx512", "avx2", "portable") if _cpu_runs(isa)][0]
+    env = dict(os.environ, KOGPT2_KERNEL_ISA=below)
     out = subprocess.check_output([sys.executable, "-c", code], env=env, universal_newlines=True,
                                   stderr=subprocess.STDOUT)
-    assert "packed int8 weights need AVX-512 VNNI, which this process does not run" in out
+    assert "packed int8 weights need AMX, which this process does not run (kernels ISA {})".format(below) in out
 
 
 def test_mxnet_without_the_extension_api_is_refused_by_name(monkeypatch):

@@ -1,4 +1,4 @@
-// int8 weights packed for VNNI and AMX, as MXNet (>= 1.7) extension operators.
+// int8 weights packed for AMX, as MXNet (>= 1.7) extension operators.
 //
 //   kogpt2_linear_int8_packed (x (..., K) float32, w (M, K) int8 packed, scale (M) float32[, bias (M)])
 //       -> (..., M) float32 = (q(x) . w^T) * (x's row scale * scale) + bias
@@ -7,16 +7,12 @@
 //
 // The packed layout (kernels.pack_int8 writes it; M a multiple of 16, K of 64) stores the weight
 // as blocks of 16 outputs x 64 inputs, 1 KB each, block (mb, kb) at (mb * K/64 + kb) * 1024, its
-// byte r * 64 + n * 4 + j holding w[mb * 16 + n][kb * 64 + r * 4 + j]. That is the B operand of
-// AMX's tdpbssd as it is, and row by row it gives 16 outputs' 4 inputs for one vpdpbusd against
-// 4 bytes of x broadcast: 16 output sums in one register, with no horizontal sums at the end,
-// which the row-major kernels (linear.cc) spend a third of their time on at K = 768.
-//
-// x is quantized per row first (int8_rows.h), so the sums are exact integers and a row's result
-// does not depend on its batch. On AMX CPUs, tdpbssd multiplies up to 16 rows of x by 16 outputs
-// x 64 inputs per instruction (two blocks share each x tile); on AVX-512 VNNI CPUs without AMX,
-// vpdpbusd takes the weights as unsigned (w + 128, one xor per 64 bytes) and each row's
-// 128 * sum(q) is taken off. Measured on a 2-vCPU Sapphire Rapids-class Xeon: benchmarks/README.md.
+// byte r * 64 + n * 4 + j holding w[mb * 16 + n][kb * 64 + r * 4 + j]: the B operand of AMX's
+// tdpbssd as it is. tdpbssd multiplies up to 16 rows of x (quantized per row first, int8_rows.h)
+// by 16 outputs x 64 inputs in one instruction, exactly, and two blocks share each x tile: a
+// step's products cost about as much at 16 rows as at 1 (benchmarks/README.md). The same layout
+// read by AVX-512 VNNI (16 outputs per vpdpbusd against 4 broadcast bytes of x) measured no
+// faster than linear.cc's row-major VNNI kernel there, so only AMX CPUs pack (kernels.packs_int8).
 #include <immintrin.h>
 #include <omp.h>
 #include <algorithm>
@@ -34,49 +30,10 @@ using namespace kogpt2;
 
 namespace {
 
-const int kOut = 16;          // outputs per block
-const int kIn = 64;           // inputs per block
+const int kOut = 16;            // outputs per block
+const int kIn = 64;             // inputs per block
 const int kBlock = kOut * kIn;  // bytes per block
-const int kVnniRows = 8;      // rows of x per pass of the VNNI kernel (8 accumulators)
-const int kAmxRows = 16;      // rows of x per tile
-
-// ---- AVX-512 VNNI: R rows of x against one block column (16 outputs, every K) ----
-
-template <int R>
-__attribute__((target("avx512f,avx512bw,avx512vnni"))) void vnni_rows(const int8_t* q, int64_t K,
-                                                                       const int32_t* q_sums, const int8_t* blocks,
-                                                                       int32_t sums[][kOut]) {
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // w ^ 0x80 = w + 128, unsigned
-  __m512i acc[R];
-  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_si512();
-  for (int64_t kb = 0; kb < K / kIn; ++kb) {
-    const int8_t* block = blocks + kb * kBlock;
-    for (int r = 0; r < kIn / 4; ++r) {
-      const __m512i w = _mm512_xor_si512(_mm512_loadu_si512(block + r * 64), flip);
-      for (int i = 0; i < R; ++i) {
-        int32_t four;  // x[i][kb * 64 + r * 4 .. + 4]
-        std::memcpy(&four, q + i * K + kb * kIn + r * 4, sizeof four);
-        acc[i] = _mm512_dpbusd_epi32(acc[i], w, _mm512_set1_epi32(four));
-      }
-    }
-  }
-  for (int i = 0; i < R; ++i)
-    _mm512_storeu_si512(sums[i], _mm512_sub_epi32(acc[i], _mm512_set1_epi32(128 * q_sums[i])));
-}
-
-void vnni_block_column(const int8_t* q, int64_t nr, int64_t K, const int32_t* q_sums, const int8_t* blocks,
-                       int32_t sums[][kOut]) {
-  switch (nr) {
-    case 1: return vnni_rows<1>(q, K, q_sums, blocks, sums);
-    case 2: return vnni_rows<2>(q, K, q_sums, blocks, sums);
-    case 3: return vnni_rows<3>(q, K, q_sums, blocks, sums);
-    case 4: return vnni_rows<4>(q, K, q_sums, blocks, sums);
-    case 5: return vnni_rows<5>(q, K, q_sums, blocks, sums);
-    case 6: return vnni_rows<6>(q, K, q_sums, blocks, sums);
-    case 7: return vnni_rows<7>(q, K, q_sums, blocks, sums);
-    default: return vnni_rows<8>(q, K, q_sums, blocks, sums);
-  }
-}
+const int kRows = 16;           // rows of x per tile
 
 // ---- AMX: up to 16 rows of x against one or two block columns ----
 
@@ -136,28 +93,20 @@ void linear_packed(const float* x, const int8_t* w, const float* scale, const fl
   const QuantizedRows rows = quantize_rows(x, N, K);
   const int8_t* q = rows.values.data();
   const int64_t columns = M / kOut, column_bytes = K * kOut;
-  const bool amx = isa() == kAmx;
-  const int64_t step = amx ? 2 : 1;  // block columns per task
 #pragma omp parallel if (columns * N * K > 65536)
   {
     int configured = 0;  // rows the tiles are configured for in this thread
 #pragma omp for schedule(static)
-    for (int64_t c = 0; c < columns; c += step) {
-      for (int64_t n = 0; n < N; n += amx ? kAmxRows : kVnniRows) {
-        const int64_t nr = std::min<int64_t>(N - n, amx ? kAmxRows : kVnniRows);
-        const int64_t outputs = amx && c + 1 < columns ? 2 * kOut : kOut;
-        int32_t sums[kAmxRows][2 * kOut];
-        if (amx) {
-          if (configured != nr) {
-            configured = static_cast<int>(nr);
-            configure_tiles(configured);
-          }
-          amx_rows(q + n * K, K, w + c * column_bytes, outputs > kOut ? w + (c + 1) * column_bytes : nullptr, sums);
-        } else {
-          int32_t own[kVnniRows][kOut];
-          vnni_block_column(q + n * K, nr, K, rows.sums.data() + n, w + c * column_bytes, own);
-          for (int64_t i = 0; i < nr; ++i) std::memcpy(sums[i], own[i], sizeof own[i]);
+    for (int64_t c = 0; c < columns; c += 2) {  // two block columns per x tile
+      const int64_t outputs = c + 1 < columns ? 2 * kOut : kOut;
+      for (int64_t n = 0; n < N; n += kRows) {
+        const int nr = static_cast<int>(std::min<int64_t>(N - n, kRows));
+        if (configured != nr) {
+          configured = nr;
+          configure_tiles(nr);
         }
+        int32_t sums[kRows][2 * kOut];
+        amx_rows(q + n * K, K, w + c * column_bytes, outputs > kOut ? w + (c + 1) * column_bytes : nullptr, sums);
         for (int64_t i = 0; i < nr; ++i)
           for (int64_t half = 0; half < outputs; half += kOut) {
             const int64_t o = c * kOut + half;
@@ -190,7 +139,7 @@ bool has_bias(const std::unordered_map<std::string, std::string>& attrs) {
   return it == attrs.end() || (it->second != "True" && it->second != "1" && it->second != "true");
 }
 
-bool runs_packed() { return isa() >= kAvx512Vnni; }
+bool runs_packed() { return isa() == kAmx; }
 
 MXReturnValue linear_attrs(const std::unordered_map<std::string, std::string>& attrs, int* num_in, int* num_out) {
   *num_in = has_bias(attrs) ? 4 : 3;
@@ -236,7 +185,7 @@ MXReturnValue linear_shape(const std::unordered_map<std::string, std::string>& a
 }
 
 MXReturnValue refuse_unpacked(const char* op) {
-  MX_ERROR_MSG << op << ": packed int8 weights need AVX-512 VNNI, which this process does not run (kernels ISA "
+  MX_ERROR_MSG << op << ": packed int8 weights need AMX, which this process does not run (kernels ISA "
                << kIsaNames[isa()] << ")";
   return MX_FAIL;
 }

@@ -12,10 +12,10 @@ is quantized to 8 bits with its own scale and the sums are exact integers (vpdpb
 result never depends on the rows batched with it either way.
 
 Quantizing replaces each float32 weight by its int8 one in place, one matrix at a time, so the
-model never holds a whole second copy; the step kernels (`fill_step_weights`) are skipped. Where
-the kernels quantize their input rows (AVX-512 VNNI, AMX), a weight whose shape allows it is
-then re-laid in the packed layout (kernels.pack_int8: blocks of 16 outputs x 64 inputs, the
-operand AMX's tiles and VNNI's broadcast products read as stored), same bytes, still held once.
+model never holds a whole second copy; the step kernels (`fill_step_weights`) are skipped. On
+AMX CPUs a weight whose shape allows it is then re-laid in the packed layout (kernels.pack_int8:
+blocks of 16 outputs x 64 inputs, the operand AMX's tiles read as stored), same bytes, still held
+once.
 Accuracy against float32 is measured in benchmarks/int8_accuracy.py.
 """
 from .compat import load_parameter
