@@ -229,3 +229,34 @@ def test_rows_joining_a_running_batch_attend_to_their_own_slots(head64_model_dir
         for row, ids in fed.items():
             full = engine.full_logits([ids])[0][-1]
             assert np.abs(logits[row] - full).max() < 1e-4 * np.abs(full).max()
+
+
+def test_graph_call_runs_the_built_graph_with_the_blocks_parameters():
+    """compat.GraphCall: the first call goes through Gluon (which builds the graph), later ones
+    straight to the graph with the parameters' arrays; the outputs are the block's own."""
+    import mxnet as mx
+    from mxnet import gluon
+
+    from kogpt2_serving.model.compat import GraphCall
+
+    class TwoOutputs(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.dense = gluon.nn.Dense(3, in_units=4)
+
+        def hybrid_forward(self, F, x, y):
+            return self.dense(x) + y, F.sum(x, axis=1)
+
+    block = TwoOutputs()
+    block.initialize(mx.init.Normal(1.0))
+    block.hybridize(static_alloc=True, static_shape=True)
+    call = GraphCall(block)
+    x, y = mx.nd.array(np.arange(8).reshape(2, 4)), mx.nd.ones((2, 3))
+    first = [a.asnumpy() for a in call(x, y)]
+    block.forward = None  # Gluon's own call is not taken again
+    second = call(x, y)
+    assert isinstance(second, tuple) and len(second) == 2
+    expected = block.dense.weight.data().asnumpy()
+    np.testing.assert_allclose(first[0], x.asnumpy() @ expected.T + block.dense.bias.data().asnumpy() + 1, rtol=1e-5)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b.asnumpy())

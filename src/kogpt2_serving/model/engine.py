@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import PromptTooLong
 from .cache import capacity_for
+from .compat import GraphCall, slice_assign, slice_fill
 from .network import MASKED, PrefillGraph, StepGraph, fill_step_weights
 
 MAX_STEP_GRAPHS = 32  # step graphs kept (one per batch size seen; beam search shrinks batches)
@@ -104,12 +105,13 @@ class Engine:
         self.config = model.config
         self.ctx = ctx
         self.dtype = dtype
-        self._prefill = PrefillGraph(model)
-        self._steps = {}  # batch size -> StepGraph
+        self._prefill = GraphCall(PrefillGraph(model))
+        self._steps = {}  # batch size -> GraphCall of its StepGraph
+        self._ids = {}  # batch size -> (B, 1) int32 NDArray the step's tokens are copied into
         self._spare = []  # flat cache arrays of retired states (retire), smallest first
         fill_step_weights(model)
         # Prompt shapes vary per request; step shapes are fixed for a whole generation.
-        self._prefill.hybridize(static_alloc=True)
+        self._prefill.block.hybridize(static_alloc=True)
         model.hybridize(static_alloc=True)
 
     @property
@@ -244,17 +246,30 @@ class Engine:
         rows = len(tokens)
         if not 0 < rows <= state.batch_size:
             raise ValueError("a step feeds 1 to {} rows, got {} tokens".format(state.batch_size, rows))
-        ids = self._nd(np.asarray(tokens).reshape(-1, 1), "int32")
+        ids = self._step_ids(tokens)
         step = self._step_graph(rows)
         positions, mask = state.positions[:rows], state.mask[:rows]
         logits, new_keys, new_values = _run(step, ids, positions, mask, *state.layer_views(rows))
+        # The writes as single operators (NDArray's slice syntax costs ~60 us of Python each).
         t = state.length
-        state.keys[:, :rows, :, :, t:t + 1] = new_keys
-        state.values[:, :rows, :, t:t + 1, :] = new_values
-        state.mask[:rows, t:t + 1] = 0
-        state.positions[:rows] = positions + 1
+        slice_assign(state.keys, new_keys, (0, 0, 0, 0, t), (None, rows, None, None, t + 1))
+        slice_assign(state.values, new_values, (0, 0, 0, t, 0), (None, rows, None, t + 1, None))
+        slice_fill(state.mask, 0, (0, t), (rows, t + 1))
+        positions += 1  # a view of the first rows' positions: in place
         state.length += 1
         return self._host(logits)
+
+    def _step_ids(self, tokens):
+        """(B, 1) int32 NDArray of the tokens, in a buffer kept per batch size (a new NDArray from
+        NumPy costs twice the copy into one)."""
+        import mxnet as mx
+
+        rows = len(tokens)
+        ids = self._ids.get(rows)
+        if ids is None:
+            ids = self._ids[rows] = mx.nd.zeros((rows, 1), ctx=self.ctx, dtype="int32")
+        ids._sync_copyfrom(np.asarray(tokens, dtype=np.int32).reshape(rows, 1))
+        return ids
 
     def move_row(self, state, source, target):
         """Row `source` of the state into row `target` (whatever that held is overwritten): a
@@ -271,8 +286,8 @@ class Engine:
         if graph is None:
             if len(self._steps) >= MAX_STEP_GRAPHS:
                 self._steps.pop(next(iter(self._steps)))  # the oldest batch size
-            graph = self._steps[rows] = StepGraph(self.model, rows)
-            graph.hybridize(static_alloc=True, static_shape=True)
+            graph = self._steps[rows] = GraphCall(StepGraph(self.model, rows))
+            graph.block.hybridize(static_alloc=True, static_shape=True)
         return graph
 
     def full_logits(self, ids):
