@@ -12,8 +12,8 @@ in development; the test matrix runs both) have and that has no public equivalen
 - ``MXSetNumOMPThreads`` through ``mx.base._LIB``: resize the OpenMP pool after MXNet was
   imported (the pool is sized from OMP_NUM_THREADS at import time).
 - ``HybridBlock._cached_op`` and ``_cached_op_args``: the graph Gluon built on a hybridized
-  block's first call, and which of its inputs are the call's arguments and which parameters
-  (`GraphCall`).
+  block's first call, and which of its inputs are the call's arguments and which parameters;
+  and ``MXInvokeCachedOpEx`` through ``mx.base._LIB``, the C call that runs it (`GraphCall`).
 - ``mx.nd._internal._slice_assign`` / ``_slice_assign_scalar``: the operators behind
   ``NDArray.__setitem__`` with slices, without its indexing work in Python (~60 us a call).
 """
@@ -38,26 +38,51 @@ def set_omp_threads(threads):
 
 class GraphCall:
     """Calls a hybridized block's graph with flat NDArray arguments (no None, no nesting), like
-    `block(*args)` but straight to the graph Gluon built on the first call: Gluon's own call
-    fetches every parameter's array again on each call (~150 at KoGPT2 size: ~0.5 ms, a tenth of
-    an int8 decode step), though a decoding model's parameters never change once it is built.
-    Returns the graph's outputs as a tuple (one NDArray alone when there is one)."""
+    `block(*args)` but straight to the graph Gluon built on the first call, through MXNet's C
+    API (`MXInvokeCachedOpEx`, which Gluon's own call ends in). Gluon's call fetches every
+    parameter's array again and builds the C array of every input's handle on each call (~150
+    parameters at KoGPT2 size: ~0.4 ms, a tenth of an int8 decode step), though a decoding
+    model's parameters never change once it is built: here the parameters' handles are set once
+    and each call only sets its arguments'. Returns the outputs as a tuple (one NDArray alone)."""
 
     def __init__(self, block):
         self.block = block
         self._graph = None
-        self._plan = None  # per graph input: (True, argument index) or (False, parameter array)
+
+    @property
+    def built(self):
+        return self._graph is not None and self.block._cached_op is self._graph
 
     def __call__(self, *args):
-        if self._graph is None or self.block._cached_op is not self._graph:
+        if not self.built:
             out = self.block(*args)  # builds the graph (Gluon's path, with its checks)
-            self._graph = self.block._cached_op
-            self._plan = [(True, i) if is_arg else (False, i.data()) for is_arg, i in self.block._cached_op_args]
+            self._prepare()
             return out
-        out = self._graph(*[args[entry] if is_arg else entry for is_arg, entry in self._plan])
-        if isinstance(out, (list, tuple)):
-            return tuple(out) if len(out) > 1 else out[0]
-        return out
+        for slot, index in self._arguments:
+            self._handles[slot] = args[index].handle
+        return self._invoke()
+
+    def _prepare(self):
+        from mxnet.base import NDArrayHandle
+
+        self._graph = self.block._cached_op
+        plan = self.block._cached_op_args  # per graph input: (True, argument index) or (False, Parameter)
+        self._params = [None if is_arg else entry.data() for is_arg, entry in plan]  # kept alive
+        self._handles = (NDArrayHandle * len(plan))(*[None if p is None else p.handle for p in self._params])
+        self._arguments = [(slot, entry) for slot, (is_arg, entry) in enumerate(plan) if is_arg]
+
+    def _invoke(self):
+        import ctypes
+
+        from mxnet.base import NDArrayHandle, _LIB, check_call
+        from mxnet.ndarray import NDArray
+
+        count, outputs = ctypes.c_int(0), ctypes.POINTER(NDArrayHandle)()
+        stypes = ctypes.POINTER(ctypes.c_int)()
+        check_call(_LIB.MXInvokeCachedOpEx(self._graph.handle, ctypes.c_int(len(self._handles)), self._handles,
+                                           ctypes.byref(count), ctypes.byref(outputs), ctypes.byref(stypes)))
+        out = tuple(NDArray(ctypes.cast(outputs[i], NDArrayHandle)) for i in range(count.value))
+        return out if len(out) > 1 else out[0]
 
 
 def slice_assign(target, value, begin, end):

@@ -313,6 +313,8 @@ class Engine:
 def _run(graph, *inputs):
     """Call a graph. Steps use the step kernels and not the weights they were copied from,
     full passes the other way round; Gluon warns about the unused copy when it builds a graph."""
+    if getattr(graph, "built", False):
+        return graph(*inputs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Parameter .* is not used by any computation")
         return graph(*inputs)
