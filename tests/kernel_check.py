@@ -109,9 +109,9 @@ MASKED = -1e4  # the model's masked score (model/network.py)
 # (B rows, H heads, D head size, C slots, query scale, each row's [begin, end) or None, gaps)
 ATTENTION = [
     (1, 12, 64, 80, 1.0, [(0, 50)], []),                      # unused capacity after the row
-    (4, 4, 64, 37, 1.0, [(0, 37), (5, 30), None, (10, 20)], [(3, 12, 15)]),  # pads, a free row, a gap
-    (3, 2, 16, 19, 1.0, [(2, 19), (0, 1), (7, 8)], []),       # D other than 64, one-slot rows
-    (2, 2, 64, 130, 8.0, [(0, 130), (60, 129)], []),          # large scores: softmax's shift
+    (4, 4, 64, 37, 1.0, [(0, 36), (5, 30), None, (10, 20)], [(3, 12, 15)]),  # pads, a free row, a gap
+    (3, 2, 16, 19, 1.0, [(2, 18), (0, 1), (7, 8)], []),       # D other than 64, one-slot rows
+    (2, 2, 64, 130, 8.0, [(0, 129), (60, 129)], []),          # large scores: softmax's shift
 ]
 
 
@@ -129,13 +129,21 @@ def check_attention(mx, rng):
         for row, begin, end in gaps:
             mask[row, begin:end] = MASKED
         scale = 1 / np.sqrt(size)
+        slot = slots - 1  # the next slot: masked in every row (the test spans end before it)
+        mask[:, slot] = MASKED
+        cache_keys, cache_values = mx.nd.array(keys.reshape(1, -1, slots)), mx.nd.array(values.reshape(1, -1, size))
         out = mx.nd.kogpt2_attention_step(
-            mx.nd.array(qkv), mx.nd.array(mask), mx.nd.array(keys.reshape(1, -1, slots)),
-            mx.nd.array(values.reshape(1, -1, size)), num_heads=heads, scale=scale).asnumpy()
+            mx.nd.array(qkv), mx.nd.array(mask), cache_keys, cache_values, mx.nd.array([slot], dtype="int32"),
+            num_heads=heads, scale=scale).asnumpy()
         ref = attention_reference(qkv, mask, keys, values, scale)
         bound = 4e-7 * (slots + size) * np.abs(values).max() + 1e-6
+        # the new token's key and value went into every row's and head's slot, and nothing else
+        new_k, new_v = (qkv.reshape(rows, 3, heads, size)[:, i] for i in (1, 2))  # (B, H, D)
+        keys[..., slot], values[:, :, slot, :] = new_k, new_v
+        written = (np.array_equal(cache_keys.asnumpy().reshape(keys.shape), keys)
+                   and np.array_equal(cache_values.asnumpy().reshape(values.shape), values))
         print(json.dumps({"case": "attention", "shape": [rows, heads, size, slots],
-                          "worst": float((np.abs(out - ref) / bound).max())}))
+                          "worst": float((np.abs(out - ref) / bound).max()), "written": written}))
 
 
 def attention_reference(qkv, mask, keys, values, scale):

@@ -49,6 +49,7 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     int8 = [c for c in cases if c["case"] in ("int8", "int8+bias")]
     assert max(c["rounding"] for c in int8) <= 1.0  # 8-bit rows (VNNI): nearest levels, right scales
     assert all(c["equal"] for c in cases if c["case"] == "lookup_packed")  # rows gathered exactly
+    assert all(c["written"] for c in cases if c["case"] == "attention")  # the new column, in place
 
 
 @needs_kernels
@@ -118,17 +119,21 @@ def test_wrong_inputs_are_refused_with_the_reason(weight_dtype, x_cols, message)
 
 @needs_kernels
 @pytest.mark.parametrize("shapes, attrs, message", [
-    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 16)], {"num_heads": 4}, "values must be \\(1, B\\*H\\*C, D\\)"),
-    ([(2, 96), (3, 5), (1, 64, 5), (1, 40, 8)], {"num_heads": 4}, "mask must be \\(B, C\\) with B = 2"),
-    ([(2, 96), (2, 5), (1, 64, 6), (1, 40, 8)], {"num_heads": 4}, "keys must be \\(1, B\\*H\\*D, C\\)"),
-    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 8)], {"num_heads": 5}, "U a multiple of num_heads 5"),
-    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 8)], {"num_heads": "x"}, "needs num_heads \\(a positive integer\\)"),
+    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 16), (1,)], {"num_heads": 4}, "values must be \\(1, B\\*H\\*C, D\\)"),
+    ([(2, 96), (3, 5), (1, 64, 5), (1, 40, 8), (1,)], {"num_heads": 4}, "mask must be \\(B, C\\) with B = 2"),
+    ([(2, 96), (2, 5), (1, 64, 6), (1, 40, 8), (1,)], {"num_heads": 4}, "keys must be \\(1, B\\*H\\*D, C\\)"),
+    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 8), (1,)], {"num_heads": 5}, "U a multiple of num_heads 5"),
+    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 8), (1,)], {"num_heads": "x"}, "needs num_heads \\(a positive integer\\)"),
+    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 8), (2,)], {"num_heads": 4}, "slot must be \\(1,\\)"),
+    ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 8), 5], {"num_heads": 4}, "slot 5 is outside the cache's 5 slots"),
 ])
 def test_attention_step_refuses_wrong_inputs_with_the_reason(shapes, attrs, message):
     import mxnet as mx
 
     kernels.load()
-    inputs = [mx.nd.ones(shape) for shape in shapes]
+    inputs = [mx.nd.ones(shape) for shape in shapes[:4]]
+    slot = shapes[4]
+    inputs.append(mx.nd.array([slot], dtype="int32") if isinstance(slot, int) else mx.nd.zeros(slot, dtype="int32"))
     with pytest.raises(mx.base.MXNetError, match=message):
         mx.nd.kogpt2_attention_step(*inputs, scale=0.125, **attrs).wait_to_read()
 

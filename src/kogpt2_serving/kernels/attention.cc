@@ -1,15 +1,18 @@
 // One decode step's attention, every row and head in one MXNet (>= 1.7) extension operator.
 //
-//   kogpt2_attention_step (qkv (B, 3U), mask (B, C), keys (1, B*H*D, C), values (1, B*H*C, D);
-//                          num_heads = H, scale) -> (B, U)
+//   kogpt2_attention_step (qkv (B, 3U), mask (B, C), keys (1, B*H*D, C), values (1, B*H*C, D),
+//                          slot (1,) int32; num_heads = H, scale) -> (B, U)
 //
 // qkv is the step's fused projection [q | k | v]; keys and values are one layer's cache as the
 // step graph holds it (model/network.py: each head's keys transposed, (D, C), and values (C, D));
 // mask is additive over the cache's slots. For each row b and head h the output is
 //   softmax([q . K[:, c] * scale + mask[b, c] for the cache's slots c] ++ [q . k * scale]) . [V ; v]
-// where k and v are the new token's own key and value (the engine writes them into the cache
-// after the step). This is what the convolution route of SelfAttention.step computes, with two
-// differences that make it cheaper, not different:
+// where k and v are the new token's own key and value, which the operator also writes into the
+// cache at `slot` (every row's next slot, masked until the step is done: no row reads it here),
+// so keys and values are inputs it mutates. This is what the convolution route of
+// SelfAttention.step computes (there the engine writes the new column after the step, from the
+// graph's outputs: ~1 ms of copies at 8 rows), with two differences that make it cheaper, not
+// different:
 //   - each row reads only its own span of slots, from its first to its last unmasked one: a slot
 //     masked at MASKED (-1e4) gets an attention weight of exactly 0 in float32 either way, and
 //     the convolutions read every slot of the cache's whole capacity for every row;
@@ -137,9 +140,10 @@ inline __attribute__((always_inline)) void attend_one(const Head& h, Span span, 
 
 // One step's inputs and output as the operator gets them.
 struct Step {
-  const float *qkv, *mask, *keys, *values;
+  const float *qkv, *mask;
+  float *keys, *values;  // the new token's key and value are written at `slot`
   float* out;
-  int64_t B, H, D, C;
+  int64_t B, H, D, C, slot;
   float scale;
   std::vector<Span> spans;  // (B): each row's slots to read
 };
@@ -150,8 +154,11 @@ struct Step {
 inline __attribute__((always_inline)) void attend_head(const Step& s, int64_t bh, float* scores) {
   const int64_t b = bh / s.H, h = bh % s.H, U = s.H * s.D;
   const float* row = s.qkv + b * 3 * U + h * s.D;
-  const Head head{row, row + U, row + 2 * U, s.keys + bh * s.D * s.C, s.values + bh * s.C * s.D,
-                  s.mask + b * s.C, s.out + b * U + h * s.D};
+  float* keys = s.keys + bh * s.D * s.C;  // (D, C)
+  float* values = s.values + bh * s.C * s.D;  // (C, D)
+  for (int64_t d = 0; d < s.D; ++d) keys[d * s.C + s.slot] = row[U + d];
+  for (int64_t d = 0; d < s.D; ++d) values[s.slot * s.D + d] = row[2 * U + d];
+  const Head head{row, row + U, row + 2 * U, keys, values, s.mask + b * s.C, s.out + b * U + h * s.D};
   if (s.D == 64)
     attend_one<64>(head, s.spans[b], s.C, s.D, s.scale, scores);
   else
@@ -206,18 +213,27 @@ MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& at
     MX_ERROR_MSG << "kogpt2_attention_step needs num_heads (a positive integer) and scale (a number)";
     return MX_FAIL;
   }
-  *num_in = 4;
+  *num_in = 5;
   *num_out = 1;
+  return MX_SUCCESS;
+}
+
+// keys and values: the new column is written into them.
+MXReturnValue mutate_inputs(const std::unordered_map<std::string, std::string>& attrs, std::vector<int>* inputs) {
+  *inputs = {2, 3};
   return MX_SUCCESS;
 }
 
 MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  for (size_t i = 0; i < in_types->size(); ++i)
-    if ((*in_types)[i] != kFloat32) {
-      MX_ERROR_MSG << "kogpt2_attention_step: input " << i << " has dtype " << (*in_types)[i] << ", expected float32";
+  for (size_t i = 0; i < in_types->size(); ++i) {
+    const int want = i == 4 ? kInt32 : kFloat32;
+    if ((*in_types)[i] != want) {
+      MX_ERROR_MSG << "kogpt2_attention_step: input " << i << " has dtype " << (*in_types)[i] << ", expected "
+                   << want;
       return MX_FAIL;
     }
+  }
   (*out_types)[0] = kFloat32;
   return MX_SUCCESS;
 }
@@ -247,6 +263,10 @@ MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& at
     MX_ERROR_MSG << "kogpt2_attention_step: values must be (1, B*H*C, D) = (1, " << B * H * C << ", " << D << ")";
     return MX_FAIL;
   }
+  if ((*in_shapes)[4] != std::vector<unsigned int>{1}) {
+    MX_ERROR_MSG << "kogpt2_attention_step: slot must be (1,)";
+    return MX_FAIL;
+  }
   (*out_shapes)[0] = {static_cast<unsigned int>(B), static_cast<unsigned int>(U)};
   return MX_SUCCESS;
 }
@@ -257,9 +277,14 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   float scale;
   read_attrs(attrs, &H, &scale);
   std::vector<MXTensor>& in = *inputs;
-  const int64_t B = in[0].shape[0], U = in[0].shape[1] / 3;
+  const int64_t B = in[0].shape[0], U = in[0].shape[1] / 3, C = in[1].shape[1];
+  const int64_t slot = in[4].data<int32_t>()[0];
+  if (slot < 0 || slot >= C) {
+    MX_ERROR_MSG << "kogpt2_attention_step: slot " << slot << " is outside the cache's " << C << " slots";
+    return MX_FAIL;
+  }
   Step step{in[0].data<float>(), in[1].data<float>(), in[2].data<float>(), in[3].data<float>(),
-            (*outputs)[0].data<float>(), B, H, U / H, in[1].shape[1], scale, {}};
+            (*outputs)[0].data<float>(), B, H, U / H, C, slot, scale, {}};
   attend_step(step);
   return MX_SUCCESS;
 }
@@ -274,6 +299,7 @@ MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs
 
 REGISTER_OP(kogpt2_attention_step)
     .setParseAttrs(parse_attrs)
+    .setMutateInputs(mutate_inputs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
     .setForward(forward, "cpu")

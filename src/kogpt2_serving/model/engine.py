@@ -52,6 +52,8 @@ class DecodeState:
         self.pads = pads  # (B,) left padding per row
         self.length = length  # slots filled so far (same for all rows)
         self._views = None
+        self._slot = None  # (1,) int32 NDArray holding `length`, for the attention operator
+        self._slot_value = None  # the length it holds
 
     @property
     def batch_size(self):
@@ -74,6 +76,25 @@ class DecodeState:
                 views += [keys.reshape((1, -1, self.capacity)), values.reshape((1, -1, keys.shape[2]))]
             self._views[rows] = views
         return self._views[rows]
+
+    def slot(self):
+        """`length` as a (1,) int32 NDArray: the slot the next step writes the new column into."""
+        import mxnet as mx
+
+        if self._slot is None:
+            self._slot = mx.nd.zeros((1,), ctx=self.mask.context, dtype="int32")
+        if self._slot_value != self.length:
+            self._slot._sync_copyfrom(np.array([self.length], dtype=np.int32))
+            self._slot_value = self.length
+        return self._slot
+
+    def advance(self):
+        """One more slot filled: `length` and its array move on (the array by an operator queued
+        after the step that reads it)."""
+        if self._slot is not None and self._slot_value == self.length:
+            self._slot += 1
+            self._slot_value += 1
+        self.length += 1
 
     def reorder(self, rows):
         """Keep/duplicate/reorder batch rows (beam search, dropping finished rows)."""
@@ -249,14 +270,17 @@ class Engine:
         ids = self._step_ids(tokens)
         step = self._step_graph(rows)
         positions, mask = state.positions[:rows], state.mask[:rows]
-        logits, new_keys, new_values = _run(step, ids, positions, mask, *state.layer_views(rows))
-        # The writes as single operators (NDArray's slice syntax costs ~60 us of Python each).
         t = state.length
-        slice_assign(state.keys, new_keys, (0, 0, 0, 0, t), (None, rows, None, None, t + 1))
-        slice_assign(state.values, new_values, (0, 0, 0, t, 0), (None, rows, None, t + 1, None))
+        # The writes as single operators (NDArray's slice syntax costs ~60 us of Python each).
+        if self.model.writes_cache:  # the attention operators write the new column at the slot
+            logits = _run(step, ids, positions, mask, state.slot(), *state.layer_views(rows))
+        else:
+            logits, new_keys, new_values = _run(step, ids, positions, mask, *state.layer_views(rows))
+            slice_assign(state.keys, new_keys, (0, 0, 0, 0, t), (None, rows, None, None, t + 1))
+            slice_assign(state.values, new_values, (0, 0, 0, t, 0), (None, rows, None, t + 1, None))
         slice_fill(state.mask, 0, (0, t), (rows, t + 1))
         positions += 1  # a view of the first rows' positions: in place
-        state.length += 1
+        state.advance()
         return self._host(logits)
 
     def _step_ids(self, tokens):

@@ -234,7 +234,7 @@ class SelfAttention(gluon.HybridBlock):
         out = out.reshape((-4, -1, self._num_heads, -2)).transpose((0, 2, 1, 3))  # (B, T, H, D)
         return self._out_proj(out.reshape((0, 0, -1))), k.transpose((0, 1, 3, 2)), v
 
-    def step(self, F, x, mask, keys, values, rows):
+    def step(self, F, x, mask, keys, values, rows, slot=None):
         """One token per row against the cache.
 
         x (B, U); mask (B, C) additive over cache slots; keys (1, B*H*D, C): every head's
@@ -249,16 +249,16 @@ class SelfAttention(gluon.HybridBlock):
 
         Where our kernels run (`kernel_step`), one operator does all of it instead
         (kernels/attention.cc), each row reading only its own slots rather than the cache's
-        whole capacity.
+        whole capacity, and writes the new token's key and value into the cache at `slot` (a
+        (1,) int32 input) itself: then the new key and value returned are None.
         """
         h, d = self._num_heads, self._units // self._num_heads
         groups = rows * h
         qkv = self._multi_head_qkv_proj.step(F, x, rows)  # (B, 3U)
-        q, k, v = F.split(qkv, num_outputs=3, axis=-1)  # 3 x (B, U)
         if self.kernel_step:
-            out = F.kogpt2_attention_step(qkv, mask, keys, values, num_heads=h, scale=self._scale)  # (B, U)
-            out = self._out_proj.step(F, out, rows)  # (B, U)
-            return out, k.reshape((rows, h, d, 1)), v.reshape((rows, h, 1, d))
+            out = F.kogpt2_attention_step(qkv, mask, keys, values, slot, num_heads=h, scale=self._scale)  # (B, U)
+            return self._out_proj.step(F, out, rows), None, None
+        q, k, v = F.split(qkv, num_outputs=3, axis=-1)  # 3 x (B, U)
         # With one position, (B, H*D) is already laid out as (B*H, D) per head.
         past = F.Convolution(keys, q.reshape((groups, d, 1)), kernel=(1,), num_filter=groups,
                              num_group=groups, no_bias=True)  # (1, B*H, C)
@@ -321,10 +321,11 @@ class DecoderLayer(gluon.HybridBlock):
         x = x + _dropout(self._drop, self.ffn(self.ffn_ln(x)))
         return x, k, v
 
-    def step(self, F, x, mask, keys, values, rows):
+    def step(self, F, x, mask, keys, values, rows, slot=None):
         """x (B, U), mask (B, C), this layer's caches as SelfAttention.step takes them ->
-        x (B, U), the new token's key (B, H, D, 1) and value (B, H, 1, D)."""
-        attn, k, v = self.attention.step(F, self.attn_ln(x), mask, keys, values, rows)
+        x (B, U), the new token's key (B, H, D, 1) and value (B, H, 1, D) (None where the
+        attention operator wrote them into the cache at `slot`)."""
+        attn, k, v = self.attention.step(F, self.attn_ln(x), mask, keys, values, rows, slot)
         x = x + attn
         x = x + self.ffn.step(F, self.ffn_ln(x), rows)
         return x, k, v
@@ -380,17 +381,26 @@ class GPT2Model(gluon.HybridBlock):
         named[TIED[1]] = own[TIED[1]]  # the same Parameter as TIED[0]'s
         return named
 
-    def run_step(self, F, ids, positions, mask, caches, rows):
+    def run_step(self, F, ids, positions, mask, caches, rows, slot=None):
         """One token per row. caches: [keys0, values0, keys1, ...] as SelfAttention.step takes
         them. Returns final hidden states (B, U), the new keys (L, B, H, D, 1) and values
-        (L, B, H, 1, D)."""
+        (L, B, H, 1, D), or None for both where the attention operators wrote them into the
+        caches at `slot` (`writes_cache`)."""
         x = (self._embed(ids) + self._pos_embed(positions)).reshape((rows, -1))  # (B, U)
         keys, values = [], []
         for layer, layer_keys, layer_values in zip(self.layers, caches[0::2], caches[1::2]):
-            x, k, v = layer.step(F, x, mask, layer_keys, layer_values, rows)  # (B, U), (B, H, D, 1), (B, H, 1, D)
+            x, k, v = layer.step(F, x, mask, layer_keys, layer_values, rows, slot)  # (B, U), (B, H, D, 1), (B, H, 1, D)
             keys.append(k)
             values.append(v)
+        if self.writes_cache:
+            return self._final_ln(x), None, None
         return self._final_ln(x), F.stack(*keys, axis=0), F.stack(*values, axis=0)
+
+    @property
+    def writes_cache(self):
+        """Whether a step's attention writes the new keys and values into the cache itself
+        (our attention operator, `use_attention_kernel`)."""
+        return self.layers[0].attention.kernel_step
 
 
 class PrefillGraph(gluon.HybridBlock):
@@ -412,13 +422,18 @@ class PrefillGraph(gluon.HybridBlock):
 class StepGraph(gluon.HybridBlock):
     """(ids (B, 1), positions (B, 1), mask (B, C), *caches) ->
     (logits (B, V), new keys (L, B, H, D, 1), new values (L, B, H, 1, D)), for one batch size
-    B (`rows`): the attention's grouped convolutions fix B in the graph."""
+    B (`rows`): the attention's grouped convolutions fix B in the graph. Where the attention
+    operators write the cache themselves (`model.writes_cache`): (ids, positions, mask, slot
+    (1,) int32, *caches) -> logits (B, V), the new column written at `slot`."""
 
     def __init__(self, model, rows, **kwargs):
         super().__init__(**kwargs)
         self.model = model
         self._rows = rows
 
-    def hybrid_forward(self, F, ids, positions, mask, *caches):
-        x, keys, values = self.model.run_step(F, ids, positions, mask, caches, self._rows)
+    def hybrid_forward(self, F, ids, positions, mask, *inputs):
+        if self.model.writes_cache:
+            x, _, _ = self.model.run_step(F, ids, positions, mask, inputs[1:], self._rows, slot=inputs[0])
+            return self.model._logits_proj.step(F, x, self._rows)
+        x, keys, values = self.model.run_step(F, ids, positions, mask, inputs, self._rows)
         return self.model._logits_proj.step(F, x, self._rows), keys, values
