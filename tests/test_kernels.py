@@ -157,6 +157,20 @@ def test_packed_weights_are_refused_where_the_kernels_do_not_pack():
     assert "packed int8 weights need AMX, which this process does not run (kernels ISA {})".format(below) in out
 
 
+@needs_kernels
+@pytest.mark.parametrize("weight, x_cols, message", [
+    ((20, 64), 64, "a packed weight is \\(M, K\\) with M a multiple of 16 and K of 64"),
+    ((16, 64), 65, "kogpt2_linear_int8_packed: x \\(..., K\\) and weight \\(M, K\\) disagree on K"),
+])
+def test_packed_product_refuses_shapes_with_the_reason(weight, x_cols, message):
+    import mxnet as mx
+
+    kernels.load()
+    with pytest.raises(mx.base.MXNetError, match=message):
+        mx.nd.kogpt2_linear_int8_packed(mx.nd.ones((1, x_cols)), mx.nd.ones(weight, dtype="int8"),
+                                        mx.nd.ones((weight[0],)), no_bias=True).wait_to_read()
+
+
 def test_mxnet_without_the_extension_api_is_refused_by_name(monkeypatch):
     import mxnet as mx
 

@@ -294,10 +294,9 @@ class ContinuousBatcher:
             _advance(unit, row, prefill.logits[i])
         newcomers = [(i, unit, row) for i, (unit, row) in enumerate(rows) if not row.finished]
         if newcomers:
-            live = self._live()
-            if live:
+            if self._live():
                 self.stats.joins += 1
-            targets = self._free_rows(live, newcomers, prefill.width)
+            targets = self._free_rows(newcomers, prefill.width)
             self.engine.insert(self._state, targets, prefill, [i for i, _, _ in newcomers])
             for target, (_, unit, row) in zip(targets, newcomers):
                 self._slots[target] = (unit, row)
@@ -306,7 +305,7 @@ class ContinuousBatcher:
         log.debug("admitted %d prompt(s), %d row(s); %d live in a batch of %d", len(units), len(rows),
                   len(self._live()), len(self._slots))
 
-    def _free_rows(self, live, newcomers, width):
+    def _free_rows(self, newcomers, width):
         """State rows for the newcomers: the free rows after the live ones in the running batch
         when it has enough rows and slots, else those of a rebuilt one."""
         self._compact()
@@ -374,8 +373,8 @@ class ContinuousBatcher:
         """The live rows first: each free row among the first n (n live rows) takes a live row
         from after them (one row's cache copied), so that a step can compute the first n only."""
         live = [slot for slot, _, _ in self._live()]
-        n = len(live)
-        holes = [slot for slot in range(n) if slot not in set(live)]
+        n, taken = len(live), set(live)
+        holes = [slot for slot in range(n) if slot not in taken]
         for hole, source in zip(holes, [slot for slot in live if slot >= n]):
             self.engine.move_row(self._state, source, hole)
             self._slots[hole] = self._slots[source]

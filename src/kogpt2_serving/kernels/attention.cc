@@ -25,6 +25,7 @@
 
 #include "isa.h"
 #include "mxnet/lib_api.h"
+#include "op_common.h"
 
 using namespace mxnet::ext;
 using namespace kogpt2;
@@ -226,16 +227,8 @@ MXReturnValue mutate_inputs(const std::unordered_map<std::string, std::string>& 
 
 MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  for (size_t i = 0; i < in_types->size(); ++i) {
-    const int want = i == 4 ? kInt32 : kFloat32;
-    if ((*in_types)[i] != want) {
-      MX_ERROR_MSG << "kogpt2_attention_step: input " << i << " has dtype " << (*in_types)[i] << ", expected "
-                   << want;
-      return MX_FAIL;
-    }
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return expect_types("kogpt2_attention_step", *in_types, out_types,
+                      [](size_t i) { return i == 4 ? kInt32 : kFloat32; });
 }
 
 MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
@@ -289,12 +282,6 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   return MX_SUCCESS;
 }
 
-MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* inputs,
-                       std::vector<MXTensor>* outputs, const OpResource& res) {
-  MX_ERROR_MSG << "kogpt2_attention_step is for inference: it has no backward pass";
-  return MX_FAIL;
-}
-
 }  // namespace
 
 REGISTER_OP(kogpt2_attention_step)
@@ -303,4 +290,4 @@ REGISTER_OP(kogpt2_attention_step)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
     .setForward(forward, "cpu")
-    .setBackward(backward, "cpu");
+    .setBackward(no_backward, "cpu");

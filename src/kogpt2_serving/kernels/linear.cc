@@ -25,6 +25,7 @@
 #include "int8_rows.h"
 #include "isa.h"
 #include "mxnet/lib_api.h"
+#include "op_common.h"
 
 using namespace mxnet::ext;
 using namespace kogpt2;
@@ -346,11 +347,6 @@ void linear_vnni(const float* x, const int8_t* w, const float* scale, const floa
 
 // ---- the MXNet operators ----
 
-bool has_bias(const std::unordered_map<std::string, std::string>& attrs) {
-  auto it = attrs.find("no_bias");
-  return it == attrs.end() || (it->second != "True" && it->second != "1" && it->second != "true");
-}
-
 template <int WeightInputs>
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs, int* num_in, int* num_out) {
   *num_in = 1 + WeightInputs + (has_bias(attrs) ? 1 : 0);
@@ -361,35 +357,14 @@ MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& at
 template <int WeightDtype, int WeightInputs>
 MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  for (size_t i = 0; i < in_types->size(); ++i) {
-    int want = i == 1 ? WeightDtype : kFloat32;
-    if ((*in_types)[i] != want) {
-      MX_ERROR_MSG << "input " << i << " has dtype " << (*in_types)[i] << ", expected " << want;
-      return MX_FAIL;
-    }
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return expect_types("kogpt2 linear", *in_types, out_types,
+                      [](size_t i) { return i == 1 ? WeightDtype : kFloat32; });
 }
 
 MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
                           std::vector<std::vector<unsigned int>>* in_shapes,
                           std::vector<std::vector<unsigned int>>* out_shapes) {
-  const auto& x = (*in_shapes)[0];
-  const auto& w = (*in_shapes)[1];
-  if (x.empty() || w.size() != 2 || x.back() != w[1]) {
-    MX_ERROR_MSG << "kogpt2 linear: x (..., K) and weight (M, K) disagree on K";
-    return MX_FAIL;
-  }
-  for (size_t i = 2; i < in_shapes->size(); ++i)
-    if ((*in_shapes)[i].size() != 1 || (*in_shapes)[i][0] != w[0]) {
-      MX_ERROR_MSG << "kogpt2 linear: input " << i << " must have shape (M,) = (" << w[0] << ",)";
-      return MX_FAIL;
-    }
-  std::vector<unsigned int> out(x.begin(), x.end());
-  out.back() = w[0];
-  (*out_shapes)[0] = out;
-  return MX_SUCCESS;
+  return product_shape("kogpt2 linear", *in_shapes, out_shapes);
 }
 
 template <typename W, int WeightInputs>
@@ -408,14 +383,6 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   return MX_SUCCESS;
 }
 
-// Gluon's cached graphs need a gradient registered for every operator, though decoding never
-// asks for one; asking fails with a message.
-MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* inputs,
-                       std::vector<MXTensor>* outputs, const OpResource& res) {
-  MX_ERROR_MSG << "kogpt2 linear kernels are for inference: they have no backward pass";
-  return MX_FAIL;
-}
-
 }  // namespace
 
 REGISTER_OP(kogpt2_linear_int8)
@@ -423,17 +390,18 @@ REGISTER_OP(kogpt2_linear_int8)
     .setInferType(infer_type<kInt8, 2>)
     .setInferShape(infer_shape)
     .setForward(forward<int8_t, 2>, "cpu")
-    .setBackward(backward, "cpu");
+    .setBackward(no_backward, "cpu");
 
 REGISTER_OP(kogpt2_linear_f32)
     .setParseAttrs(parse_attrs<1>)
     .setInferType(infer_type<kFloat32, 1>)
     .setInferShape(infer_shape)
     .setForward(forward<float, 1>, "cpu")
-    .setBackward(backward, "cpu");
+    .setBackward(no_backward, "cpu");
 
 extern "C" {
-// Which instruction set the kernels run with in this process ("avx512_vnni", "avx512", "avx2", "portable").
+// Which instruction set the kernels run with in this process ("amx", "avx512_vnni", "avx512", "avx2",
+// "portable").
 const char* kogpt2_kernel_isa() { return kIsaNames[isa()]; }
 }
 

@@ -24,6 +24,7 @@
 #include "int8_rows.h"
 #include "isa.h"
 #include "mxnet/lib_api.h"
+#include "op_common.h"
 
 using namespace mxnet::ext;
 using namespace kogpt2;
@@ -134,11 +135,6 @@ void lookup_packed(const Id* ids, int64_t count, const int8_t* table, const floa
 
 // ---- the MXNet operators ----
 
-bool has_bias(const std::unordered_map<std::string, std::string>& attrs) {
-  auto it = attrs.find("no_bias");
-  return it == attrs.end() || (it->second != "True" && it->second != "1" && it->second != "true");
-}
-
 bool runs_packed() { return isa() == kAmx; }
 
 MXReturnValue linear_attrs(const std::unordered_map<std::string, std::string>& attrs, int* num_in, int* num_out) {
@@ -149,16 +145,8 @@ MXReturnValue linear_attrs(const std::unordered_map<std::string, std::string>& a
 
 MXReturnValue linear_type(const std::unordered_map<std::string, std::string>& attrs, std::vector<int>* in_types,
                           std::vector<int>* out_types) {
-  for (size_t i = 0; i < in_types->size(); ++i) {
-    const int want = i == 1 ? kInt8 : kFloat32;
-    if ((*in_types)[i] != want) {
-      MX_ERROR_MSG << "kogpt2_linear_int8_packed: input " << i << " has dtype " << (*in_types)[i] << ", expected "
-                   << want;
-      return MX_FAIL;
-    }
-  }
-  (*out_types)[0] = kFloat32;
-  return MX_SUCCESS;
+  return expect_types("kogpt2_linear_int8_packed", *in_types, out_types,
+                      [](size_t i) { return i == 1 ? kInt8 : kFloat32; });
 }
 
 bool packable(unsigned M, unsigned K) { return M % kOut == 0 && K % kIn == 0 && M > 0 && K > 0; }
@@ -166,22 +154,13 @@ bool packable(unsigned M, unsigned K) { return M % kOut == 0 && K % kIn == 0 && 
 MXReturnValue linear_shape(const std::unordered_map<std::string, std::string>& attrs,
                            std::vector<std::vector<unsigned int>>* in_shapes,
                            std::vector<std::vector<unsigned int>>* out_shapes) {
-  const auto& x = (*in_shapes)[0];
   const auto& w = (*in_shapes)[1];
-  if (x.empty() || w.size() != 2 || x.back() != w[1] || !packable(w[0], w[1])) {
-    MX_ERROR_MSG << "kogpt2_linear_int8_packed: x (..., K) and a packed weight (M, K) with M a multiple of " << kOut
-                 << " and K of " << kIn << " disagree";
+  if (w.size() != 2 || !packable(w[0], w[1])) {
+    MX_ERROR_MSG << "kogpt2_linear_int8_packed: a packed weight is (M, K) with M a multiple of " << kOut
+                 << " and K of " << kIn;
     return MX_FAIL;
   }
-  for (size_t i = 2; i < in_shapes->size(); ++i)
-    if ((*in_shapes)[i].size() != 1 || (*in_shapes)[i][0] != w[0]) {
-      MX_ERROR_MSG << "kogpt2_linear_int8_packed: input " << i << " must have shape (M,) = (" << w[0] << ",)";
-      return MX_FAIL;
-    }
-  std::vector<unsigned int> out(x.begin(), x.end());
-  out.back() = w[0];
-  (*out_shapes)[0] = out;
-  return MX_SUCCESS;
+  return product_shape("kogpt2_linear_int8_packed", *in_shapes, out_shapes);
 }
 
 MXReturnValue refuse_unpacked(const char* op) {
@@ -245,12 +224,6 @@ MXReturnValue lookup_forward(const std::unordered_map<std::string, std::string>&
   return MX_SUCCESS;
 }
 
-MXReturnValue backward(const std::unordered_map<std::string, std::string>& attrs, std::vector<MXTensor>* inputs,
-                       std::vector<MXTensor>* outputs, const OpResource& res) {
-  MX_ERROR_MSG << "kogpt2 packed int8 kernels are for inference: they have no backward pass";
-  return MX_FAIL;
-}
-
 }  // namespace
 
 REGISTER_OP(kogpt2_linear_int8_packed)
@@ -258,11 +231,11 @@ REGISTER_OP(kogpt2_linear_int8_packed)
     .setInferType(linear_type)
     .setInferShape(linear_shape)
     .setForward(linear_forward, "cpu")
-    .setBackward(backward, "cpu");
+    .setBackward(no_backward, "cpu");
 
 REGISTER_OP(kogpt2_lookup_int8_packed)
     .setParseAttrs(lookup_attrs)
     .setInferType(lookup_type)
     .setInferShape(lookup_shape)
     .setForward(lookup_forward, "cpu")
-    .setBackward(backward, "cpu");
+    .setBackward(no_backward, "cpu");

@@ -63,8 +63,9 @@ class GraphCall:
         return self._invoke()
 
     def _prepare(self):
-        from mxnet.base import NDArrayHandle
+        from mxnet.base import NDArrayHandle, _LIB
 
+        self._run_graph = _LIB.MXInvokeCachedOpEx
         self._graph = self.block._cached_op
         plan = self.block._cached_op_args  # per graph input: (True, argument index) or (False, Parameter)
         self._params = [None if is_arg else entry.data() for is_arg, entry in plan]  # kept alive
@@ -72,15 +73,13 @@ class GraphCall:
         self._arguments = [(slot, entry) for slot, (is_arg, entry) in enumerate(plan) if is_arg]
 
     def _invoke(self):
-        import ctypes
-
-        from mxnet.base import NDArrayHandle, _LIB, check_call
+        from mxnet.base import NDArrayHandle, check_call
         from mxnet.ndarray import NDArray
 
         count, outputs = ctypes.c_int(0), ctypes.POINTER(NDArrayHandle)()
         stypes = ctypes.POINTER(ctypes.c_int)()
-        check_call(_LIB.MXInvokeCachedOpEx(self._graph.handle, ctypes.c_int(len(self._handles)), self._handles,
-                                           ctypes.byref(count), ctypes.byref(outputs), ctypes.byref(stypes)))
+        check_call(self._run_graph(self._graph.handle, ctypes.c_int(len(self._handles)), self._handles,
+                                   ctypes.byref(count), ctypes.byref(outputs), ctypes.byref(stypes)))
         out = tuple(NDArray(ctypes.cast(outputs[i], NDArrayHandle)) for i in range(count.value))
         return out if len(out) > 1 else out[0]
 

@@ -60,9 +60,9 @@ def quantized(weight):
 
 def _pack(param):
     """The int8 weight re-laid in the packed layout (kernels.pack_int8), in place, same bytes."""
-    from .. import kernels
-
     from mxnet import nd
+
+    from .. import kernels
 
     param.set_data(nd.array(kernels.pack_int8(param.data().asnumpy()), ctx=param.list_ctx()[0], dtype=INT8))
 

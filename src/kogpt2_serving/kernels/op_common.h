@@ -1,0 +1,67 @@
+// What every operator of this library's registration shares (linear.cc, attention.cc, packed.cc).
+#ifndef KOGPT2_KERNELS_OP_COMMON_H_
+#define KOGPT2_KERNELS_OP_COMMON_H_
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+namespace kogpt2 {
+
+using Attrs = std::unordered_map<std::string, std::string>;
+
+// A product's bias input is there unless no_bias is set.
+inline bool has_bias(const Attrs& attrs) {
+  auto it = attrs.find("no_bias");
+  return it == attrs.end() || (it->second != "True" && it->second != "1" && it->second != "true");
+}
+
+// Every input's dtype against want(i) (MXNet's dtype codes), naming the operator, the input and
+// both dtypes on a mismatch; the one output is float32.
+template <typename Want>
+mxnet::ext::MXReturnValue expect_types(const char* op, const std::vector<int>& in_types, std::vector<int>* out_types,
+                                       const Want& want) {
+  for (size_t i = 0; i < in_types.size(); ++i)
+    if (in_types[i] != want(i)) {
+      MX_ERROR_MSG << op << ": input " << i << " has dtype " << in_types[i] << ", expected " << want(i);
+      return mxnet::ext::MX_FAIL;
+    }
+  (*out_types)[0] = mxnet::ext::kFloat32;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// A product's shapes: x (..., K) and a weight (M, K) -> (..., M); every input after the weight
+// (scales, bias) is (M,). Mismatches name the operator and the input.
+inline mxnet::ext::MXReturnValue product_shape(const char* op, const std::vector<std::vector<unsigned int>>& in,
+                                               std::vector<std::vector<unsigned int>>* out_shapes) {
+  const auto& x = in[0];
+  const auto& w = in[1];
+  if (x.empty() || w.size() != 2 || x.back() != w[1]) {
+    MX_ERROR_MSG << op << ": x (..., K) and weight (M, K) disagree on K";
+    return mxnet::ext::MX_FAIL;
+  }
+  for (size_t i = 2; i < in.size(); ++i)
+    if (in[i].size() != 1 || in[i][0] != w[0]) {
+      MX_ERROR_MSG << op << ": input " << i << " must have shape (M,) = (" << w[0] << ",)";
+      return mxnet::ext::MX_FAIL;
+    }
+  std::vector<unsigned int> out(x.begin(), x.end());
+  out.back() = w[0];
+  (*out_shapes)[0] = out;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// Gluon's cached graphs need a gradient registered for every operator, though decoding never
+// asks for one; asking fails with a message.
+inline mxnet::ext::MXReturnValue no_backward(const Attrs& attrs, std::vector<mxnet::ext::MXTensor>* inputs,
+                                             std::vector<mxnet::ext::MXTensor>* outputs,
+                                             const mxnet::ext::OpResource& res) {
+  MX_ERROR_MSG << "kogpt2 kernels are for inference: they have no backward pass";
+  return mxnet::ext::MX_FAIL;
+}
+
+}  // namespace kogpt2
+
+#endif  // KOGPT2_KERNELS_OP_COMMON_H_
