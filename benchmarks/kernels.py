@@ -14,7 +14,7 @@ the same random weights and activations, interleaved, best of --repeats:
 Prints ms per step and GB/s of weights read per variant and row count, and the ratios to fc and
 conv. The ISA our kernels use follows KOGPT2_KERNEL_ISA / DNNL_MAX_CPU_ISA (run it once with
 DNNL_MAX_CPU_ISA=AVX2 on an AVX-512 CPU for the AVX2 class). Results: --output (JSON).
-Usage: python benchmarks/kernels.py [--rows 1,8,16] [--repeats 5] [--output benchmarks/results/kernels.json]
+Usage: python benchmarks/kernels.py [--rows 1,8,16] [--repeats 5] [--variants f32,int8] [--output benchmarks/results/kernels.json]
 """
 import os
 import sys
@@ -28,6 +28,8 @@ import common  # noqa: E402  (puts src/ on the path; threads are chosen before M
 UNITS, HIDDEN, VOCAB, LAYERS = 768, 3072, 50000, 12
 SHAPES = [(3 * UNITS, UNITS), (UNITS, UNITS), (HIDDEN, UNITS), (UNITS, HIDDEN)] * LAYERS + [(VOCAB, UNITS)]
 VARIANTS = ("fc", "conv", "f32", "int8", "int8_packed")
+RATIOS = (("int8_packed", "int8"), ("int8_packed", "conv"), ("int8", "fc"), ("int8", "conv"), ("f32", "fc"),
+          ("f32", "conv"))
 STEPS = 3  # steps per timed run
 
 
@@ -37,6 +39,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="1,8,16")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="default: all ({})".format(",".join(VARIANTS)))
     parser.add_argument("--threads", type=int, help="OpenMP threads (default: all cores, see device.py)")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
@@ -48,7 +51,11 @@ def main(argv=None):
 
     kernels.load()
     weights = _weights(mx, kernels)
-    variants = VARIANTS if kernels.packs_int8() else VARIANTS[:-1]
+    asked = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(asked) - set(VARIANTS))
+    if unknown:
+        parser.error("unknown variant(s) {}: choose from {}".format(", ".join(unknown), ", ".join(VARIANTS)))
+    variants = [v for v in asked if v != "int8_packed" or kernels.packs_int8()]
     result = {"kernel_isa": kernels.isa(), "rows": {}, "skipped": {} if kernels.packs_int8() else {
         "int8_packed": "packed int8 weights need AMX; this process runs " + kernels.isa()}}
     print("# {}; our kernels: {}".format(capabilities().summary(), result["kernel_isa"]))
@@ -60,12 +67,9 @@ def main(argv=None):
         result["rows"][rows] = {v: {"ms": best[v] * 1e3, "GB/s": _bytes(v) / best[v] / 1e9} for v in variants}
         print("rows {:3d}: ".format(rows) + "  ".join(
             "{} {:.2f} ms ({:.1f} GB/s)".format(v, best[v] * 1e3, _bytes(v) / best[v] / 1e9) for v in variants))
-        if "int8_packed" in best:
-            print("          int8_packed/int8 {:.2f}x  int8_packed/conv {:.2f}x".format(
-                best["int8_packed"] / best["int8"], best["int8_packed"] / best["conv"]))
-        print("          int8/fc {:.2f}x  int8/conv {:.2f}x  f32/fc {:.2f}x  f32/conv {:.2f}x".format(
-            best["int8"] / best["fc"], best["int8"] / best["conv"], best["f32"] / best["fc"],
-            best["f32"] / best["conv"]))
+        ratios = ["{}/{} {:.2f}x".format(a, b, best[a] / best[b]) for a, b in RATIOS if a in best and b in best]
+        if ratios:
+            print("          " + "  ".join(ratios))
     if args.output:
         common.write_result(args.output, "kernels", args, {"mxnet": threads}, result, modules=("mxnet",))
 

@@ -20,10 +20,12 @@ import numpy as np
 
 from numpy_reference import quantize_activations
 
-# (N rows, M outputs, K inputs): N past the 64-row chunk and not a multiple of the 4-row tile, M
-# not a multiple of the 4-output tile, fewer than 4 (no full tile), K not a multiple of 8, 16 or 32
-# (the vector tails), K < 8.
-SHAPES = [(1, 2304, 768), (2, 7, 20), (3, 37, 5), (5, 64, 96), (70, 30, 33), (131, 12, 3072), (2, 3, 40)]
+# (N rows, M outputs, K inputs): N past the 64-row chunk and not a multiple of the row tiles (4
+# rows with VNNI, 6 otherwise), a tile of exactly 6 rows and passes of 6 + 4 (each fetching a part of
+# the next tile), M not a multiple of the 4-output tile, fewer than 4 (no full tile), K not a multiple
+# of 8, 16 or 32 (the vector tails), K < 8.
+SHAPES = [(1, 2304, 768), (2, 7, 20), (3, 37, 5), (5, 64, 96), (6, 41, 300), (10, 96, 768), (70, 30, 33),
+          (131, 12, 3072), (2, 3, 40)]
 ZERO_ROW = (3, 37, 5)  # its row 1 is all zeros: an 8-bit row with no scale to take
 
 

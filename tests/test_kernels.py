@@ -41,7 +41,7 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     cases = [json.loads(line) for line in lines[1:]]
     kinds = [c["case"] for c in cases]
     packed = expected == "amx"  # int8 weights are held packed there
-    assert len(cases) == 25 + (7 if packed else 0)  # 7 shapes x (int8, int8 + bias, f32 + bias), 4 attention
+    assert len(cases) == 31 + (7 if packed else 0)  # 9 shapes x (int8, int8 + bias, f32 + bias), 4 attention
     assert kinds.count("int8_packed+bias") == (5 if packed else 0)  # steps; packed: 5 products, 2 lookups
     bounded = [c for c in cases if "worst" in c]
     worst = max(bounded, key=lambda c: c["worst"])

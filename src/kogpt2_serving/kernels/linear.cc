@@ -34,10 +34,47 @@ namespace {
 
 // Output rows (weight rows) per tile and activation rows per tile: MR x NR accumulators.
 const int MR = 4;
-const int NR = 4;
+const int NR = 6;
 // Activation rows per pass over the weights: a prefill's rows are taken this many at a time, so
 // that they stay in cache while the weights stream past them.
 const int ROW_CHUNK = 64;
+
+// The next tile's weights, fetched into cache while this tile computes (see over_tiles): bytes
+// [from, to) of each of its rows.
+struct Ahead {
+  const char* rows[MR];  // nullptr: nothing to fetch
+  int64_t from, to;
+
+  // The i-th of n equal parts of the range.
+  Ahead part(int64_t i, int64_t n) const {
+    Ahead a = *this;
+    a.from = from + (to - from) * i / n;
+    a.to = from + (to - from) * (i + 1) / n;
+    return a;
+  }
+};
+
+// Fetches an Ahead's lines spread evenly over `iterations` calls of next(): a few prefetches
+// among many products, so the loads the loop waits for keep their place.
+class Fetcher {
+ public:
+  Fetcher(const Ahead& ahead, int64_t iterations)
+      : ahead_(ahead),
+        per_(ahead.rows[0] && iterations > 0 ? ((ahead.to - ahead.from) << 16) / iterations : 0),
+        due_(ahead.from << 16),
+        line_(ahead.from) {}
+
+  inline void next() {
+    due_ += per_;  // fixed point, 16 fraction bits: bytes due so far
+    for (; line_ < (due_ >> 16); line_ += 64)
+      for (int m = 0; m < MR; ++m) _mm_prefetch(ahead_.rows[m] + line_, _MM_HINT_T1);
+  }
+
+ private:
+  const Ahead& ahead_;
+  const int64_t per_;
+  int64_t due_, line_;
+};
 
 // ---- one tile: out[n][m] = sum_k x[n][k] * w[m][k], for nr <= NR rows of x, MR rows of w ----
 
@@ -74,11 +111,14 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
 // wait for the previous step's FMAs (4-5 cycles of latency), so two sets take alternate halves of
 // every 16 k, and the loop runs at the speed of its loads and conversions instead.
 template <typename W>
-__attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const W* w, int64_t ldw, int64_t K, float acc[NR][MR]) {
+__attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const W* w, int64_t ldw, int64_t K,
+                                                   const Ahead& ahead, float acc[NR][MR]) {
   const int64_t body = K - K % 8, pairs = K - K % 16;
+  Fetcher fetch(ahead, pairs / 16);
   __m256 a[2][MR];
   for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_ps();
   for (int64_t k = 0; k < pairs; k += 16) {
+    fetch.next();
     const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
     for (int m = 0; m < MR; ++m) {
       a[0][m] = _mm256_fmadd_ps(x0, load8(w + m * ldw + k), a[0][m]);
@@ -96,20 +136,25 @@ __attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const W* w, i
   }
 }
 
-// AVX2 has 16 vector registers: MR weights + NR2 x 4 accumulators + x, NR2 = 2 rows at a time.
+// AVX2 has 16 vector registers: MR weights + NR2 x 4 accumulators + x, NR2 = 2 rows at a time
+// (each pair a pass over the tile, fetching its part of `ahead`).
 template <typename W>
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, int64_t ldx, const W* w,
-                                                   int64_t ldw, int64_t mr, int64_t K, float acc[NR][MR]) {
+                                                   int64_t ldw, int64_t mr, int64_t K, const Ahead& ahead,
+                                                   float acc[NR][MR]) {
   if (mr < MR) return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
-  if (nr == 1) return row1_avx2(x, w, ldw, K, acc);
+  if (nr == 1) return row1_avx2(x, w, ldw, K, ahead, acc);
   const int64_t body = K - K % 8;
   for (int64_t n0 = 0; n0 < nr; n0 += 2) {
     const bool two = n0 + 1 < nr;
     const float* x0 = x + n0 * ldx;
     const float* x1 = two ? x0 + ldx : x0;
+    const Ahead part = ahead.part(n0 / 2, (nr + 1) / 2);
+    Fetcher fetch(part, body / 8);
     __m256 a[2][MR];
     for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_ps();
     for (int64_t k = 0; k < body; k += 8) {
+      fetch.next();
       __m256 wv[MR];
       for (int m = 0; m < MR; ++m) wv[m] = load8(w + m * ldw + k);
       __m256 xv = _mm256_loadu_ps(x0 + k);
@@ -139,12 +184,14 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const float* w)
 // the accumulators stay in registers.
 template <int R, typename W>
 __attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int64_t ldx, const W* w, int64_t ldw, int64_t K,
-                                                             float acc[NR][MR]) {
+                                                             const Ahead& ahead, float acc[NR][MR]) {
   const int64_t body = K - K % 16;
+  Fetcher fetch(ahead, body / 16);
   __m512 a[R][MR];
   for (int n = 0; n < R; ++n)
     for (int m = 0; m < MR; ++m) a[n][m] = _mm512_setzero_ps();
   for (int64_t k = 0; k < body; k += 16) {
+    fetch.next();
     __m512 wv[MR];
     for (int m = 0; m < MR; ++m) wv[m] = load16(w + m * ldw + k);
     for (int n = 0; n < R; ++n) {
@@ -161,23 +208,27 @@ __attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int
 }
 
 template <typename W>
-void tile_avx512(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K, float acc[NR][MR]) {
+void tile_avx512(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K,
+                 const Ahead& ahead, float acc[NR][MR]) {
   if (mr < MR) return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
   switch (nr) {
-    case 1: return rows_avx512<1>(x, ldx, w, ldw, K, acc);
-    case 2: return rows_avx512<2>(x, ldx, w, ldw, K, acc);
-    case 3: return rows_avx512<3>(x, ldx, w, ldw, K, acc);
-    default: return rows_avx512<4>(x, ldx, w, ldw, K, acc);
+    case 1: return rows_avx512<1>(x, ldx, w, ldw, K, ahead, acc);
+    case 2: return rows_avx512<2>(x, ldx, w, ldw, K, ahead, acc);
+    case 3: return rows_avx512<3>(x, ldx, w, ldw, K, ahead, acc);
+    case 4: return rows_avx512<4>(x, ldx, w, ldw, K, ahead, acc);
+    case 5: return rows_avx512<5>(x, ldx, w, ldw, K, ahead, acc);
+    default: return rows_avx512<6>(x, ldx, w, ldw, K, ahead, acc);
   }
 }
 
 template <typename W>
-void tile(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K, float acc[NR][MR]) {
+void tile(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K, const Ahead& ahead,
+          float acc[NR][MR]) {
   switch (isa()) {
     case kAmx:
     case kAvx512Vnni:
-    case kAvx512: return tile_avx512(x, nr, ldx, w, ldw, mr, K, acc);
-    case kAvx2: return tile_avx2(x, nr, ldx, w, ldw, mr, K, acc);
+    case kAvx512: return tile_avx512(x, nr, ldx, w, ldw, mr, K, ahead, acc);
+    case kAvx2: return tile_avx2(x, nr, ldx, w, ldw, mr, K, ahead, acc);
     default: return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
   }
 }
@@ -201,23 +252,33 @@ inline Tile tile_of(int64_t b, int64_t M) {
   return Tile{quarter * MR, 1, M - quarter * MR};
 }
 
+// A tile's passes (one per NR rows of x) and the tile after it: the first pass reads the tile's
+// weights from memory, the others from cache, so each pass also fetches its share of the next
+// tile's weights (Ahead) and memory keeps streaming while the cores compute.
+struct Passes {
+  int64_t pass, count;
+  const Tile* next;  // nullptr after the last tile
+};
+
 // out (N, M) = sums * (row_scale(n) * scale[m]) (scale if given) + bias[m] (if given), the sums
-// out of product(n, nr, tile, acc) for every tile: rows n..n+nr of x against one Tile of w.
+// out of product(n, nr, tile, passes, acc) for every tile: rows n..n+nr of x against one Tile of w.
 // Activation rows are taken ROW_CHUNK at a time, each chunk's tiles split over the threads.
-template <typename Acc, typename Product, typename RowScale>
+template <int Rows, typename Acc, typename Product, typename RowScale>
 void over_tiles(int64_t N, int64_t M, int64_t K, const float* scale, const float* bias, float* out,
                 const Product& product, const RowScale& row_scale) {
   const int64_t blocks = tile_count(M);
   const int threads = omp_get_max_threads();
   for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
     const int64_t rows = N - n0 < ROW_CHUNK ? N - n0 : ROW_CHUNK;
+    const int64_t count = (rows + Rows - 1) / Rows;
 #pragma omp parallel for schedule(static) num_threads(threads) if (blocks * rows * K > 65536)
     for (int64_t b = 0; b < blocks; ++b) {
       const Tile t = tile_of(b, M);
+      const Tile next = tile_of(b + 1, M);
       Acc acc[NR][MR];
-      for (int64_t n = n0; n < n0 + rows; n += NR) {
-        const int64_t nr = n0 + rows - n < NR ? n0 + rows - n : NR;
-        product(n, nr, t, acc);
+      for (int64_t n = n0; n < n0 + rows; n += Rows) {
+        const int64_t nr = n0 + rows - n < Rows ? n0 + rows - n : Rows;
+        product(n, nr, t, Passes{(n - n0) / Rows, count, b + 1 < blocks ? &next : nullptr}, acc);
         for (int64_t r = 0; r < nr; ++r)
           for (int64_t m = 0; m < t.rows; ++m) {
             const int64_t o = t.first + m * t.stride;
@@ -232,14 +293,27 @@ void over_tiles(int64_t N, int64_t M, int64_t K, const float* scale, const float
   }
 }
 
+// This pass's share of the next tile's weights (w: the matrix, K weights of type W per row).
+template <typename W>
+Ahead ahead_of(const W* w, int64_t K, const Passes& p) {
+  Ahead a{{nullptr}, 0, 0};
+  if (!p.next || p.next->rows != MR) return a;
+  const int64_t bytes = K * static_cast<int64_t>(sizeof(W));
+  for (int m = 0; m < MR; ++m)
+    a.rows[m] = reinterpret_cast<const char*>(w + (p.next->first + m * p.next->stride) * K);
+  a.from = bytes * p.pass / p.count;
+  a.to = bytes * (p.pass + 1) / p.count;
+  return a;
+}
+
 // out (N, M) = x (N, K) . w (M, K)^T, then * scale[m] (if given) + bias[m] (if given).
 template <typename W>
 void linear(const float* x, const W* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
             int64_t K) {
-  over_tiles<float>(
+  over_tiles<NR, float>(
       N, M, K, scale, bias, out,
-      [&](int64_t n, int64_t nr, const Tile& t, float acc[NR][MR]) {
-        tile(x + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, acc);
+      [&](int64_t n, int64_t nr, const Tile& t, const Passes& p, float acc[NR][MR]) {
+        tile(x + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, ahead_of(w, K, p), acc);
       },
       [](int64_t) { return 1.0f; });
 }
@@ -287,7 +361,7 @@ template <int R>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni(const int8_t* q, int64_t ldq,
                                                                        const int32_t* q_sums, const int8_t* w,
                                                                        int64_t ldw, int64_t K, int32_t acc[NR][MR]) {
-  static_assert(MR == 4 && R <= NR && NR == 4, "the named accumulators are 4 x 4");
+  static_assert(MR == 4 && R <= 4, "the named accumulators are 4 x 4");
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // w ^ 0x80 = w + 128, unsigned
   const __m512i zero = _mm512_setzero_si512();
   __m512i a00 = zero, a01 = zero, a02 = zero, a03 = zero, a10 = zero, a11 = zero, a12 = zero, a13 = zero;
@@ -336,9 +410,9 @@ void tile_vnni(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, 
 void linear_vnni(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
                  int64_t M, int64_t K) {
   const QuantizedRows rows = quantize_rows(x, N, K);
-  over_tiles<int32_t>(
+  over_tiles<4, int32_t>(
       N, M, K, scale, bias, out,
-      [&](int64_t n, int64_t nr, const Tile& t, int32_t acc[NR][MR]) {
+      [&](int64_t n, int64_t nr, const Tile& t, const Passes&, int32_t acc[NR][MR]) {
         tile_vnni(rows.values.data() + n * K, rows.sums.data() + n, nr, K, w + t.first * K, t.stride * K, t.rows,
                   K, acc);
       },
