@@ -260,3 +260,42 @@ def test_graph_call_runs_the_built_graph_with_the_blocks_parameters():
     np.testing.assert_allclose(first[0], x.asnumpy() @ expected.T + block.dense.bias.data().asnumpy() + 1, rtol=1e-5)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b.asnumpy())
+
+
+def test_short_and_long_prefills_both_match_the_full_pass(tiny_model, monkeypatch):
+    """Prefills of at most FEW_PREFILL_TOKENS tokens run their products through our float32 kernel,
+    longer ones through oneDNN's FullyConnected: each graph's logits, and the cache it leaves (seen
+    through the next step), are those of the full pass."""
+    from kogpt2_serving.model import engine as engine_module
+
+    engine = tiny_model.engine
+    if engine._prefill_few is None:
+        pytest.skip("float32 products do not run through our kernel here: one prefill graph")
+    used = []
+
+    class Spy:
+        def __init__(self, graph, name):
+            self.graph, self.name = graph, name
+
+        @property
+        def built(self):
+            return getattr(self.graph, "built", False)
+
+        def __call__(self, *inputs):
+            used.append(self.name)
+            return self.graph(*inputs)
+
+    monkeypatch.setattr(engine, "_prefill", Spy(engine._prefill, "fullyconnected"))
+    monkeypatch.setattr(engine, "_prefill_few", Spy(engine._prefill_few, "kernel"))
+    rng = np.random.RandomState(3)
+    limit = engine_module.FEW_PREFILL_TOKENS
+    short = [list(rng.randint(3, 500, size=n)) for n in (limit // 2, limit // 4)]  # 2 x 32 slots: 64
+    long = [list(rng.randint(3, 500, size=n)) for n in (limit // 2 + 1, 9)]  # 2 x 33 slots: 66
+    for prompts, graph in ((short, "kernel"), (long, "fullyconnected")):
+        state, logits = engine.start(prompts, 4)
+        assert used[-1] == graph
+        after = engine.step(state, [7, 8])
+        for row, ids in enumerate(prompts):
+            full = engine.full_logits([ids + [7 + row]])[0]  # (T + 1, V)
+            assert np.abs(logits[row] - full[-2]).max() < 1e-4 * np.abs(full[-2]).max()
+            assert np.abs(after[row] - full[-1]).max() < 1e-4 * np.abs(full[-1]).max()

@@ -23,6 +23,10 @@ from .cache import capacity_for
 from .compat import GraphCall, slice_assign, slice_fill
 from .network import MASKED, PrefillGraph, StepGraph, fill_step_weights
 
+# Prefills of at most this many tokens (rows x longest prompt) run their products through our
+# float32 kernel where the steps do (Linear.full): twice as fast as oneDNN's FullyConnected at
+# 12-32 tokens, even at 64, slower beyond (benchmarks/kernels.py).
+FEW_PREFILL_TOKENS = 64
 MAX_STEP_GRAPHS = 32  # step graphs kept (one per batch size seen; beam search shrinks batches)
 SPARE_CACHE_ARRAYS = 2  # retired cache arrays kept for the next batch (a keys and a values array)
 
@@ -127,12 +131,15 @@ class Engine:
         self.ctx = ctx
         self.dtype = dtype
         self._prefill = GraphCall(PrefillGraph(model))
+        self._prefill_few = GraphCall(PrefillGraph(model, few_rows=True)) if model.f32_kernels else None
         self._steps = {}  # batch size -> GraphCall of its StepGraph
         self._ids = {}  # batch size -> (B, 1) int32 NDArray the step's tokens are copied into
         self._spare = []  # flat cache arrays of retired states (retire), smallest first
         fill_step_weights(model)
         # Prompt shapes vary per request; step shapes are fixed for a whole generation.
-        self._prefill.block.hybridize(static_alloc=True)
+        for prefill in (self._prefill, self._prefill_few):
+            if prefill is not None:
+                prefill.block.hybridize(static_alloc=True)
         model.hybridize(static_alloc=True)
 
     @property
@@ -168,8 +175,8 @@ class Engine:
         valid = slots[None, :] >= pads[:, None]  # (B, T)
         causal = slots[:, None] >= slots[None, :]  # (T, T)
         mask = np.where(valid[:, None, :] & causal[None], 0.0, MASKED)  # (B, T, T)
-        logits, keys, values = _run(
-            self._prefill, self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
+        graph = self._prefill_few if self._prefill_few and ids.size <= FEW_PREFILL_TOKENS else self._prefill
+        logits, keys, values = _run(graph, self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
         return Prefill(self._host(logits), keys, values, pads, lengths)
 
     def allocate(self, rows, capacity):

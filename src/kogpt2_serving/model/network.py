@@ -16,7 +16,8 @@ Gluon's `save_parameters`/`load_parameters`, which would use this network's name
 
 Decoding uses two graphs that share the model's parameters:
 - `PrefillGraph`: the whole (left-padded) prompt batch in one pass; returns the last
-  position's logits and every layer's keys/values for the cache.
+  position's logits and every layer's keys/values for the cache. Where float32 steps use our
+  kernel, the engine holds a second one for prefills of few tokens (`Linear.full`).
 - `StepGraph`: one new token per row against a preallocated cache of fixed capacity. The new
   token's key/value is scored separately from the cache (one softmax over both), so the cache
   is only read inside the graph; the engine writes the new column afterwards with one slice
@@ -94,9 +95,7 @@ class Linear(nn.Dense):
             return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias,
                                  self.int8_packed)  # (B, N)
         if self.f32_steps:
-            if bias is None:
-                return F.kogpt2_linear_f32(x, _value(F, self.weight), no_bias=True)  # (B, N)
-            return F.kogpt2_linear_f32(x, _value(F, self.weight), bias)
+            return self._f32_kernel(F, x, bias)  # (B, N)
         if rows > MAX_CONV_ROWS:
             return self(x)
         kernel = _value(F, self.step_weight)
@@ -108,6 +107,21 @@ class Linear(nn.Dense):
         if self.bfloat16:
             out = F.amp_cast(out, dtype="float32")  # (bfloat16 has no transpose kernel)
         return F.transpose(out.reshape((self.out_units, rows)))  # (B, N)
+
+
+    def full(self, F, x, few_rows=False):
+        """x (..., K) -> (..., N) for a full pass. With `few_rows` (a short prefill) through our
+        float32 kernel where this layer's steps use it: at a few dozen rows it takes half the time
+        of oneDNN's FullyConnected, which repacks the weight on every call; beyond, oneDNN's gemm
+        computes faster (benchmarks/kernels.py)."""
+        if few_rows and self.f32_steps:
+            return self._f32_kernel(F, x, _value(F, self.bias) if self.bias is not None else None)
+        return self(x)
+
+    def _f32_kernel(self, F, x, bias):
+        if bias is None:
+            return F.kogpt2_linear_f32(x, _value(F, self.weight), no_bias=True)
+        return F.kogpt2_linear_f32(x, _value(F, self.weight), bias)
 
 
 def _int8_product(F, x, weight, scale, bias, packed):
@@ -221,10 +235,10 @@ class SelfAttention(gluon.HybridBlock):
             self._multi_head_qkv_proj = Linear(3 * units, in_units=units, flatten=False)
             self._out_proj = Linear(units, in_units=units, flatten=False)
 
-    def full(self, F, x, mask):
+    def full(self, F, x, mask, few_rows=False):
         """x (B, T, U), additive mask (B, T, T) -> out (B, T, U), keys (B, H, D, T) (transposed,
-        as the cache holds them) and values (B, H, T, D)."""
-        q, k, v = F.split(self._multi_head_qkv_proj(x), num_outputs=3, axis=-1)  # 3 x (B, T, U)
+        as the cache holds them) and values (B, H, T, D). `few_rows`: see Linear.full."""
+        q, k, v = F.split(self._multi_head_qkv_proj.full(F, x, few_rows), num_outputs=3, axis=-1)  # 3 x (B, T, U)
         q, k, v = [self._heads(F, t) for t in (q, k, v)]  # (B, H, T, D)
         scores = F.batch_dot(q.reshape((-3, -2)), k.reshape((-3, -2)), transpose_b=True)  # (B*H, T, T)
         scores = F.broadcast_add(scores.reshape((-4, -1, self._num_heads, -2)) * self._scale,
@@ -232,7 +246,7 @@ class SelfAttention(gluon.HybridBlock):
         weights = F.softmax(scores, axis=-1).reshape((-3, -2))  # (B*H, T, T)
         out = F.batch_dot(weights, v.reshape((-3, -2)))  # (B*H, T, D)
         out = out.reshape((-4, -1, self._num_heads, -2)).transpose((0, 2, 1, 3))  # (B, T, H, D)
-        return self._out_proj(out.reshape((0, 0, -1))), k.transpose((0, 1, 3, 2)), v
+        return self._out_proj.full(F, out.reshape((0, 0, -1)), few_rows), k.transpose((0, 1, 3, 2)), v
 
     def step(self, F, x, mask, keys, values, rows, slot=None):
         """One token per row against the cache.
@@ -288,7 +302,11 @@ class FeedForward(gluon.HybridBlock):
             self._out_map = Linear(units, in_units=hidden, flatten=False)
 
     def hybrid_forward(self, F, x):
-        return self._out_map(self._activation(F, self._hidden_map(x)))
+        return self.full(F, x)
+
+    def full(self, F, x, few_rows=False):
+        """x (B, T, U) -> (B, T, U); `few_rows`: see Linear.full."""
+        return self._out_map.full(F, self._activation(F, self._hidden_map.full(F, x, few_rows)), few_rows)
 
     def step(self, F, x, rows):
         """x (B, U) -> (B, U) through the step kernels (Linear.step)."""
@@ -313,12 +331,12 @@ class DecoderLayer(gluon.HybridBlock):
             self.ffn = FeedForward(units, hidden, gelu)
             self._drop = nn.Dropout(dropout) if dropout else None
 
-    def full(self, F, x, mask):
+    def full(self, F, x, mask, few_rows=False):
         """x (B, T, U), additive mask (B, T, T) -> x (B, T, U), this layer's keys (B, H, D, T)
-        and values (B, H, T, D) (SelfAttention.full)."""
-        attn, k, v = self.attention.full(F, self.attn_ln(x), mask)
+        and values (B, H, T, D) (SelfAttention.full; `few_rows`: see Linear.full)."""
+        attn, k, v = self.attention.full(F, self.attn_ln(x), mask, few_rows)
         x = x + _dropout(self._drop, attn)
-        x = x + _dropout(self._drop, self.ffn(self.ffn_ln(x)))
+        x = x + _dropout(self._drop, self.ffn.full(F, self.ffn_ln(x), few_rows))
         return x, k, v
 
     def step(self, F, x, mask, keys, values, rows, slot=None):
@@ -361,13 +379,13 @@ class GPT2Model(gluon.HybridBlock):
         x, _, _ = self.run_full(F, ids, positions, mask)
         return self._logits_proj(x)  # (B, T, V)
 
-    def run_full(self, F, ids, positions, mask):
+    def run_full(self, F, ids, positions, mask, few_rows=False):
         """All positions at once. Returns final hidden states (B, T, U), every layer's keys
-        (L, B, H, D, T) and values (L, B, H, T, D)."""
+        (L, B, H, D, T) and values (L, B, H, T, D). `few_rows`: see Linear.full."""
         x = _dropout(self._drop, self._embed(ids) + self._pos_embed(positions))  # (B, T, U)
         keys, values = [], []
         for layer in self.layers:
-            x, k, v = layer.full(F, x, mask)  # (B, T, U), (B, H, D, T), (B, H, T, D)
+            x, k, v = layer.full(F, x, mask, few_rows)  # (B, T, U), (B, H, D, T), (B, H, T, D)
             keys.append(k)
             values.append(v)
         return self._final_ln(x), F.stack(*keys, axis=0), F.stack(*values, axis=0)
@@ -397,6 +415,11 @@ class GPT2Model(gluon.HybridBlock):
         return self._final_ln(x), F.stack(*keys, axis=0), F.stack(*values, axis=0)
 
     @property
+    def f32_kernels(self):
+        """Whether float32 products go through our kernel (`use_f32_kernel_for_steps`)."""
+        return self._logits_proj.f32_steps
+
+    @property
     def writes_cache(self):
         """Whether a step's attention writes the new keys and values into the cache itself
         (our attention operator, `use_attention_kernel`)."""
@@ -407,16 +430,17 @@ class PrefillGraph(gluon.HybridBlock):
     """(ids (B, T), positions (B, T), mask (B, T, T)) ->
     (last logits (B, V), keys (L, B, H, D, T), values (L, B, H, T, D)).
     Only the last position goes through the LM head: prompts are left-padded, so it is every
-    row's last real token."""
+    row's last real token. `few_rows`: the graph for prefills of few tokens (Linear.full)."""
 
-    def __init__(self, model, **kwargs):
+    def __init__(self, model, few_rows=False, **kwargs):
         super().__init__(**kwargs)
         self.model = model
+        self._few_rows = few_rows
 
     def hybrid_forward(self, F, ids, positions, mask):
-        x, keys, values = self.model.run_full(F, ids, positions, mask)  # x (B, T, U)
+        x, keys, values = self.model.run_full(F, ids, positions, mask, self._few_rows)  # x (B, T, U)
         last = F.squeeze(F.slice_axis(x, axis=1, begin=-1, end=None), axis=1)  # (B, U)
-        return self.model._logits_proj(last), keys, values
+        return self.model._logits_proj.full(F, last, self._few_rows), keys, values
 
 
 class StepGraph(gluon.HybridBlock):

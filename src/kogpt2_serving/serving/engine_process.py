@@ -203,10 +203,10 @@ class _Connection(socketserver.BaseRequestHandler):
 
 
 def load_engine(model_dir, device, dtype, max_rows):
-    """Load and warm up -> (Generator, info dict). The warm-up also builds the step graph of every
-    row count the scheduler steps with (step_sizes: 1, 2, 3, ... 16, then multiples of 8):
-    building one costs ~0.25 s at KoGPT2 size on 2 cores, which the first burst of concurrent
-    requests would otherwise pay."""
+    """Load and warm up -> (Generator, info dict). The warm-up also builds both prefill graphs (few
+    tokens and more) and the step graph of every row count the scheduler steps with (step_sizes:
+    1, 2, 3, ... 16, then multiples of 8): building one costs ~0.25 s at KoGPT2 size on 2 cores,
+    which the first burst of concurrent requests would otherwise pay."""
     from ..files.default_model import or_demo_model
     from ..files.loader import load_model
     from ..generation.generator import Generator
@@ -214,11 +214,16 @@ def load_engine(model_dir, device, dtype, max_rows):
     from ..model.device import configure_threads
 
     configure_threads(1)  # the whole machine (or KOGPT2_THREADS): the engine is the only process computing
+    from ..model.engine import FEW_PREFILL_TOKENS  # (imports MXNet: after the threads are set)
+
     loaded = load_model(or_demo_model(model_dir, log), device=device, dtype=dtype)
     generator = Generator(loaded)
     started = time.time()
     generator.generate(["안녕하세요"], GenerationParameters(max_new_tokens=4))
     engine, prompt = generator.engine, generator.tokenizer.encode_prompt("안녕하세요")
+    longer = min(FEW_PREFILL_TOKENS + 1, engine.max_positions)
+    if longer > FEW_PREFILL_TOKENS:  # the other prefill graph (Engine.prefill)
+        engine.prefill([(prompt * longer)[:longer]])
     sizes = step_sizes(max_rows)
     state = engine.allocate(sizes[-1], capacity_for(len(prompt), len(sizes)))
     engine.insert(state, [0], engine.prefill([prompt]))  # the other rows are free: computed idle
