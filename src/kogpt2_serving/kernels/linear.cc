@@ -360,13 +360,16 @@ __attribute__((target("avx512f,avx512bw"))) inline __m128i sum4(__m512i a0, __m5
 template <int R>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_vnni(const int8_t* q, int64_t ldq,
                                                                        const int32_t* q_sums, const int8_t* w,
-                                                                       int64_t ldw, int64_t K, int32_t acc[NR][MR]) {
+                                                                       int64_t ldw, int64_t K, const Ahead& ahead,
+                                                                       int32_t acc[NR][MR]) {
   static_assert(MR == 4 && R <= 4, "the named accumulators are 4 x 4");
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // w ^ 0x80 = w + 128, unsigned
   const __m512i zero = _mm512_setzero_si512();
   __m512i a00 = zero, a01 = zero, a02 = zero, a03 = zero, a10 = zero, a11 = zero, a12 = zero, a13 = zero;
   __m512i a20 = zero, a21 = zero, a22 = zero, a23 = zero, a30 = zero, a31 = zero, a32 = zero, a33 = zero;
+  Fetcher fetch(ahead, (K + 63) / 64);
   for (int64_t k = 0; k < K; k += 64) {
+    fetch.next();
     const __mmask64 mask = K - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (K - k)) - 1;
     const __m512i w0 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + k), flip);
     const __m512i w1 = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, w + ldw + k), flip);
@@ -396,13 +399,13 @@ void tile_portable_q(const int8_t* q, int64_t nr, int64_t ldq, const int8_t* w, 
 }
 
 void tile_vnni(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw,
-               int64_t mr, int64_t K, int32_t acc[NR][MR]) {
+               int64_t mr, int64_t K, const Ahead& ahead, int32_t acc[NR][MR]) {
   if (mr < MR) return tile_portable_q(q, nr, ldq, w, ldw, mr, K, acc);
   switch (nr) {
-    case 1: return rows_vnni<1>(q, ldq, q_sums, w, ldw, K, acc);
-    case 2: return rows_vnni<2>(q, ldq, q_sums, w, ldw, K, acc);
-    case 3: return rows_vnni<3>(q, ldq, q_sums, w, ldw, K, acc);
-    default: return rows_vnni<4>(q, ldq, q_sums, w, ldw, K, acc);
+    case 1: return rows_vnni<1>(q, ldq, q_sums, w, ldw, K, ahead, acc);
+    case 2: return rows_vnni<2>(q, ldq, q_sums, w, ldw, K, ahead, acc);
+    case 3: return rows_vnni<3>(q, ldq, q_sums, w, ldw, K, ahead, acc);
+    default: return rows_vnni<4>(q, ldq, q_sums, w, ldw, K, ahead, acc);
   }
 }
 
@@ -412,9 +415,9 @@ void linear_vnni(const float* x, const int8_t* w, const float* scale, const floa
   const QuantizedRows rows = quantize_rows(x, N, K);
   over_tiles<4, int32_t>(
       N, M, K, scale, bias, out,
-      [&](int64_t n, int64_t nr, const Tile& t, const Passes&, int32_t acc[NR][MR]) {
+      [&](int64_t n, int64_t nr, const Tile& t, const Passes& p, int32_t acc[NR][MR]) {
         tile_vnni(rows.values.data() + n * K, rows.sums.data() + n, nr, K, w + t.first * K, t.stride * K, t.rows,
-                  K, acc);
+                  K, ahead_of(w, K, p), acc);
       },
       [&](int64_t n) { return rows.scales[n]; });
 }
