@@ -45,6 +45,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     common.note_busy_machine()
+    from kogpt2_serving.generation import scheduler
     from kogpt2_serving.generation.scheduler import ContinuousBatcher
     from kogpt2_serving.serving.engine_process import load_engine
     from kogpt2_serving.settings import engine_limits
@@ -52,8 +53,12 @@ def main(argv=None):
     limits = engine_limits()
     generator, _ = load_engine(common.model_dir_or_cached(args.model_dir), "cpu", args.dtype, limits.max_rows)
     batcher = ContinuousBatcher(generator, limits)
-    seconds, calls = time_parts(batcher)
-    jobs, wall = replay(batcher, generator, args)
+    choose = scheduler._advance
+    try:
+        seconds, calls = time_parts(batcher)
+        jobs, wall = replay(batcher, generator, args)
+    finally:
+        scheduler._advance = choose
     tokens = sum(s.generated_tokens for job in jobs for sequences in job.results for s in sequences)
     stats = batcher.stats
     parts = {name: round(seconds[name], 3) for name in PARTS + ("token_choice",)}
@@ -94,7 +99,7 @@ def time_parts(batcher):
 
     for name in PARTS:
         setattr(batcher.engine, name, timed(getattr(batcher.engine, name), name))
-    scheduler._advance = timed(scheduler._advance, "token_choice")  # this process only
+    scheduler._advance = timed(scheduler._advance, "token_choice")  # main() puts it back
     return seconds, calls
 
 

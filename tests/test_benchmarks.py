@@ -526,21 +526,22 @@ def test_int8_accuracy_reports_logits_greedy_and_perplexity(tmp_path):
 
 # ---- the engine's load in process ----
 
-def test_engine_load_replays_server_loads_requests_and_accounts_for_the_time(tiny_model_dir, tmp_path,
-                                                                             monkeypatch):
+def test_engine_load_replays_server_loads_requests_and_accounts_for_the_time(tiny_model_dir, tmp_path):
     import random
 
     import engine_load
     from kogpt2_serving.generation import scheduler
 
-    monkeypatch.setattr(scheduler, "_advance", scheduler._advance)  # the script times it; put it back after
+    choose = scheduler._advance
     out = tmp_path / "engine_load.json"
     r = engine_load.main(["--model-dir", tiny_model_dir, "--clients", "3", "--requests-per-client", "2",
-                          "--new-tokens", "4-9", "--output", str(out)])
-    # server_load's draws (min_new_tokens holds each length), every request answered
-    assert r["tokens"] == sum(random.Random(1000 * c + n).randint(4, 9) for c in range(3) for n in range(2))
-    assert r["calls"]["prefill"] >= 2 and r["calls"]["step"] == r["steps"] > 0  # the first three together, then later
-    assert 1 <= r["rows_per_step"] <= 3 and r["joins"] >= 1  # second requests join a running batch
+                          "--new-tokens", "4-16", "--output", str(out)])
+    assert scheduler._advance is choose  # the timer is gone
+    draws = [[random.Random(1000 * c + n).randint(4, 16) for n in range(2)] for c in range(3)]
+    assert draws == [[10, 6], [16, 16], [11, 13]]  # server_load's; client 0's second request joins the others
+    assert r["tokens"] == sum(map(sum, draws))  # min_new_tokens holds each length; every request answered
+    assert r["calls"]["prefill"] >= 2 and r["calls"]["step"] == r["steps"] > 0
+    assert 1 <= r["rows_per_step"] <= 3 and r["joins"] >= 1
     parts = r["seconds"]
     assert parts["step"] > 0 and parts["token_choice"] > 0 and parts["other"] >= -0.01
     assert sum(parts.values()) == pytest.approx(r["wall_s"], abs=0.01)
