@@ -60,7 +60,9 @@ struct Ahead {
 };
 
 // Fetches an Ahead's lines spread evenly over `iterations` calls of next(): a few prefetches
-// among many products, so the loads the loop waits for keep their place.
+// among many products, so the loads the loop waits for keep their place. Into L1 (T0): measured
+// interleaved against L2 (T1) on the AMX Xeon, int8 at 1 row 5.6 -> 4.2-4.5 ms with VNNI tiles and
+// 6.3 -> 5.3 with AVX2's, 8 rows 7.1-7.7 -> 6.6-7.2; float32 1-3% faster.
 class Fetcher {
  public:
   Fetcher(const Ahead& ahead, int64_t iterations)
@@ -72,7 +74,7 @@ class Fetcher {
   inline void next() {
     due_ += per_;  // fixed point, 16 fraction bits: bytes due so far
     for (; line_ < (due_ >> 16); line_ += 64)
-      for (int m = 0; m < MR; ++m) _mm_prefetch(ahead_.rows[m] + line_, _MM_HINT_T1);
+      for (int m = 0; m < MR; ++m) _mm_prefetch(ahead_.rows[m] + line_, _MM_HINT_T0);
   }
 
  private:
