@@ -109,6 +109,8 @@ def check_products(mx, kernels, rng):
 
 MASKED = -1e4  # the model's masked score (model/network.py)
 # (B rows, H heads, D head size, C slots, query scale, each row's [begin, end) or None, gaps)
+# Spans of 129 and 69 slots (blocks of 64, then of 32 ending at the span's end), 50 and 36 (32,
+# the last overlapping), 25 and 16 (16), 10 and 1 (slot by slot).
 ATTENTION = [
     (1, 12, 64, 80, 1.0, [(0, 50)], []),                      # unused capacity after the row
     (4, 4, 64, 37, 1.0, [(0, 36), (5, 30), None, (10, 20)], [(3, 12, 15)]),  # pads, a free row, a gap
