@@ -360,7 +360,16 @@ def runtime():
                              stderr=subprocess.STDOUT, universal_newlines=True, timeout=300).stdout
     except (OSError, subprocess.SubprocessError) as e:
         return {"error": "runtime probe failed: %s" % e}
-    return parse_runtime(out)
+    found = parse_runtime(out)
+    if amx_refused() and "cpu_class" in found:
+        found["amx_refused"] = True
+        found["cpu_class"] += " with AMX refused (benchmarks/without_amx.py)"
+    return found
+
+
+def amx_refused():
+    """Whether this process runs under benchmarks/without_amx.py (no library may use AMX)."""
+    return any(os.path.basename(p).startswith("no_amx_") for p in os.environ.get("LD_PRELOAD", "").split())
 
 
 def parse_runtime(log):

@@ -546,3 +546,55 @@ def test_engine_load_replays_server_loads_requests_and_accounts_for_the_time(tin
     assert parts["step"] > 0 and parts["token_choice"] > 0 and parts["other"] >= -0.01
     assert sum(parts.values()) == pytest.approx(r["wall_s"], abs=0.01)
     assert json.loads(out.read_text())["benchmark"] == "engine_load"
+
+
+# ---- AMX refused (the VNNI class on an AMX CPU) ----
+
+PROBE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)  # the process's symbols, as a library's call would find them
+libc.syscall.restype = ctypes.c_long
+asked = libc.syscall(ctypes.c_long(158), ctypes.c_long(0x1023), ctypes.c_long(18))  # arch_prctl: AMX tile data
+print(asked, ctypes.get_errno(), libc.syscall(ctypes.c_long(39)) == os.getpid())  # and getpid passes through
+"""
+
+
+def test_without_amx_refuses_the_tile_request_and_passes_other_system_calls(tmp_path):
+    import errno
+    import subprocess
+
+    import without_amx
+
+    env = without_amx.environment({"PATH": os.environ.get("PATH", ""), "LD_PRELOAD": ""})
+    assert env["LD_PRELOAD"].startswith(os.path.join(BENCH, ".cache", "no_amx_"))
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE, universal_newlines=True,
+                          check=True)
+    assert done.stdout.split() == ["-1", str(errno.EPERM), "True"]
+    plain = subprocess.run([sys.executable, "-c", PROBE], stdout=subprocess.PIPE, universal_newlines=True,
+                           check=True)
+    assert plain.stdout.split()[1] != str(errno.EPERM)  # granted on AMX CPUs, EINVAL elsewhere
+
+
+def test_our_kernels_run_vnni_when_amx_is_refused():
+    import subprocess
+
+    import without_amx
+    from kogpt2_serving import kernels
+
+    if kernels.problem():
+        pytest.skip(kernels.problem())
+    if kernels.isa() != "amx":
+        pytest.skip("this CPU (or its cap) runs {}, not AMX".format(kernels.isa()))
+    code = "from kogpt2_serving import kernels; print(kernels.isa())"
+    env = without_amx.environment()
+    env.pop("KOGPT2_KERNEL_ISA", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, universal_newlines=True,
+                          check=True)
+    assert done.stdout.split()[-1] == "avx512_vnni"
+
+
+def test_results_say_when_amx_was_refused(monkeypatch):
+    monkeypatch.setenv("LD_PRELOAD", "/x/libother.so /repo/benchmarks/.cache/no_amx_0123abcd.so")
+    assert common.amx_refused()
+    monkeypatch.setenv("LD_PRELOAD", "/x/libother.so")
+    assert not common.amx_refused()
