@@ -64,14 +64,9 @@ def int8_table(w):
     return values.astype(np.float64) * scale[:, None]
 
 
-def int8_dense(x, w, b=None):
-    """A product over int8 weights with per-output scales: float inputs, exact sums (float64)."""
-    return dense(x, int8_table(w), b)
-
-
 def quantize_activations(x):
     """x (..., K) -> (q (..., K) in [-127, 127], scale (..., 1)), both float64, as the int8 kernel
-    quantizes each row of its input on AVX-512 VNNI CPUs: scale = max|row| / 127, q = x * (127 /
+    quantizes each row of its input (on every ISA): scale = max|row| / 127, q = x * (127 /
     max|row|) rounded to nearest even, computed in float32 as the kernel computes them."""
     x = np.asarray(x, dtype=np.float32)
     amax = np.abs(x).max(axis=-1, keepdims=True)
@@ -81,7 +76,8 @@ def quantize_activations(x):
 
 
 def int8_activations_dense(x, w, b=None):
-    """int8_dense with each row of x quantized to 8 bits first (the VNNI kernel): exact sums."""
+    """A product over int8 weights with per-output scales, each row of x quantized to 8 bits first
+    (as the int8 kernel does): exact sums (float64)."""
     q, scale = quantize_activations(x)
     return dense(q * scale, int8_table(w), b)
 

@@ -18,7 +18,7 @@ from kogpt2_serving.model.int8_weights import quantized
 from kogpt2_serving.model.network import Linear, Lookup, blocks
 from kogpt2_serving.testing import make_test_model
 from generation_checks import check_every_strategy
-from numpy_reference import (forward, int8_activations_dense, int8_dense, int8_table, load_numpy_params,
+from numpy_reference import (forward, int8_activations_dense, int8_table, load_numpy_params,
                              quantize_rows)
 
 UNAVAILABLE = kernels.problem()
@@ -90,15 +90,13 @@ def test_weights_are_int8_once_and_the_rest_float32(int8_model):
 @needs_kernels
 def test_logits_equal_the_numpy_reference_over_the_quantized_weights(int8_model, numpy_params):
     """The full pass, the cached prefill and two steps all compute the network over the
-    dequantized weights (the NumPy reference quantizes from the definition, sums in float64),
-    and on AVX-512 VNNI over each product's input rows quantized to 8 bits too: float32
-    rounding apart. The same logits are measurably not float32's: quantization did happen,
+    dequantized weights (the NumPy reference quantizes from the definition, sums in float64)
+    and each product's input rows quantized to 8 bits: float32 rounding apart. The same logits are measurably not float32's: quantization did happen,
     and by about as much as 8 bits give."""
     engine = int8_model.engine
-    linear = int8_activations_dense if kernels.quantizes_activations() else int8_dense
-
     def reference(ids):
-        return forward(numpy_params, np.array(ids), N_LAYER, N_HEAD, linear=linear, token_table=int8_table)
+        return forward(numpy_params, np.array(ids), N_LAYER, N_HEAD, linear=int8_activations_dense,
+                       token_table=int8_table)
 
     for prompt in PROMPTS:
         ids = int8_model.tokenizer.encode_prompt(prompt)

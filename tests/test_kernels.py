@@ -47,9 +47,25 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     worst = max(bounded, key=lambda c: c["worst"])
     assert worst["worst"] < 1.0, worst  # within the float32 summation bound, every element
     int8 = [c for c in cases if c["case"] in ("int8", "int8+bias")]
-    assert max(c["rounding"] for c in int8) <= 1.0  # 8-bit rows (VNNI): nearest levels, right scales
-    assert all(c["equal"] for c in cases if c["case"] == "lookup_packed")  # rows gathered exactly
+    assert max(c["rounding"] for c in int8) <= 1.0  # 8-bit rows: nearest levels, right scales
+    assert all(c["equal"] for c in cases if c["case"] in ("lookup_packed", "int8_packed+bias"))  # exact
+    DIGESTS[expected] = {(c["case"], tuple(c["shape"])): c["digest"] for c in int8}
     assert all(c["written"] for c in cases if c["case"] == "attention")  # the new column, in place
+
+
+DIGESTS = {}  # ISA -> {(case, shape): digest of the int8 products' output bytes}
+
+
+@needs_kernels
+def test_int8_products_give_the_same_bytes_on_every_isa():
+    """Rows quantized alike and exact integer sums (vpmaddwd, vpdpbusd, AMX tiles or plain C):
+    the same output, bit for bit, whichever path this CPU and its caps run (needs the checks above
+    to have run in this session)."""
+    if len(DIGESTS) < 2:
+        pytest.skip("fewer than two ISA paths were checked in this run: {}".format(sorted(DIGESTS) or "none"))
+    first, *others = sorted(DIGESTS.items())
+    for isa, digests in others:
+        assert digests == first[1], (first[0], isa)
 
 
 @needs_kernels
@@ -96,11 +112,9 @@ def test_the_operator_runs_inside_a_hybridized_graph():
 
 
 def int8_reference(x, w, scale):
-    """x (N, K) . (w * scale)^T in float64, x quantized per row first where the kernels do (VNNI)."""
-    if kernels.quantizes_activations():
-        q, q_scale = quantize_activations(x)
-        return (q * q_scale) @ w.T.astype("float64") * scale
-    return x.astype("float64") @ w.T * scale
+    """x (N, K) . (w * scale)^T in float64, x quantized per row first (as the kernels do)."""
+    q, q_scale = quantize_activations(x)
+    return (q * q_scale) @ w.T.astype("float64") * scale
 
 
 @needs_kernels

@@ -94,14 +94,6 @@ def pack_int8(values):
     return np.ascontiguousarray(blocks.transpose(0, 2, 3, 1, 4)).reshape(rows, cols)  # (mb, kb, r, n, j)
 
 
-def quantizes_activations():
-    """Whether kogpt2_linear_int8 turns each input row into 8 bits (its own scale) before the
-    product in this process: on AVX-512 VNNI and AMX, where exact integer sums (vpdpbusd,
-    tdpbssd) are what keeps a step at memory speed. Elsewhere it multiplies float32 inputs by
-    the int8 weights."""
-    return isa() in ("avx512_vnni", "amx")
-
-
 def _lib_api_source():
     import mxnet as mx
 

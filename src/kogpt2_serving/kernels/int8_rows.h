@@ -1,6 +1,7 @@
-// Input rows quantized to 8 bits for the int8 kernels on AVX-512 VNNI and AMX CPUs
-// (linear.cc, packed.cc): each row of x on its own, scale max|row| / 127, rounded to nearest
-// even, so that a row's result never depends on the rows it is batched with.
+// Input rows quantized to 8 bits for the int8 kernels (linear.cc, packed.cc): each row of x on
+// its own, scale max|row| / 127, rounded to nearest even, so that a row's result never depends on
+// the rows it is batched with. The AVX-512 and the scalar code give the same bytes (the same
+// float operations, the same rounding), so every ISA multiplies the same rows.
 #ifndef KOGPT2_KERNELS_INT8_ROWS_H_
 #define KOGPT2_KERNELS_INT8_ROWS_H_
 
@@ -10,6 +11,8 @@
 #include <cmath>
 #include <cstdint>
 #include <vector>
+
+#include "isa.h"
 
 namespace kogpt2 {
 
@@ -45,11 +48,30 @@ __attribute__((target("avx512f,avx512bw"))) inline void quantize_row(const float
   *sum = s;
 }
 
+inline void quantize_row_portable(const float* x, int64_t K, int8_t* q, float* scale, int32_t* sum) {
+  float m = 0.f;
+  for (int64_t k = 0; k < K; ++k) m = std::max(m, std::fabs(x[k]));
+  *scale = m / 127.f;
+  const float inv = m > 0.f ? 127.f / m : 0.f;
+  int32_t s = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    q[k] = static_cast<int8_t>(std::nearbyint(std::min(127.f, std::max(-127.f, x[k] * inv))));
+    s += q[k];
+  }
+  *sum = s;
+}
+
 inline QuantizedRows quantize_rows(const float* x, int64_t N, int64_t K) {
   QuantizedRows rows{std::vector<int8_t>(N * K), std::vector<float>(N), std::vector<int32_t>(N)};
+  const bool avx512 = isa() >= kAvx512;
 #pragma omp parallel for schedule(static) if (N * K > 65536)
-  for (int64_t n = 0; n < N; ++n)
-    quantize_row(x + n * K, K, rows.values.data() + n * K, rows.scales.data() + n, rows.sums.data() + n);
+  for (int64_t n = 0; n < N; ++n) {
+    int8_t* q = rows.values.data() + n * K;
+    if (avx512)
+      quantize_row(x + n * K, K, q, rows.scales.data() + n, rows.sums.data() + n);
+    else
+      quantize_row_portable(x + n * K, K, q, rows.scales.data() + n, rows.sums.data() + n);
+  }
   return rows;
 }
 

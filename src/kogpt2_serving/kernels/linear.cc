@@ -4,11 +4,13 @@
 // memory. These kernels read a weight matrix once per call, row by row, at memory speed, for
 // the few activation rows a decode step has (and tile them for a prefill's many rows):
 //   kogpt2_linear_int8 (x (..., K) float32, w (M, K) int8, scale (M) float32[, bias (M)])
-//       -> (..., M) float32 = (x . w^T) * scale + bias
-//       weight-only int8 with float32 math; on AVX-512 VNNI CPUs each row of x is quantized to
-//       8 bits first (its own scale, max|row| / 127) and the products are exact int32 sums
+//       -> (..., M) float32 = (q(x) . w^T) * (x's row scale * scale) + bias: each row of x is
+//       quantized to 8 bits first (its own scale, max|row| / 127; int8_rows.h) and the products
+//       are exact int32 sums (vpdpbusd with VNNI, vpmaddwd on AVX2 and AVX-512, plain C), so
+//       every ISA gives the same bytes
 //   kogpt2_linear_f32  (x (..., K) float32, w (M, K) float32[, bias (M)]) -> (..., M)
-// Each output is a dot product along K (both operands contiguous), accumulated in float32.
+// Each output is a dot product along K (both operands contiguous); float32 ones accumulate in
+// float32.
 // The instruction set is chosen once per process (isa.h; kogpt2_kernel_isa names it).
 // Threads: OpenMP, as many as MXNet's own pool.
 #include <immintrin.h>
@@ -85,7 +87,6 @@ class Fetcher {
 
 // ---- one tile: out[n][m] = sum_k x[n][k] * w[m][k], for nr <= NR rows of x, MR rows of w ----
 
-inline float load_weight(const int8_t* w) { return static_cast<float>(*w); }
 inline float load_weight(const float* w) { return *w; }
 
 template <typename W>
@@ -101,10 +102,6 @@ void tile_portable(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t 
     }
 }
 
-__attribute__((target("avx2,fma"))) inline __m256 load8(const int8_t* w) {
-  __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w));
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-}
 __attribute__((target("avx2,fma"))) inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
 
 __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
@@ -181,10 +178,6 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, i
   }
 }
 
-__attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const int8_t* w) {
-  __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
-}
 __attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
 
 // 32 vector registers: MR weights + R x MR accumulators + x; R fixed at compile time so that
@@ -328,13 +321,12 @@ void linear(const float* x, const W* w, const float* scale, const float* bias, f
 
 // ---- AVX-512 VNNI: int8 activations times int8 weights, exact int32 sums ----
 //
-// Weight-only int8 spends three instructions (widen, convert, FMA) per 16 weights and a row; on
-// a VNNI CPU that, not memory, bounds a step. vpdpbusd multiplies 64 unsigned by 64 signed bytes
-// and adds them in groups of four to 16 int32 lanes: one instruction per 64 weights and a row.
-// Each row of x is quantized on its own (scale max|row| / 127, round to nearest even), so a row's
-// result never depends on the rows it is batched with. vpdpbusd needs one unsigned operand: the
-// weights, flipped to w + 128 (one xor per 64 weights, shared by every row), and 128 * sum(q) of
-// each row of x, counted while quantizing it, is taken off the sums.
+// vpdpbusd multiplies 64 unsigned by 64 signed bytes and adds them in groups of four to 16 int32
+// lanes: one instruction per 64 weights and a row (int8 weights turned into float32 for FMAs took
+// three per 16, which bounded a step on a VNNI CPU, not memory). Each row of x is quantized on its
+// own (int8_rows.h), so a row's result never depends on the rows it is batched with. vpdpbusd
+// needs one unsigned operand: the weights, flipped to w + 128 (one xor per 64 weights, shared by
+// every row), and 128 * sum(q) of each row of x, counted while quantizing it, is taken off the sums.
 
 // [sum(a0), sum(a1), sum(a2), sum(a3)]: the four reductions share their shuffles (about a third
 // of the instructions of four separate ones, which cost as much as the products at K = 768).
@@ -406,28 +398,130 @@ void tile_portable_q(const int8_t* q, int64_t nr, int64_t ldq, const int8_t* w, 
     }
 }
 
-void tile_vnni(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw,
-               int64_t mr, int64_t K, const Ahead& ahead, int32_t acc[NR][MR]) {
+// ---- AVX2 and AVX-512 without VNNI: the same exact sums with vpmaddwd ----
+//
+// Without VNNI the 8-bit rows and weights are widened to 16 bits and multiplied with vpmaddwd (16
+// or 32 products a pair summed into int32 lanes, exact: |q w| <= 127 * 127), so every ISA gives
+// the same int32 sums, and a row the same result on any CPU. Against converting the weights to
+// float32 and using FMAs (what these paths did before), it costs half the instructions per weight
+// and row: that bounded AVX2's int8 products from 4 rows on (compute, not memory).
+
+template <int R>
+__attribute__((target("avx2,fma"))) void rows_madd_avx2(const int8_t* q, int64_t ldq, const int8_t* w, int64_t ldw,
+                                                        int64_t K, const Ahead& ahead, int32_t acc[NR][MR]) {
+  const int64_t body = K - K % 16;
+  Fetcher fetch(ahead, body / 16);
+  __m256i a[R][MR];
+  for (int n = 0; n < R; ++n)
+    for (int m = 0; m < MR; ++m) a[n][m] = _mm256_setzero_si256();
+  for (int64_t k = 0; k < body; k += 16) {
+    fetch.next();
+    __m256i wv[MR];
+    for (int m = 0; m < MR; ++m)
+      wv[m] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + m * ldw + k)));
+    for (int n = 0; n < R; ++n) {
+      const __m256i xv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * ldq + k)));
+      for (int m = 0; m < MR; ++m) a[n][m] = _mm256_add_epi32(a[n][m], _mm256_madd_epi16(xv, wv[m]));
+    }
+  }
+  for (int n = 0; n < R; ++n)
+    for (int m = 0; m < MR; ++m) {
+      const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(a[n][m]), _mm256_extracti128_si256(a[n][m], 1));
+      const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+      int32_t sum = _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xb1)));
+      for (int64_t k = body; k < K; ++k) sum += static_cast<int32_t>(q[n * ldq + k]) * w[m * ldw + k];
+      acc[n][m] = sum;
+    }
+}
+
+template <int R>
+__attribute__((target("avx512f,avx512bw"))) void rows_madd_avx512(const int8_t* q, int64_t ldq, const int8_t* w,
+                                                                  int64_t ldw, int64_t K, const Ahead& ahead,
+                                                                  int32_t acc[NR][MR]) {
+  const int64_t body = K - K % 32;
+  Fetcher fetch(ahead, body / 32);
+  __m512i a[R][MR];
+  for (int n = 0; n < R; ++n)
+    for (int m = 0; m < MR; ++m) a[n][m] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < body; k += 32) {
+    fetch.next();
+    __m512i wv[MR];
+    for (int m = 0; m < MR; ++m)
+      wv[m] = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + m * ldw + k)));
+    for (int n = 0; n < R; ++n) {
+      const __m512i xv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + n * ldq + k)));
+      for (int m = 0; m < MR; ++m) a[n][m] = _mm512_add_epi32(a[n][m], _mm512_madd_epi16(xv, wv[m]));
+    }
+  }
+  for (int n = 0; n < R; ++n)
+    for (int m = 0; m < MR; ++m) {
+      int32_t sum = _mm512_reduce_add_epi32(a[n][m]);
+      for (int64_t k = body; k < K; ++k) sum += static_cast<int32_t>(q[n * ldq + k]) * w[m * ldw + k];
+      acc[n][m] = sum;
+    }
+}
+
+// acc[n][m] = sum_k q[n][k] * w[m][k], exact, for nr <= 4 rows of q and a tile of w, on this
+// process's ISA. AVX2 (16 registers) takes the rows two at a time, each pair a pass over the tile
+// fetching its part of `ahead`.
+void tile_q(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw,
+            int64_t mr, int64_t K, const Ahead& ahead, int32_t acc[NR][MR]) {
   if (mr < MR) return tile_portable_q(q, nr, ldq, w, ldw, mr, K, acc);
-  switch (nr) {
-    case 1: return rows_vnni<1>(q, ldq, q_sums, w, ldw, K, ahead, acc);
-    case 2: return rows_vnni<2>(q, ldq, q_sums, w, ldw, K, ahead, acc);
-    case 3: return rows_vnni<3>(q, ldq, q_sums, w, ldw, K, ahead, acc);
-    default: return rows_vnni<4>(q, ldq, q_sums, w, ldw, K, ahead, acc);
+  switch (isa()) {
+    case kAmx:
+    case kAvx512Vnni:
+      switch (nr) {
+        case 1: return rows_vnni<1>(q, ldq, q_sums, w, ldw, K, ahead, acc);
+        case 2: return rows_vnni<2>(q, ldq, q_sums, w, ldw, K, ahead, acc);
+        case 3: return rows_vnni<3>(q, ldq, q_sums, w, ldw, K, ahead, acc);
+        default: return rows_vnni<4>(q, ldq, q_sums, w, ldw, K, ahead, acc);
+      }
+    case kAvx512:
+      switch (nr) {
+        case 1: return rows_madd_avx512<1>(q, ldq, w, ldw, K, ahead, acc);
+        case 2: return rows_madd_avx512<2>(q, ldq, w, ldw, K, ahead, acc);
+        case 3: return rows_madd_avx512<3>(q, ldq, w, ldw, K, ahead, acc);
+        default: return rows_madd_avx512<4>(q, ldq, w, ldw, K, ahead, acc);
+      }
+    case kAvx2:
+      for (int64_t n0 = 0; n0 < nr; n0 += 2) {
+        const Ahead part = ahead.part(n0 / 2, (nr + 1) / 2);
+        int32_t pair[NR][MR];
+        if (n0 + 1 < nr)
+          rows_madd_avx2<2>(q + n0 * ldq, ldq, w, ldw, K, part, pair);
+        else
+          rows_madd_avx2<1>(q + n0 * ldq, ldq, w, ldw, K, part, pair);
+        for (int64_t r = 0; r < 2 && n0 + r < nr; ++r)
+          for (int m = 0; m < MR; ++m) acc[n0 + r][m] = pair[r][m];
+      }
+      return;
+    default: return tile_portable_q(q, nr, ldq, w, ldw, mr, K, acc);
   }
 }
 
-// linear() for int8 weights on a VNNI CPU: out = (q . w^T) * (x's row scale * scale[m]) + bias[m].
-void linear_vnni(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
+// out = x . (w * scale)^T + bias for int8 weights, every ISA alike: each row of x quantized to 8
+// bits on its own (int8_rows.h), exact int32 sums, then out = sums * (x's row scale * scale[m]) +
+// bias[m].
+void linear_int8(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
                  int64_t M, int64_t K) {
   const QuantizedRows rows = quantize_rows(x, N, K);
   over_tiles<4, int32_t>(
       N, M, K, kAheadBytesPerK / sizeof(int8_t), scale, bias, out,
       [&](int64_t n, int64_t nr, const Tile& t, const Passes& p, int32_t acc[NR][MR]) {
-        tile_vnni(rows.values.data() + n * K, rows.sums.data() + n, nr, K, w + t.first * K, t.stride * K, t.rows,
-                  K, ahead_of(w, K, p), acc);
+        tile_q(rows.values.data() + n * K, rows.sums.data() + n, nr, K, w + t.first * K, t.stride * K, t.rows, K,
+               ahead_of(w, K, p), acc);
       },
       [&](int64_t n) { return rows.scales[n]; });
+}
+
+void product(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
+             int64_t K) {
+  linear_int8(x, w, scale, bias, out, N, M, K);
+}
+
+void product(const float* x, const float* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
+             int64_t K) {
+  linear<float>(x, w, scale, bias, out, N, M, K);
 }
 
 // ---- the MXNet operators ----
@@ -460,11 +554,7 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   const float* scale = WeightInputs == 2 ? (*inputs)[2].data<float>() : nullptr;
   const float* bias = has_bias(attrs) ? (*inputs)[1 + WeightInputs].data<float>() : nullptr;
   const int64_t M = w.shape[0], K = w.shape[1], N = x.size() / K;
-  if (std::is_same<W, int8_t>::value && isa() >= kAvx512Vnni) {
-    linear_vnni(x.data<float>(), w.data<int8_t>(), scale, bias, (*outputs)[0].data<float>(), N, M, K);
-    return MX_SUCCESS;
-  }
-  linear<W>(x.data<float>(), w.data<W>(), scale, bias, (*outputs)[0].data<float>(), N, M, K);
+  product(x.data<float>(), w.data<W>(), scale, bias, (*outputs)[0].data<float>(), N, M, K);
   return MX_SUCCESS;
 }
 

@@ -6,10 +6,10 @@ gets one float32 scale, max|row| / 127, and the row is rounded to the nearest mu
 in [-127, 127] (symmetric: no zero point, so the kernel needs no correction term). The tied
 token table is quantized once, per row: its rows are the LM head's outputs and the lookup's
 rows alike. The position table, LayerNorm parameters and biases stay float32, as do
-activations between products and the cache. Inside a product (kernels/linear.cc), the int8
-weights meet float32 inputs in float32 sums, except on AVX-512 VNNI CPUs, where each input row
-is quantized to 8 bits with its own scale and the sums are exact integers (vpdpbusd): a row's
-result never depends on the rows batched with it either way.
+activations between products and the cache. Inside a product (kernels/linear.cc), each input
+row is quantized to 8 bits with its own scale and the sums are exact integers (vpdpbusd, AMX
+tiles, vpmaddwd or plain C): a row's result never depends on the rows batched with it, nor on
+the CPU it runs on.
 
 Quantizing replaces each float32 weight by its int8 one in place, one matrix at a time, so the
 model never holds a whole second copy; the step kernels (`fill_step_weights`) are skipped. On

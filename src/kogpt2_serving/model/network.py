@@ -52,8 +52,8 @@ class Linear(nn.Dense):
     Decoding reads every weight once per token, so fewer bytes read is what makes a
     memory-bound CPU faster. Only the matrix product changes: bfloat16 runs through oneDNN
     (its input rounded to bfloat16, float32 accumulation), int8 through our own kernel
-    (kernels/linear.cc: int8 weights turned to float32 in registers, float32 accumulation; on
-    AVX-512 VNNI, input rows quantized to 8 bits and exact integer sums). Residuals, LayerNorm,
+    (kernels/linear.cc: input rows quantized to 8 bits and exact integer sums, the same on every
+    CPU). Residuals, LayerNorm,
     softmax and the KV cache stay float32."""
 
     bfloat16 = False
