@@ -113,7 +113,7 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
 
 // One activation row (a decode step's usual case): MR accumulators alone would make each k step
 // wait for the previous step's FMAs (4-5 cycles of latency), so two sets take alternate halves of
-// every 16 k, and the loop runs at the speed of its loads and conversions instead.
+// every 16 k, and the loop runs at the speed of its loads instead.
 template <typename W>
 __attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const W* w, int64_t ldw, int64_t K,
                                                    const Ahead& ahead, float acc[NR][MR]) {
