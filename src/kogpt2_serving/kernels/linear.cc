@@ -87,17 +87,14 @@ class Fetcher {
 
 // ---- one tile: out[n][m] = sum_k x[n][k] * w[m][k], for nr <= NR rows of x, MR rows of w ----
 
-inline float load_weight(const float* w) { return *w; }
-
-template <typename W>
-void tile_portable(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K,
+void tile_portable(const float* x, int64_t nr, int64_t ldx, const float* w, int64_t ldw, int64_t mr, int64_t K,
                    float acc[NR][MR]) {
   for (int64_t n = 0; n < nr; ++n)
     for (int64_t m = 0; m < mr; ++m) {
       float sum = 0.f;
       const float* xn = x + n * ldx;
-      const W* wm = w + m * ldw;
-      for (int64_t k = 0; k < K; ++k) sum += xn[k] * load_weight(wm + k);
+      const float* wm = w + m * ldw;
+      for (int64_t k = 0; k < K; ++k) sum += xn[k] * wm[k];
       acc[n][m] = sum;
     }
 }
@@ -114,8 +111,7 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
 // One activation row (a decode step's usual case): MR accumulators alone would make each k step
 // wait for the previous step's FMAs (4-5 cycles of latency), so two sets take alternate halves of
 // every 16 k, and the loop runs at the speed of its loads instead.
-template <typename W>
-__attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const W* w, int64_t ldw, int64_t K,
+__attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const float* w, int64_t ldw, int64_t K,
                                                    const Ahead& ahead, float acc[NR][MR]) {
   const int64_t body = K - K % 8, pairs = K - K % 16;
   Fetcher fetch(ahead, pairs / 16);
@@ -135,15 +131,14 @@ __attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const W* w, i
   }
   for (int m = 0; m < MR; ++m) {
     float sum = hsum8(_mm256_add_ps(a[0][m], a[1][m]));
-    for (int64_t k = body; k < K; ++k) sum += x[k] * load_weight(w + m * ldw + k);
+    for (int64_t k = body; k < K; ++k) sum += x[k] * w[m * ldw + k];
     acc[0][m] = sum;
   }
 }
 
 // AVX2 has 16 vector registers: MR weights + NR2 x 4 accumulators + x, NR2 = 2 rows at a time
 // (each pair a pass over the tile, fetching its part of `ahead`).
-template <typename W>
-__attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, int64_t ldx, const W* w,
+__attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, int64_t ldx, const float* w,
                                                    int64_t ldw, int64_t mr, int64_t K, const Ahead& ahead,
                                                    float acc[NR][MR]) {
   if (mr < MR) return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
@@ -172,7 +167,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, i
       for (int m = 0; m < MR; ++m) {
         const float* xr = r ? x1 : x0;
         float sum = hsum8(a[r][m]);
-        for (int64_t k = body; k < K; ++k) sum += xr[k] * load_weight(w + m * ldw + k);
+        for (int64_t k = body; k < K; ++k) sum += xr[k] * w[m * ldw + k];
         acc[n0 + r][m] = sum;
       }
   }
@@ -182,8 +177,8 @@ __attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const float* w)
 
 // 32 vector registers: MR weights + R x MR accumulators + x; R fixed at compile time so that
 // the accumulators stay in registers.
-template <int R, typename W>
-__attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int64_t ldx, const W* w, int64_t ldw, int64_t K,
+template <int R>
+__attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int64_t ldx, const float* w, int64_t ldw, int64_t K,
                                                              const Ahead& ahead, float acc[NR][MR]) {
   const int64_t body = K - K % 16;
   Fetcher fetch(ahead, body / 16);
@@ -202,13 +197,12 @@ __attribute__((target("avx512f,avx512bw"))) void rows_avx512(const float* x, int
   for (int n = 0; n < R; ++n)
     for (int m = 0; m < MR; ++m) {
       float sum = _mm512_reduce_add_ps(a[n][m]);
-      for (int64_t k = body; k < K; ++k) sum += x[n * ldx + k] * load_weight(w + m * ldw + k);
+      for (int64_t k = body; k < K; ++k) sum += x[n * ldx + k] * w[m * ldw + k];
       acc[n][m] = sum;
     }
 }
 
-template <typename W>
-void tile_avx512(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K,
+void tile_avx512(const float* x, int64_t nr, int64_t ldx, const float* w, int64_t ldw, int64_t mr, int64_t K,
                  const Ahead& ahead, float acc[NR][MR]) {
   if (mr < MR) return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
   switch (nr) {
@@ -221,8 +215,7 @@ void tile_avx512(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ld
   }
 }
 
-template <typename W>
-void tile(const float* x, int64_t nr, int64_t ldx, const W* w, int64_t ldw, int64_t mr, int64_t K, const Ahead& ahead,
+void tile(const float* x, int64_t nr, int64_t ldx, const float* w, int64_t ldw, int64_t mr, int64_t K, const Ahead& ahead,
           float acc[NR][MR]) {
   switch (isa()) {
     case kAmx:
@@ -307,12 +300,10 @@ Ahead ahead_of(const W* w, int64_t K, const Passes& p) {
   return a;
 }
 
-// out (N, M) = x (N, K) . w (M, K)^T, then * scale[m] (if given) + bias[m] (if given).
-template <typename W>
-void linear(const float* x, const W* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
-            int64_t K) {
+// out (N, M) = x (N, K) . w (M, K)^T + bias[m] (if given), float32 weights.
+void linear_f32(const float* x, const float* w, const float* bias, float* out, int64_t N, int64_t M, int64_t K) {
   over_tiles<NR, float>(
-      N, M, K, kAheadBytesPerK / sizeof(W), scale, bias, out,
+      N, M, K, kAheadBytesPerK / sizeof(float), nullptr, bias, out,
       [&](int64_t n, int64_t nr, const Tile& t, const Passes& p, float acc[NR][MR]) {
         tile(x + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, ahead_of(w, K, p), acc);
       },
@@ -519,9 +510,9 @@ void product(const float* x, const int8_t* w, const float* scale, const float* b
   linear_int8(x, w, scale, bias, out, N, M, K);
 }
 
-void product(const float* x, const float* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
+void product(const float* x, const float* w, const float*, const float* bias, float* out, int64_t N, int64_t M,
              int64_t K) {
-  linear<float>(x, w, scale, bias, out, N, M, K);
+  linear_f32(x, w, bias, out, N, M, K);
 }
 
 // ---- the MXNet operators ----
