@@ -598,3 +598,19 @@ def test_results_say_when_amx_was_refused(monkeypatch):
     assert common.amx_refused()
     monkeypatch.setenv("LD_PRELOAD", "/x/libother.so")
     assert not common.amx_refused()
+
+
+def test_the_one_client_target_reads_the_interleaved_comparison_when_there_is_one():
+    row = lambda c, p50, tps: {"concurrency": c, "p50_ms": p50, "tokens_per_s": tps, "errors": 0}  # noqa: E731
+    result = {"modes": {"off": [row(1, 1000.0, 50.0), row(16, 20000.0, 50.0)],
+                        "on": [row(1, 1000.0, 50.0), row(16, 6000.0, 150.0)],
+                        "engine": [row(1, 1160.0, 48.0), row(16, 3000.0, 260.0)]}}
+    sequential = report.engine_ratios(result)
+    assert "- engine / off at 1 client, p50 latency: 1.160x (target <= 1.05: **not met**)" in sequential
+    assert any("16 clients 5.20x (target at 16 clients >= 5.0x: met)" in line for line in sequential)
+    result["one_client_interleaved"] = {"off_p50_ms": 1010.0, "engine_p50_ms": 1020.0, "ratio": 1.01, "requests": 12,
+                                        "errors": 0}
+    lines = report.engine_ratios(result)
+    assert ("- engine / off at 1 client, p50 latency, both servers side by side, requests in turn: 1020.0 / 1010.0 "
+            "ms = 1.010x (target <= 1.05: met)") in lines
+    assert not any(line.startswith("- engine / off at 1 client, p50 latency: ") for line in lines)
