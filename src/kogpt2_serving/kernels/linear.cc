@@ -475,15 +475,12 @@ void tile_q(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, con
         default: return rows_madd_avx512<4>(q, ldq, w, ldw, K, ahead, acc);
       }
     case kAvx2:
-      for (int64_t n0 = 0; n0 < nr; n0 += 2) {
+      for (int64_t n0 = 0; n0 < nr; n0 += 2) {  // each pair's sums go to its rows of acc
         const Ahead part = ahead.part(n0 / 2, (nr + 1) / 2);
-        int32_t pair[NR][MR];
         if (n0 + 1 < nr)
-          rows_madd_avx2<2>(q + n0 * ldq, ldq, w, ldw, K, part, pair);
+          rows_madd_avx2<2>(q + n0 * ldq, ldq, w, ldw, K, part, acc + n0);
         else
-          rows_madd_avx2<1>(q + n0 * ldq, ldq, w, ldw, K, part, pair);
-        for (int64_t r = 0; r < 2 && n0 + r < nr; ++r)
-          for (int m = 0; m < MR; ++m) acc[n0 + r][m] = pair[r][m];
+          rows_madd_avx2<1>(q + n0 * ldq, ldq, w, ldw, K, part, acc + n0);
       }
       return;
     default: return tile_portable_q(q, nr, ldq, w, ldw, mr, K, acc);
