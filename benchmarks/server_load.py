@@ -42,6 +42,7 @@ Without a model it builds a tiny random model (seconds); --kogpt2-size uses the 
 model at KoGPT2 size (benchmarks/.cache, as the other benchmarks).
 """
 import argparse
+import contextlib
 import http.client
 import json
 import math
@@ -146,14 +147,16 @@ def request_body(client, n, args, stream=False):
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
-def run_mode(model_dir, batch_size, workers, engine, args, levels, frontend="mms"):
+@contextlib.contextmanager
+def started_server(model_dir, **options):
+    """A serve stack (ServerConfig `options`) started with a log file of its own -> (server, port,
+    log path); on exit it is stopped and its log removed. Not waited for: call wait_ready()."""
     from kogpt2_serving.serving.server import ServerConfig, make_server
     from kogpt2_serving.testing import free_port
 
     log = tempfile.NamedTemporaryFile(prefix="kgs-bench-", suffix=".log", delete=False)
     log.close()
-    config = ServerConfig(model_dir=model_dir, port=free_port(), workers=workers, device="cpu", batch_size=batch_size,
-                          max_batch_delay=args.max_batch_delay, log_file=log.name, engine=engine, frontend=frontend)
+    config = ServerConfig(model_dir=model_dir, port=free_port(), device="cpu", log_file=log.name, **options)
     server = make_server(config)
     # This process set OMP_NUM_THREADS for its own in-process baseline; the server must size
     # its workers' threads itself (cores / workers), as it does when started by `serve`.
@@ -164,28 +167,33 @@ def run_mode(model_dir, batch_size, workers, engine, args, levels, frontend="mms
         finally:
             if own_threads is not None:
                 os.environ["OMP_NUM_THREADS"] = own_threads
+        yield server, config.port, log.name
+    finally:
+        server.stop()
+        os.remove(log.name)
+
+
+def run_mode(model_dir, batch_size, workers, engine, args, levels, frontend="mms"):
+    with started_server(model_dir, workers=workers, batch_size=batch_size, max_batch_delay=args.max_batch_delay,
+                        engine=engine, frontend=frontend) as (server, port, log):
         server.wait_ready()
         path = server.inference_path
-        warm_up(config.port, path, workers, args)
+        warm_up(port, path, workers, args)
         table, samples = [], {}
         for level in levels:
-            row, latencies = run_level(config.port, path, level, workers, args)
+            row, latencies = run_level(port, path, level, workers, args)
             table.append(row)
             samples[level] = latencies
             print("  concurrency {}: {}".format(level, row), file=sys.stderr, flush=True)
-        ttft = measure_ttft(model_dir, config.port, args, levels) if frontend == "native" else None
-        overhead = measure_overhead(model_dir, config.port, path) if batch_size == 1 and (
-            workers == 1 or engine) else None
-        died = sum(1 for line in open(log.name, encoding="utf-8", errors="replace") if "Worker died" in line
+        ttft = measure_ttft(model_dir, port, args, levels) if frontend == "native" else None
+        overhead = measure_overhead(model_dir, port, path) if batch_size == 1 and (workers == 1 or engine) else None
+        died = sum(1 for line in open(log, encoding="utf-8", errors="replace") if "Worker died" in line
                    or "Backend worker process died" in line)
         stats = server.engine_stats()
         return {"table": table, "samples": samples, "worker_deaths": died, "overhead": overhead, "workers": workers,
                 "ttft": ttft,
                 "engine": {k: stats[k] for k in ("steps", "row_steps", "shared_steps", "joins", "max_rows")}
                 if stats else None}
-    finally:
-        server.stop()
-        os.remove(log.name)
 
 
 def warm_up(port, path, workers, args):
@@ -260,28 +268,17 @@ def post(conn, path, body):
 def compare_one_client(model_dir, args):
     """`off` and `engine` servers side by side, one client's requests to each in ABBA order ->
     {off_p50_ms, engine_p50_ms, ratio, requests, errors}."""
-    from kogpt2_serving.serving.server import ServerConfig, make_server
-    from kogpt2_serving.testing import free_port
-
     count = 2 * max(6, args.requests_per_client)
-    servers, logs, own_threads = {}, [], os.environ.pop("OMP_NUM_THREADS", None)
     print("== one client, off and engine interleaved ==", file=sys.stderr, flush=True)
-    try:
-        for name, engine in (("off", False), ("engine", True)):
-            log = tempfile.NamedTemporaryFile(prefix="kgs-bench-", suffix=".log", delete=False)
-            log.close()
-            logs.append(log.name)
-            config = ServerConfig(model_dir=model_dir, port=free_port(), workers=1, device="cpu", batch_size=1,
-                                  engine=engine, log_file=log.name)
-            servers[name] = (make_server(config), config.port)
-            servers[name][0].start()
-        if own_threads is not None:
-            os.environ["OMP_NUM_THREADS"] = own_threads
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(started_server(model_dir, workers=1, batch_size=1, engine=engine))
+                   for name, engine in (("off", False), ("engine", True))}  # both start at once
         conns = {}
-        for name, (server, port) in servers.items():
+        for name, (server, port, _) in servers.items():
             server.wait_ready()
             warm_up(port, server.inference_path, 1, args)
-            conns[name] = (http.client.HTTPConnection("127.0.0.1", port, timeout=600), server.inference_path)
+            conns[name] = (stack.enter_context(contextlib.closing(
+                http.client.HTTPConnection("127.0.0.1", port, timeout=600))), server.inference_path)
         seconds, errors = {"off": [], "engine": []}, 0
         for n in range(count):
             for name in (("off", "engine") if n % 2 == 0 else ("engine", "off")):
@@ -292,15 +289,6 @@ def compare_one_client(model_dir, args):
                     seconds[name].append(time.perf_counter() - started)
                 else:
                     errors += 1
-        for conn, _ in conns.values():
-            conn.close()
-    finally:
-        if own_threads is not None:
-            os.environ["OMP_NUM_THREADS"] = own_threads
-        for server, _ in servers.values():
-            server.stop()
-        for log in logs:
-            os.remove(log)
     off, engine = (pct(sorted(seconds[k]), 50) for k in ("off", "engine"))
     return {"requests": count, "errors": errors, "off_p50_ms": off, "engine_p50_ms": engine,
             "ratio": round(engine / off, 3) if off and engine else None}
