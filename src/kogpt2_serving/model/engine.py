@@ -175,7 +175,8 @@ class Engine:
         valid = slots[None, :] >= pads[:, None]  # (B, T)
         causal = slots[:, None] >= slots[None, :]  # (T, T)
         mask = np.where(valid[:, None, :] & causal[None], 0.0, MASKED)  # (B, T, T)
-        graph = self._prefill_few if self._prefill_few and ids.size <= FEW_PREFILL_TOKENS else self._prefill
+        few = self._prefill_few is not None and ids.size <= FEW_PREFILL_TOKENS
+        graph = self._prefill_few if few else self._prefill
         logits, keys, values = _run(graph, self._nd(ids, "int32"), self._nd(positions, "int32"), self._nd(mask))
         return Prefill(self._host(logits), keys, values, pads, lengths)
 

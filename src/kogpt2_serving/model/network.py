@@ -53,8 +53,7 @@ class Linear(nn.Dense):
     memory-bound CPU faster. Only the matrix product changes: bfloat16 runs through oneDNN
     (its input rounded to bfloat16, float32 accumulation), int8 through our own kernel
     (kernels/linear.cc: input rows quantized to 8 bits and exact integer sums, the same on every
-    CPU). Residuals, LayerNorm,
-    softmax and the KV cache stay float32."""
+    CPU). Residuals, LayerNorm, softmax and the KV cache stay float32."""
 
     bfloat16 = False
     int8 = False
@@ -95,7 +94,7 @@ class Linear(nn.Dense):
             return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias,
                                  self.int8_packed)  # (B, N)
         if self.f32_steps:
-            return self._f32_kernel(F, x, bias)  # (B, N)
+            return self._f32_kernel(F, x)  # (B, N)
         if rows > MAX_CONV_ROWS:
             return self(x)
         kernel = _value(F, self.step_weight)
@@ -108,20 +107,20 @@ class Linear(nn.Dense):
             out = F.amp_cast(out, dtype="float32")  # (bfloat16 has no transpose kernel)
         return F.transpose(out.reshape((self.out_units, rows)))  # (B, N)
 
-
     def full(self, F, x, few_rows=False):
         """x (..., K) -> (..., N) for a full pass. With `few_rows` (a short prefill) through our
         float32 kernel where this layer's steps use it: at a few dozen rows it takes half the time
         of oneDNN's FullyConnected, which repacks the weight on every call; beyond, oneDNN's gemm
         computes faster (benchmarks/kernels.py)."""
         if few_rows and self.f32_steps:
-            return self._f32_kernel(F, x, _value(F, self.bias) if self.bias is not None else None)
+            return self._f32_kernel(F, x)
         return self(x)
 
-    def _f32_kernel(self, F, x, bias):
-        if bias is None:
+    def _f32_kernel(self, F, x):
+        """x (..., K) -> (..., N) through kogpt2_linear_f32 over the layer's own weight."""
+        if self.bias is None:
             return F.kogpt2_linear_f32(x, _value(F, self.weight), no_bias=True)
-        return F.kogpt2_linear_f32(x, _value(F, self.weight), bias)
+        return F.kogpt2_linear_f32(x, _value(F, self.weight), _value(F, self.bias))
 
 
 def _int8_product(F, x, weight, scale, bias, packed):
