@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402  (puts src/ on the path; nothing here imports MXNet before the threads are set)
-from server_load import request_body  # noqa: E402
+from server_load import request_body, token_range  # noqa: E402
 
 PARTS = ("step", "prefill", "insert", "move_row", "resize")  # Engine methods timed
 
@@ -37,8 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | int8 (default float32)")
     p.add_argument("--output", help="write the results as JSON here")
     args = p.parse_args(argv)
-    lo, _, hi = args.new_tokens.partition("-")
-    args.token_range = (int(lo), int(hi or lo))
+    args.token_range = token_range(args.new_tokens)
     return args
 
 

@@ -88,8 +88,7 @@ def parse_args():
 def main():
     args = parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    lo, _, hi = args.new_tokens.partition("-")
-    args.token_range = (int(lo), int(hi or lo))
+    args.token_range = token_range(args.new_tokens)
     threads = common.setup_threads(args)  # the in-process baseline uses what a single worker gets
     model_dir, cleanup = pick_model(args)
     chosen = args.modes.split(",")
@@ -119,6 +118,12 @@ def main():
                              "workers": {k: v["workers"] for k, v in results.items()}, "overhead_ms": overhead,
                              "one_client_interleaved": one_client,
                              "load_average": os.getloadavg()})
+
+
+def token_range(text):
+    """--new-tokens "N" or "LO-HI" -> (lo, hi)."""
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
 
 
 def pick_model(args):
