@@ -37,7 +37,10 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | int8 (default float32)")
     p.add_argument("--output", help="write the results as JSON here")
     args = p.parse_args(argv)
-    args.token_range = token_range(args.new_tokens)
+    try:
+        args.token_range = token_range(args.new_tokens)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 

@@ -88,7 +88,10 @@ def parse_args():
 def main():
     args = parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    args.token_range = token_range(args.new_tokens)
+    try:
+        args.token_range = token_range(args.new_tokens)
+    except ValueError as e:
+        raise SystemExit("server_load: {}".format(e))
     threads = common.setup_threads(args)  # the in-process baseline uses what a single worker gets
     model_dir, cleanup = pick_model(args)
     chosen = args.modes.split(",")
@@ -121,8 +124,10 @@ def main():
 
 
 def token_range(text):
-    """--new-tokens "N" or "LO-HI" -> (lo, hi)."""
-    lo, _, hi = text.partition("-")
+    """--new-tokens "N" or "LO-HI" -> (lo, hi); ValueError naming the text otherwise."""
+    lo, dash, hi = text.partition("-")
+    if not (lo.isdigit() and (hi.isdigit() or not dash)) or not 0 < int(lo) <= int(hi or lo):
+        raise ValueError("--new-tokens must be N or LO-HI with 0 < LO <= HI, got {!r}".format(text))
     return int(lo), int(hi or lo)
 
 

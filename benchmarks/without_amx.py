@@ -54,7 +54,10 @@ def main(argv=None):
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0 if argv else 2
-    os.execvpe(argv[0], argv, environment())
+    try:
+        os.execvpe(argv[0], argv, environment())
+    except OSError as e:
+        raise SystemExit("without_amx: cannot run {}: {}".format(argv[0], e.strerror))
 
 
 if __name__ == "__main__":

@@ -614,3 +614,21 @@ def test_the_one_client_target_reads_the_interleaved_comparison_when_there_is_on
     assert ("- engine / off at 1 client, p50 latency, both servers side by side, requests in turn: 1020.0 / 1010.0 "
             "ms = 1.010x (target <= 1.05: met)") in lines
     assert not any(line.startswith("- engine / off at 1 client, p50 latency: ") for line in lines)
+
+
+def test_new_tokens_is_n_or_a_range_and_anything_else_is_named():
+    import server_load
+
+    assert server_load.token_range("16-128") == (16, 128) and server_load.token_range("8") == (8, 8)
+    for bad in ("x", "9-3", "0", "4-", "-4", "4-x"):
+        with pytest.raises(ValueError, match="--new-tokens must be N or LO-HI.*{}".format(bad)):
+            server_load.token_range(bad)
+
+
+def test_without_amx_names_a_command_it_cannot_run():
+    import subprocess
+
+    done = subprocess.run([sys.executable, os.path.join(BENCH, "without_amx.py"), "no-such-command-here"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "without_amx: cannot run no-such-command-here: No such file or directory"
