@@ -94,7 +94,7 @@ wheel: $(STAMP)  ## build dist/kogpt2_serving-*.whl
 
 # Benchmarks: ~10 min on 2 cores, on a quiet machine. QUICK=1 checks the pipeline in seconds
 # per script and writes to benchmarks/results-quick/ (its README there), never the real report.
-# ISA=AVX2 (or AVX512_CORE, AVX512_CORE_VNNI; default $DNNL_MAX_CPU_ISA) caps oneDNN at that
+# ISA=AVX2 (or AVX512_CORE, AVX512_CORE_VNNI; default $DNNL_MAX_CPU_ISA) runs as that CPU
 # class and writes to a subdirectory named after it (benchmarks/results/avx2/): the report shows
 # every class measured side by side. Variants a CPU or MXNet cannot run are skipped and listed.
 ISA         ?= $(DNNL_MAX_CPU_ISA)
@@ -102,8 +102,9 @@ ISA_CAP     := $(shell echo '$(ISA)' | tr a-z A-Z)
 BENCH_BASE  := $(if $(QUICK),benchmarks/results-quick,benchmarks/results)
 BENCH_OUT   := $(BENCH_BASE)$(if $(ISA),/$(shell echo '$(ISA)' | tr A-Z a-z))
 BENCH_FLAGS := $(if $(QUICK),--quick,)
-# A cap below AMX also refuses AMX to ONNX Runtime (which reads no cap) through benchmarks/without_amx.py.
-BENCH_ENV   := $(if $(ISA),$(if $(findstring AMX,$(ISA_CAP)),,$(PY) benchmarks/without_amx.py) env DNNL_MAX_CPU_ISA=$(ISA_CAP))
+# A class below AMX is shown to every library, ONNX Runtime included (it reads no cap), through
+# benchmarks/as_cpu.py: CPUID answers without the features above it.
+BENCH_ENV   := $(if $(ISA),$(if $(findstring AMX,$(ISA_CAP)),,$(PY) benchmarks/as_cpu.py $(ISA_CAP)) env DNNL_MAX_CPU_ISA=$(ISA_CAP))
 BENCH_STAMP := $(VENV)/.bench-installed
 COMMA       := ,
 

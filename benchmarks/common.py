@@ -21,6 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "src"))
 
+import as_cpu  # noqa: E402  (benchmarks/, beside this file)
 from kogpt2_serving.testing import free_port  # noqa: E402,F401  (the scripts call common.free_port; no MXNet import)
 
 RESULTS = os.path.join(HERE, "results")
@@ -361,15 +362,16 @@ def runtime():
     except (OSError, subprocess.SubprocessError) as e:
         return {"error": "runtime probe failed: %s" % e}
     found = parse_runtime(out)
-    if amx_refused() and "cpu_class" in found:
-        found["amx_refused"] = True
-        found["cpu_class"] += " with AMX refused (benchmarks/without_amx.py)"
+    shown = as_cpu.shown_class()
+    if shown and "cpu_class" in found:
+        found["shown_class"] = shown
+        found["cpu_class"] = "%s, shown on an %s CPU (benchmarks/as_cpu.py: every library sees that class)" % (
+            SHOWN_NAMES.get(shown, shown), cpu_class(found["cpu_flags"]))
     return found
 
 
-def amx_refused():
-    """Whether this process runs under benchmarks/without_amx.py (no library may use AMX)."""
-    return any(os.path.basename(p).startswith("no_amx_") for p in os.environ.get("LD_PRELOAD", "").split())
+# benchmarks/as_cpu.py's classes, as CLASSES names them.
+SHOWN_NAMES = {"avx2": "AVX2", "avx512": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx512_bf16": "AVX512-BF16"}
 
 
 def parse_runtime(log):

@@ -828,12 +828,14 @@ def section_classes(classes):
             ["date"] + [h.get("date", "?")[:10] if h else "-" for h in heads]]
     rows += [[label] + [class_cell(results, benchmark, key, kind) for _, results in classes]
              for label, benchmark, key, kind in CLASS_ROWS]
-    out += ["", "The same scripts on each CPU class: `make bench` on this machine, `make bench ISA=...` with "
-            "oneDNN's dispatch capped (DNNL_MAX_CPU_ISA, which our kernels follow too), which reproduces that class's "
-            "kernels on this machine's memory system (a real CPU of that class has its own bandwidth and cache sizes). "
-            "ONNX Runtime reads no cap: runs since 2026-12-07 refuse it AMX (benchmarks/without_amx.py, their class "
-            "says so), but on an AVX-512 CPU it keeps AVX-512 under an AVX2 cap. Compare ratios within "
-            "a column, not absolute numbers across machines. Sections 1-7 are this machine's results.", "",
+    out += ["", "The same scripts on each CPU class: `make bench` on this machine, `make bench ISA=...` as a smaller "
+            "class: oneDNN's dispatch capped (DNNL_MAX_CPU_ISA, which our kernels follow too) and, since the second "
+            "session of 2026-12-07, every library shown that class through benchmarks/as_cpu.py (CPUID answers "
+            "without the features above it: ONNX Runtime, which reads no cap, runs that class's code too; the class "
+            "row says so). That reproduces the class's kernels on this machine's memory system (a real CPU of that "
+            "class has its own bandwidth and cache sizes). Earlier capped runs kept ONNX Runtime's AVX-512 code. "
+            "Compare ratios within a column, not absolute numbers across machines. Sections 1-7 are this machine's "
+            "results.", "",
             table(header, rows)]
     for name, results in classes:
         note = skipped_note(*_all(results))

@@ -548,56 +548,106 @@ def test_engine_load_replays_server_loads_requests_and_accounts_for_the_time(tin
     assert json.loads(out.read_text())["benchmark"] == "engine_load"
 
 
-# ---- AMX refused (the VNNI class on an AMX CPU) ----
+# ---- a smaller CPU class shown to every library (benchmarks/as_cpu.py) ----
 
-PROBE = """
+# What a library of the process sees: NumPy's and our kernels' dispatch (both from CPUID), oneDNN's
+# ISA (its own CPUID reads, in its verbose log), the AMX tile request through libc's syscall().
+CLASS_PROBE = """
 import ctypes, os
+import numpy as np
+import mxnet as mx
+from kogpt2_serving import kernels
+mx.nd.FullyConnected(mx.nd.ones((2, 8)), mx.nd.ones((4, 8)), no_bias=True, num_hidden=4).wait_to_read()
 libc = ctypes.CDLL(None, use_errno=True)  # the process's symbols, as a library's call would find them
 libc.syscall.restype = ctypes.c_long
 asked = libc.syscall(ctypes.c_long(158), ctypes.c_long(0x1023), ctypes.c_long(18))  # arch_prctl: AMX tile data
-print(asked, ctypes.get_errno(), libc.syscall(ctypes.c_long(39)) == os.getpid())  # and getpid passes through
+features = np.core._multiarray_umath.__cpu_features__
+print("SEEN", features["AVX2"], features["AVX512F"], features["AVX512_ICL"], kernels.isa(), asked,
+      ctypes.get_errno(), libc.syscall(ctypes.c_long(39)) == os.getpid())  # and getpid passes through
 """
 
 
-def test_without_amx_refuses_the_tile_request_and_passes_other_system_calls(tmp_path):
+def _as_class(name, code, extra=()):
+    import subprocess
+
+    import as_cpu
+
+    problem = as_cpu.class_problem(name, as_cpu.cpu_flags())
+    if problem:
+        pytest.skip(problem)
+    if as_cpu.own_class(as_cpu.cpu_flags()) == name:
+        pytest.skip("this CPU is of class {}: nothing to hide".format(name))
+    env = as_cpu.environment(name)
+    for cap in ("KOGPT2_KERNEL_ISA", "DNNL_MAX_CPU_ISA"):
+        env.pop(cap, None)
+    env["DNNL_VERBOSE"] = "1"
+    return subprocess.run([sys.executable] + list(extra) + ["-c", code], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+
+
+@pytest.mark.parametrize("name, seen, onednn", [
+    ("avx2", ["True", "False", "False", "avx2"], "Intel AVX2"),
+    ("avx512_vnni", ["True", "True", "True", "avx512_vnni"], "Intel AVX-512 with Intel DL Boost"),
+])
+def test_every_library_sees_the_class_and_amx_is_refused(name, seen, onednn):
     import errno
-    import subprocess
 
-    import without_amx
-
-    env = without_amx.environment({"PATH": os.environ.get("PATH", ""), "LD_PRELOAD": ""})
-    assert env["LD_PRELOAD"].startswith(os.path.join(BENCH, ".cache", "no_amx_"))
-    done = subprocess.run([sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE, universal_newlines=True,
-                          check=True)
-    assert done.stdout.split() == ["-1", str(errno.EPERM), "True"]
-    plain = subprocess.run([sys.executable, "-c", PROBE], stdout=subprocess.PIPE, universal_newlines=True,
-                           check=True)
-    assert plain.stdout.split()[1] != str(errno.EPERM)  # granted on AMX CPUs, EINVAL elsewhere
-
-
-def test_our_kernels_run_vnni_when_amx_is_refused():
-    import subprocess
-
-    import without_amx
     from kogpt2_serving import kernels
 
     if kernels.problem():
         pytest.skip(kernels.problem())
-    if kernels.isa() != "amx":
-        pytest.skip("this CPU (or its cap) runs {}, not AMX".format(kernels.isa()))
-    code = "from kogpt2_serving import kernels; print(kernels.isa())"
-    env = without_amx.environment()
-    env.pop("KOGPT2_KERNEL_ISA", None)
-    done = subprocess.run([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, universal_newlines=True,
-                          check=True)
-    assert done.stdout.split()[-1] == "avx512_vnni"
+    done = _as_class(name, CLASS_PROBE)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("SEEN ")][-1].split()[1:]
+    assert line == seen + ["-1", str(errno.EPERM), "True"]
+    isa = [ln for ln in done.stdout.splitlines() if ln.startswith("dnnl_verbose,info,cpu,isa:")]
+    assert isa and isa[0].split(":", 1)[1] == onednn  # not "... and bfloat16 support", not AMX
 
 
-def test_results_say_when_amx_was_refused(monkeypatch):
-    monkeypatch.setenv("LD_PRELOAD", "/x/libother.so /repo/benchmarks/.cache/no_amx_0123abcd.so")
-    assert common.amx_refused()
-    monkeypatch.setenv("LD_PRELOAD", "/x/libother.so")
-    assert not common.amx_refused()
+@pytest.mark.parametrize("extra, printed", [(["-X", "faulthandler"], "Fatal Python error: Segmentation fault"),
+                                            ([], "")])
+def test_a_real_segfault_under_the_shim_is_still_the_process_own(extra, printed):
+    """The shim answers CPUID from a SIGSEGV handler; any other fault goes to the handler the
+    process set (Python's faulthandler here), or ends the process as it would have."""
+    done = _as_class("avx2", "import ctypes; ctypes.string_at(0)", extra)
+    assert done.returncode == -11
+    assert printed in done.stderr
+
+
+def test_which_classes_a_cpu_can_show():
+    import as_cpu
+
+    amx = {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_tile",
+           "amx_int8", "cpuid_fault"}
+    assert as_cpu.own_class(amx) == "amx" and as_cpu.own_class({"avx2", "fma"}) == "avx2"
+    assert as_cpu.own_class({"avx"}) == "pre-AVX2"
+    assert all(as_cpu.class_problem(name, amx) is None for name in as_cpu.SHOWN)
+    assert as_cpu.class_problem("avx2", amx - {"cpuid_fault"}) == (
+        "this CPU (or its hypervisor) cannot make CPUID fault (no cpuid_fault flag): it cannot hide its amx features")
+    assert as_cpu.class_problem("avx2", {"avx2", "fma"}) is None  # an AVX2 CPU is one: nothing to hide
+    assert as_cpu.class_problem("avx512_vnni", {"avx2", "fma", "cpuid_fault"}) == (
+        "this CPU is of class avx2: it cannot show avx512_vnni")
+    assert as_cpu.class_problem("amx", amx) == "no CPU class 'amx': one of avx2, avx512, avx512_vnni, avx512_bf16"
+
+
+def test_the_class_environment_and_what_results_say(monkeypatch):
+    import as_cpu
+
+    env = as_cpu.environment("avx2", {"PATH": "/bin", "LD_PRELOAD": "/x/libother.so"})
+    first, other = env["LD_PRELOAD"].split()
+    assert first.startswith(os.path.join(BENCH, ".cache", "cpu_class_")) and other == "/x/libother.so"
+    assert env["KOGPT2_CPU_CLASS"] == "avx2" and "-AVX512F" in env["GLIBC_TUNABLES"]
+    assert as_cpu.shown_class(env) == "avx2"
+    assert "GLIBC_TUNABLES" not in as_cpu.environment("avx512_vnni", {})
+    assert as_cpu.shown_class({"KOGPT2_CPU_CLASS": "avx2"}) is None  # named, but no shim loaded
+    monkeypatch.setattr(as_cpu, "shown_class", lambda: "avx512_vnni")
+    monkeypatch.setattr(common, "parse_runtime", lambda log: {"cpu_flags": ["avx2", "avx512f", "avx512_vnni",
+                                                                            "avx512_bf16", "amx"],
+                                                              "cpu_class": "AVX512-BF16"})
+    found = common.runtime()
+    assert found["shown_class"] == "avx512_vnni"
+    assert found["cpu_class"] == ("AVX-512 VNNI, shown on an AVX512-BF16 CPU (benchmarks/as_cpu.py: every library "
+                                  "sees that class)")
 
 
 def test_the_one_client_target_reads_the_interleaved_comparison_when_there_is_one():
@@ -625,10 +675,19 @@ def test_new_tokens_is_n_or_a_range_and_anything_else_is_named():
             server_load.token_range(bad)
 
 
-def test_without_amx_names_a_command_it_cannot_run():
+def test_as_cpu_names_a_command_it_cannot_run_and_a_class_it_does_not_know():
     import subprocess
 
-    done = subprocess.run([sys.executable, os.path.join(BENCH, "without_amx.py"), "no-such-command-here"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    import as_cpu
+
+    problem = as_cpu.class_problem("avx2", as_cpu.cpu_flags())
+    if problem:
+        pytest.skip(problem)
+    run = lambda *args: subprocess.run([sys.executable, os.path.join(BENCH, "as_cpu.py")] + list(args),  # noqa: E731
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    done = run("avx2", "no-such-command-here")
     assert done.returncode == 1
-    assert done.stderr.strip() == "without_amx: cannot run no-such-command-here: No such file or directory"
+    assert done.stderr.strip() == "as_cpu: cannot run no-such-command-here: No such file or directory"
+    done = run("avx9", "true")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "as_cpu: no CPU class 'avx9': one of avx2, avx512, avx512_vnni, avx512_bf16"
