@@ -6,7 +6,8 @@
 //   kogpt2_linear_int8 (x (..., K) float32, w (M, K) int8, scale (M) float32[, bias (M)])
 //       -> (..., M) float32 = (q(x) . w^T) * (x's row scale * scale) + bias: each row of x is
 //       quantized to 8 bits first (its own scale, max|row| / 127; int8_rows.h) and the products
-//       are exact int32 sums (vpdpbusd with VNNI, vpmaddwd on AVX2 and AVX-512, plain C), so
+//       are exact int32 sums (vpdpbusd with VNNI, vpmaddubsw on AVX2, vpmaddwd on AVX-512, plain
+//       C), so
 //       every ISA gives the same bytes
 //   kogpt2_linear_f32  (x (..., K) float32, w (M, K) float32[, bias (M)]) -> (..., M)
 // Each output is a dot product along K (both operands contiguous); float32 ones accumulate in
@@ -40,6 +41,8 @@ const int NR = 6;
 // Activation rows per pass over the weights: a prefill's rows are taken this many at a time, so
 // that they stay in cache while the weights stream past them.
 const int ROW_CHUNK = 64;
+// Activation rows per pass on AVX2 (16 vector registers), float32 and int8.
+const int kAvx2PassRows = 2;
 // How far ahead a tile's passes fetch (Passes): the tile whose weights begin about 4 K bytes
 // further along each of its rows' streams, 1 tile of float32 weights, 4 of int8. Measured on the
 // AMX Xeon, interleaved in one process: int8 at 1 row 5.7 ms a tile ahead, 4.6 at 4, no better
@@ -51,14 +54,6 @@ const int64_t kAheadBytesPerK = 4;
 struct Ahead {
   const char* rows[MR];  // nullptr: nothing to fetch
   int64_t from, to;
-
-  // The i-th of n equal parts of the range.
-  Ahead part(int64_t i, int64_t n) const {
-    Ahead a = *this;
-    a.from = from + (to - from) * i / n;
-    a.to = from + (to - from) * (i + 1) / n;
-    return a;
-  }
 };
 
 // Fetches an Ahead's lines spread evenly over `iterations` calls of next(): a few prefetches
@@ -136,41 +131,34 @@ __attribute__((target("avx2,fma"))) void row1_avx2(const float* x, const float* 
   }
 }
 
-// AVX2 has 16 vector registers: MR weights + NR2 x 4 accumulators + x, NR2 = 2 rows at a time
-// (each pair a pass over the tile, fetching its part of `ahead`).
+// AVX2 has 16 vector registers: MR weights + 2 x MR accumulators + x, so its passes take at most
+// two rows (kAvx2PassRows).
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* x, int64_t nr, int64_t ldx, const float* w,
                                                    int64_t ldw, int64_t mr, int64_t K, const Ahead& ahead,
                                                    float acc[NR][MR]) {
   if (mr < MR) return tile_portable(x, nr, ldx, w, ldw, mr, K, acc);
   if (nr == 1) return row1_avx2(x, w, ldw, K, ahead, acc);
   const int64_t body = K - K % 8;
-  for (int64_t n0 = 0; n0 < nr; n0 += 2) {
-    const bool two = n0 + 1 < nr;
-    const float* x0 = x + n0 * ldx;
-    const float* x1 = two ? x0 + ldx : x0;
-    const Ahead part = ahead.part(n0 / 2, (nr + 1) / 2);
-    Fetcher fetch(part, body / 8);
-    __m256 a[2][MR];
-    for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < body; k += 8) {
-      fetch.next();
-      __m256 wv[MR];
-      for (int m = 0; m < MR; ++m) wv[m] = load8(w + m * ldw + k);
-      __m256 xv = _mm256_loadu_ps(x0 + k);
-      for (int m = 0; m < MR; ++m) a[0][m] = _mm256_fmadd_ps(xv, wv[m], a[0][m]);
-      if (two) {
-        xv = _mm256_loadu_ps(x1 + k);
-        for (int m = 0; m < MR; ++m) a[1][m] = _mm256_fmadd_ps(xv, wv[m], a[1][m]);
-      }
-    }
-    for (int r = 0; r < (two ? 2 : 1); ++r)
-      for (int m = 0; m < MR; ++m) {
-        const float* xr = r ? x1 : x0;
-        float sum = hsum8(a[r][m]);
-        for (int64_t k = body; k < K; ++k) sum += xr[k] * w[m * ldw + k];
-        acc[n0 + r][m] = sum;
-      }
+  const float* x1 = x + ldx;
+  Fetcher fetch(ahead, body / 8);
+  __m256 a[2][MR];
+  for (int m = 0; m < MR; ++m) a[0][m] = a[1][m] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < body; k += 8) {
+    fetch.next();
+    __m256 wv[MR];
+    for (int m = 0; m < MR; ++m) wv[m] = load8(w + m * ldw + k);
+    __m256 xv = _mm256_loadu_ps(x + k);
+    for (int m = 0; m < MR; ++m) a[0][m] = _mm256_fmadd_ps(xv, wv[m], a[0][m]);
+    xv = _mm256_loadu_ps(x1 + k);
+    for (int m = 0; m < MR; ++m) a[1][m] = _mm256_fmadd_ps(xv, wv[m], a[1][m]);
   }
+  for (int r = 0; r < 2; ++r)
+    for (int m = 0; m < MR; ++m) {
+      const float* xr = x + r * ldx;
+      float sum = hsum8(a[r][m]);
+      for (int64_t k = body; k < K; ++k) sum += xr[k] * w[m * ldw + k];
+      acc[r][m] = sum;
+    }
 }
 
 __attribute__((target("avx512f,avx512bw"))) inline __m512 load16(const float* w) { return _mm512_loadu_ps(w); }
@@ -250,29 +238,31 @@ inline Tile tile_of(int64_t b, int64_t M) {
 // tile's weights (Ahead; `ahead` tiles on, see kAheadBytesPerK) and memory keeps streaming while
 // the cores compute.
 struct Passes {
-  int64_t pass, count;
+  int64_t from, to;  // this pass's share of each of the later tile's rows, in bytes
   const Tile* next;  // the tile to fetch; nullptr near the end
 };
 
 // out (N, M) = sums * (row_scale(n) * scale[m]) (scale if given) + bias[m] (if given), the sums
 // out of product(n, nr, tile, passes, acc) for every tile: rows n..n+nr of x against one Tile of w.
 // Activation rows are taken ROW_CHUNK at a time, each chunk's tiles split over the threads.
-template <int Rows, typename Acc, typename Product, typename RowScale>
-void over_tiles(int64_t N, int64_t M, int64_t K, int64_t ahead, const float* scale, const float* bias, float* out,
-                const Product& product, const RowScale& row_scale) {
+template <typename Acc, typename Product, typename RowScale>
+void over_tiles(int64_t N, int64_t M, int64_t K, int64_t row_bytes, int64_t per_pass, int64_t ahead, const float* scale,
+                const float* bias, float* out, const Product& product, const RowScale& row_scale) {
   const int64_t blocks = tile_count(M);
   const int threads = omp_get_max_threads();
   for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
     const int64_t rows = N - n0 < ROW_CHUNK ? N - n0 : ROW_CHUNK;
-    const int64_t count = (rows + Rows - 1) / Rows;
+    const int64_t count = (rows + per_pass - 1) / per_pass;
+    int64_t share[ROW_CHUNK + 1];  // pass p fetches bytes [share[p], share[p + 1]): divided here, not per tile
+    for (int64_t p = 0; p <= count; ++p) share[p] = row_bytes * p / count;
 #pragma omp parallel for schedule(static) num_threads(threads) if (blocks * rows * K > 65536)
     for (int64_t b = 0; b < blocks; ++b) {
       const Tile t = tile_of(b, M);
       const Tile next = tile_of(b + ahead, M);
       Acc acc[NR][MR];
-      for (int64_t n = n0; n < n0 + rows; n += Rows) {
-        const int64_t nr = n0 + rows - n < Rows ? n0 + rows - n : Rows;
-        product(n, nr, t, Passes{(n - n0) / Rows, count, b + ahead < blocks ? &next : nullptr}, acc);
+      for (int64_t n = n0, p = 0; n < n0 + rows; n += per_pass, ++p) {
+        const int64_t nr = n0 + rows - n < per_pass ? n0 + rows - n : per_pass;
+        product(n, nr, t, Passes{share[p], share[p + 1], b + ahead < blocks ? &next : nullptr}, acc);
         for (int64_t r = 0; r < nr; ++r)
           for (int64_t m = 0; m < t.rows; ++m) {
             const int64_t o = t.first + m * t.stride;
@@ -290,20 +280,18 @@ void over_tiles(int64_t N, int64_t M, int64_t K, int64_t ahead, const float* sca
 // This pass's share of the later tile's weights (w: the matrix, K weights of type W per row).
 template <typename W>
 Ahead ahead_of(const W* w, int64_t K, const Passes& p) {
-  Ahead a{{nullptr}, 0, 0};
+  Ahead a{{nullptr}, p.from, p.to};
   if (!p.next || p.next->rows != MR) return a;
-  const int64_t bytes = K * static_cast<int64_t>(sizeof(W));
   for (int m = 0; m < MR; ++m)
     a.rows[m] = reinterpret_cast<const char*>(w + (p.next->first + m * p.next->stride) * K);
-  a.from = bytes * p.pass / p.count;
-  a.to = bytes * (p.pass + 1) / p.count;
   return a;
 }
 
 // out (N, M) = x (N, K) . w (M, K)^T + bias[m] (if given), float32 weights.
 void linear_f32(const float* x, const float* w, const float* bias, float* out, int64_t N, int64_t M, int64_t K) {
-  over_tiles<NR, float>(
-      N, M, K, kAheadBytesPerK / sizeof(float), nullptr, bias, out,
+  over_tiles<float>(
+      N, M, K, K * sizeof(float), isa() == kAvx2 ? kAvx2PassRows : NR, kAheadBytesPerK / sizeof(float), nullptr,
+      bias, out,
       [&](int64_t n, int64_t nr, const Tile& t, const Passes& p, float acc[NR][MR]) {
         tile(x + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, ahead_of(w, K, p), acc);
       },
@@ -389,41 +377,73 @@ void tile_portable_q(const int8_t* q, int64_t nr, int64_t ldq, const int8_t* w, 
     }
 }
 
-// ---- AVX2 and AVX-512 without VNNI: the same exact sums with vpmaddwd ----
+// ---- AVX2: the same exact sums with vpmaddubsw ----
 //
-// Without VNNI the 8-bit rows and weights are widened to 16 bits and multiplied with vpmaddwd (16
-// or 32 products a pair summed into int32 lanes, exact: |q w| <= 127 * 127), so every ISA gives
-// the same int32 sums, and a row the same result on any CPU. Against converting the weights to
-// float32 and using FMAs (what these paths did before), it costs half the instructions per weight
-// and row: that bounded AVX2's int8 products from 4 rows on (compute, not memory).
+// vpmaddubsw multiplies 32 unsigned by 32 signed bytes and sums them in pairs into 16-bit lanes;
+// vpmaddwd by ones then sums those pairs into int32 lanes. The unsigned operand is |w| and the
+// signed one q with w's sign (vpsignb): the products are q w exactly, and a pair's sum is at most
+// 2 * 128 * 127 = 32512 in size, within 16 bits, so the sums are the same int32 sums as every other
+// ISA's, for any int8 weight. (ONNX Runtime's AVX2 kernel feeds q + 128 unsigned, which can
+// saturate.) Against widening both to 16 bits for vpmaddwd (this path until 2026-12-07), there is
+// no widening shuffle per weight and row: 8 rows 8-11% faster on the AVX2 class shown on the AMX
+// Xeon (benchmarks/as_cpu.py), interleaved in one process.
+
+__attribute__((target("avx2"))) inline int32_t sum8(__m256i a) {
+  const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+  const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+  return _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xb1)));
+}
+
+__attribute__((target("avx2"))) inline __m256i load32(const int8_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+// a[n][m] += q[n] . w[m] for 32 k: |w[m]| (b##m) times q[n] with w[m]'s sign. The weights are
+// loaded again for their signs rather than kept: with the 8 accumulators, 4 |w| and the ones,
+// keeping them would take more than AVX2's 16 registers. The accumulators are named variables,
+// as in rows_vnni.
+#define KOGPT2_SIGN_PRODUCT(n, m) \
+  a##n##m = _mm256_add_epi32(a##n##m, _mm256_madd_epi16(_mm256_maddubs_epi16(b##m, _mm256_sign_epi8(xv, load32(w + m * ldw + k))), ones))
+#define KOGPT2_SIGN_ROW(n)                         \
+  if (R > n) {                                     \
+    const __m256i xv = load32(q + n * ldq + k);    \
+    KOGPT2_SIGN_PRODUCT(n, 0);                     \
+    KOGPT2_SIGN_PRODUCT(n, 1);                     \
+    KOGPT2_SIGN_PRODUCT(n, 2);                     \
+    KOGPT2_SIGN_PRODUCT(n, 3);                     \
+  }
 
 template <int R>
-__attribute__((target("avx2,fma"))) void rows_madd_avx2(const int8_t* q, int64_t ldq, const int8_t* w, int64_t ldw,
+__attribute__((target("avx2,fma"))) void rows_sign_avx2(const int8_t* q, int64_t ldq, const int8_t* w, int64_t ldw,
                                                         int64_t K, const Ahead& ahead, int32_t acc[NR][MR]) {
-  const int64_t body = K - K % 16;
-  Fetcher fetch(ahead, body / 16);
-  __m256i a[R][MR];
-  for (int n = 0; n < R; ++n)
-    for (int m = 0; m < MR; ++m) a[n][m] = _mm256_setzero_si256();
-  for (int64_t k = 0; k < body; k += 16) {
+  static_assert(MR == 4 && R <= kAvx2PassRows, "the named accumulators are 2 x 4");
+  const int64_t body = K - K % 32;
+  Fetcher fetch(ahead, body / 32);
+  const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
+  __m256i a00 = zero, a01 = zero, a02 = zero, a03 = zero, a10 = zero, a11 = zero, a12 = zero, a13 = zero;
+  for (int64_t k = 0; k < body; k += 32) {
     fetch.next();
-    __m256i wv[MR];
-    for (int m = 0; m < MR; ++m)
-      wv[m] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + m * ldw + k)));
-    for (int n = 0; n < R; ++n) {
-      const __m256i xv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * ldq + k)));
-      for (int m = 0; m < MR; ++m) a[n][m] = _mm256_add_epi32(a[n][m], _mm256_madd_epi16(xv, wv[m]));
-    }
+    const __m256i b0 = _mm256_abs_epi8(load32(w + k)), b1 = _mm256_abs_epi8(load32(w + ldw + k));
+    const __m256i b2 = _mm256_abs_epi8(load32(w + 2 * ldw + k)), b3 = _mm256_abs_epi8(load32(w + 3 * ldw + k));
+    KOGPT2_SIGN_ROW(0)
+    KOGPT2_SIGN_ROW(1)
   }
+  const __m256i sums[2][MR] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}};
   for (int n = 0; n < R; ++n)
     for (int m = 0; m < MR; ++m) {
-      const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(a[n][m]), _mm256_extracti128_si256(a[n][m], 1));
-      const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-      int32_t sum = _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xb1)));
+      int32_t sum = sum8(sums[n][m]);
       for (int64_t k = body; k < K; ++k) sum += static_cast<int32_t>(q[n * ldq + k]) * w[m * ldw + k];
       acc[n][m] = sum;
     }
 }
+#undef KOGPT2_SIGN_PRODUCT
+#undef KOGPT2_SIGN_ROW
+
+// ---- AVX-512 without VNNI: the same exact sums with vpmaddwd ----
+//
+// The 8-bit rows and weights are widened to 16 bits and multiplied with vpmaddwd (32 products a
+// pair summed into int32 lanes, exact: |q w| <= 128 * 127). AVX-512 has no vpsignb for the AVX2
+// path's form.
 
 template <int R>
 __attribute__((target("avx512f,avx512bw"))) void rows_madd_avx512(const int8_t* q, int64_t ldq, const int8_t* w,
@@ -452,9 +472,8 @@ __attribute__((target("avx512f,avx512bw"))) void rows_madd_avx512(const int8_t* 
     }
 }
 
-// acc[n][m] = sum_k q[n][k] * w[m][k], exact, for nr <= 4 rows of q and a tile of w, on this
-// process's ISA. AVX2 (16 registers) takes the rows two at a time, each pair a pass over the tile
-// fetching its part of `ahead`.
+// acc[n][m] = sum_k q[n][k] * w[m][k], exact, for nr <= 4 rows of q (kAvx2PassRows on AVX2) and a
+// tile of w, on this process's ISA.
 void tile_q(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, const int8_t* w, int64_t ldw,
             int64_t mr, int64_t K, const Ahead& ahead, int32_t acc[NR][MR]) {
   if (mr < MR) return tile_portable_q(q, nr, ldq, w, ldw, mr, K, acc);
@@ -475,14 +494,8 @@ void tile_q(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, con
         default: return rows_madd_avx512<4>(q, ldq, w, ldw, K, ahead, acc);
       }
     case kAvx2:
-      for (int64_t n0 = 0; n0 < nr; n0 += 2) {  // each pair's sums go to its rows of acc
-        const Ahead part = ahead.part(n0 / 2, (nr + 1) / 2);
-        if (n0 + 1 < nr)
-          rows_madd_avx2<2>(q + n0 * ldq, ldq, w, ldw, K, part, acc + n0);
-        else
-          rows_madd_avx2<1>(q + n0 * ldq, ldq, w, ldw, K, part, acc + n0);
-      }
-      return;
+      if (nr == 1) return rows_sign_avx2<1>(q, ldq, w, ldw, K, ahead, acc);
+      return rows_sign_avx2<2>(q, ldq, w, ldw, K, ahead, acc);
     default: return tile_portable_q(q, nr, ldq, w, ldw, mr, K, acc);
   }
 }
@@ -493,8 +506,8 @@ void tile_q(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, con
 void linear_int8(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
                  int64_t M, int64_t K) {
   const QuantizedRows rows = quantize_rows(x, N, K);
-  over_tiles<4, int32_t>(
-      N, M, K, kAheadBytesPerK / sizeof(int8_t), scale, bias, out,
+  over_tiles<int32_t>(
+      N, M, K, K, isa() == kAvx2 ? kAvx2PassRows : 4, kAheadBytesPerK / sizeof(int8_t), scale, bias, out,
       [&](int64_t n, int64_t nr, const Tile& t, const Passes& p, int32_t acc[NR][MR]) {
         tile_q(rows.values.data() + n * K, rows.sums.data() + n, nr, K, w + t.first * K, t.stride * K, t.rows, K,
                ahead_of(w, K, p), acc);
