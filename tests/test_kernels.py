@@ -58,7 +58,7 @@ DIGESTS = {}  # ISA -> {(case, shape): digest of the int8 products' output bytes
 
 @needs_kernels
 def test_int8_products_give_the_same_bytes_on_every_isa():
-    """Rows quantized alike and exact integer sums (vpmaddwd, vpdpbusd, AMX tiles or plain C):
+    """Rows quantized alike and exact integer sums (vpmaddubsw, vpmaddwd, vpdpbusd, AMX tiles or plain C):
     the same output, bit for bit, whichever path this CPU and its caps run (needs the checks above
     to have run in this session)."""
     if len(DIGESTS) < 2:
