@@ -86,43 +86,6 @@ def test_gpus_are_counted_without_mxnet_here(tmp_path):
     assert engine_plan.gpu_count(nodes=nodes, command=slow, timeout=0.5) == 0
 
 
-def test_a_cpu_process_runs_operators_in_its_own_thread_and_a_gpu_one_keeps_the_engine(monkeypatch, tmp_path):
-    from kogpt2_serving.model import device
-
-    monkeypatch.setattr(device, "NVIDIA_NODES", (str(tmp_path / "nvidia[0-9]*"),))
-    for spec, want in (("cpu", "NaiveEngine"), ("auto", "NaiveEngine"), ("gpu:1", None), ("tpu", None)):
-        monkeypatch.delenv("MXNET_ENGINE_TYPE", raising=False)
-        assert device.configure_engine(spec) == want, spec  # a malformed spec is choose_context's to refuse
-        assert os.environ.get("MXNET_ENGINE_TYPE") == want
-    (tmp_path / "nvidia0").write_text("")  # a GPU the driver sees: "auto" may compute there
-    assert device.configure_engine("auto") is None and device.configure_engine("cpu") == "NaiveEngine"
-    monkeypatch.setenv("MXNET_ENGINE_TYPE", "ThreadedEngine")
-    assert device.configure_engine("cpu") == "ThreadedEngine"  # the operator's choice wins
-
-
-# The threads a process has before and after its first operator: MXNet starts its engine then,
-# and the threaded engine starts worker threads (OpenMP is held to 1 thread).
-ENGINE_PROBE = """
-import os, sys
-from kogpt2_serving.model.device import configure_threads
-configure_threads(override=1, device=sys.argv[1])
-import mxnet as mx
-before = len(os.listdir("/proc/self/task"))
-(mx.nd.ones((4, 4)) + 1).asnumpy()
-print(before, len(os.listdir("/proc/self/task")))
-"""
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
-@pytest.mark.parametrize("spec, threaded", [("cpu", False), ("gpu", True)])
-def test_mxnet_gets_the_engine_chosen_before_its_first_operator(spec, threaded):
-    env = {k: v for k, v in os.environ.items() if k != "MXNET_ENGINE_TYPE"}
-    done = subprocess.run([sys.executable, "-c", ENGINE_PROBE, spec], env=env, stdout=subprocess.PIPE,
-                          universal_newlines=True, check=True, timeout=120)
-    before, after = map(int, done.stdout.split()[-2:])
-    assert (after > before) == threaded, (spec, before, after)
-
-
 # --- the clients' choice -------------------------------------------------------------------------
 
 

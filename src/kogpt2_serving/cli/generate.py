@@ -34,7 +34,7 @@ def run(args):
         print("error: --parameters is not valid JSON: {}".format(e), file=sys.stderr)
         return 2
     params = parse_parameters(raw)
-    configure_threads(override=args.threads, device=args.device)
+    configure_threads(override=args.threads)
     from ..generation.generator import Generator
     from ..files.loader import load_model
 

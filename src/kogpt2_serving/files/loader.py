@@ -29,7 +29,7 @@ class LoadedModel(NamedTuple):
 
 
 def load_model(model_dir, device="auto", dtype="float32"):
-    ensure_threads_configured(device)
+    ensure_threads_configured()
     import mxnet as mx  # noqa: F401  (fail here, not mid-load, when MXNet is missing)
 
     from ..model.engine import Engine

@@ -14,13 +14,6 @@ spin between regions and steal the cores from decoding: measured here, loading w
 NumPy made every later decode step 2x slower, and batch-8 logits copies do the same. We
 raise the threshold so those copies stay single-threaded.
 
-A process that computes on CPU runs MXNet's operators in the calling thread (NaiveEngine), not
-through the engine's worker threads: a decode step is a few dozen operators, and handing each
-one to a worker thread costs more than the step's products leave room for. Measured on 2 vCPUs
-(AVX-512 VNNI class, interleaved processes): an int8 batch-1 step 5.9-6.2 -> 5.5-5.8 ms, float32
-and batch 8 the same within noise. On a GPU the engine's threads keep the GPU's work queued
-ahead, so there the threaded engine stays. An explicit MXNET_ENGINE_TYPE wins.
-
 What this CPU and this MXNet can run (ISA flags, oneDNN's ISA cap, MXNet's build features,
 whether bfloat16 products run) is detected once per process by :func:`capabilities`, never
 guessed from flags alone: dtype choices, the tests' skips and the benchmarks' result headers
@@ -28,7 +21,6 @@ all read that one object. oneDNN 2.4 (MXNet 1.9.1) runs bfloat16 products native
 AVX512-BF16, emulated on other AVX-512 CPUs, and not at all on AVX2-only ones; MXNet < 1.8
 has no bfloat16 type.
 """
-import glob
 import logging
 import os
 import platform
@@ -41,9 +33,6 @@ from ..errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "gpu")
-ENGINE_ENV = "MXNET_ENGINE_TYPE"
-CPU_ENGINE = "NaiveEngine"
-NVIDIA_NODES = ("/proc/driver/nvidia/gpus/*", "/dev/nvidia[0-9]*")  # present wherever the driver sees a GPU
 SERIAL_HOST_COPIES = "2000000000"  # MXNET_CPU_PARALLEL_SIZE: no OpenMP team on the Python thread
 _configured = []
 
@@ -59,14 +48,12 @@ def threads_per_worker(workers=1, cores=None):
     return max(1, (cores or cpu_count()) // max(1, workers))
 
 
-def configure_threads(workers=1, override=None, device="auto"):
-    """Choose and apply the OpenMP thread count for this process; returns it. Also chooses
-    MXNet's engine for `device` (configure_engine).
+def configure_threads(workers=1, override=None):
+    """Choose and apply the OpenMP thread count for this process; returns it.
 
     Precedence: `override` argument, `KOGPT2_THREADS`, an explicit `OMP_NUM_THREADS`, then
     cores // workers.
     """
-    configure_engine(device)
     explicit = override or explicit_threads()
     threads = int(explicit) if explicit else threads_per_worker(workers)
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -80,30 +67,9 @@ def configure_threads(workers=1, override=None, device="auto"):
     return threads
 
 
-def ensure_threads_configured(device="auto"):
+def ensure_threads_configured():
     """configure_threads() with defaults, unless this process already chose."""
-    return _configured[0] if _configured else configure_threads(device=device)
-
-
-def computes_on_cpu(device):
-    """Whether a process given `device` (auto, cpu, gpu, gpu:N) computes on CPU, told before MXNet
-    is imported: "cpu", or "auto" where the NVIDIA driver sees no GPU (False for a malformed
-    spec, which choose_context refuses)."""
-    try:
-        name, _ = parse_device(device)
-    except ValueError:
-        return False
-    return name == "cpu" or name == "auto" and not any(glob.glob(pattern) for pattern in NVIDIA_NODES)
-
-
-def configure_engine(device="auto"):
-    """NaiveEngine for a process that computes on CPU, unless MXNET_ENGINE_TYPE is set (see the
-    module's docstring) -> the engine type asked for (None: MXNet's default). MXNet reads the
-    setting when it starts its engine, at the process's first operator: the entry points call
-    this (through configure_threads) before they load a model."""
-    if ENGINE_ENV not in os.environ and computes_on_cpu(device):
-        os.environ[ENGINE_ENV] = CPU_ENGINE
-    return os.environ.get(ENGINE_ENV)
+    return _configured[0] if _configured else configure_threads()
 
 
 def parse_device(spec):

@@ -18,13 +18,14 @@ import subprocess
 import sys
 from typing import NamedTuple, Optional, Tuple
 
-from ..model.device import NVIDIA_NODES, cpu_count, parse_device
+from ..model.device import cpu_count, parse_device
 from ..settings import ENGINES_ENV, SettingError, explicit_threads
 
 log = logging.getLogger(__name__)
 
 MAX_ENGINES = 64  # far above any instance's GPUs; a CPU engine per core pair is already plenty
 AUTO = "auto"
+NVIDIA_NODES = ("/proc/driver/nvidia/gpus/*", "/dev/nvidia[0-9]*")  # present wherever the driver sees a GPU
 COUNT_GPUS = "import mxnet as mx; print(mx.context.num_gpus())"
 COUNT_TIMEOUT = 60.0  # s: importing MXNet with CUDA takes a few seconds, initialising the driver more
 

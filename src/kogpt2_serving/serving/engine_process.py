@@ -213,7 +213,7 @@ def load_engine(model_dir, device, dtype, max_rows):
     from ..generation.params import GenerationParameters
     from ..model.device import configure_threads
 
-    configure_threads(1, device=device)  # the whole machine (or KOGPT2_THREADS): the only process computing
+    configure_threads(1)  # the whole machine (or KOGPT2_THREADS): the engine is the only process computing
     from ..model.engine import FEW_PREFILL_TOKENS  # (imports MXNet: after the threads are set)
 
     loaded = load_model(or_demo_model(model_dir, log), device=device, dtype=dtype)

@@ -86,7 +86,7 @@ def _gpu_id(context):
 
 def _load(model_dir, device, dtype):
     if "mxnet" not in sys.modules:  # whoever imports MXNet first in a process chooses its threads
-        configure_threads(workers_from_env(), device=device)
+        configure_threads(workers_from_env())
     from ..files.loader import load_model
     from ..generation.generator import Generator
 
