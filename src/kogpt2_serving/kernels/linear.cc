@@ -7,8 +7,7 @@
 //       -> (..., M) float32 = (q(x) . w^T) * (x's row scale * scale) + bias: each row of x is
 //       quantized to 8 bits first (its own scale, max|row| / 127; int8_rows.h) and the products
 //       are exact int32 sums (vpdpbusd with VNNI, vpmaddubsw on AVX2, vpmaddwd on AVX-512, plain
-//       C), so
-//       every ISA gives the same bytes
+//       C), so every ISA gives the same bytes
 //   kogpt2_linear_f32  (x (..., K) float32, w (M, K) float32[, bias (M)]) -> (..., M)
 // Each output is a dot product along K (both operands contiguous); float32 ones accumulate in
 // float32.
@@ -385,8 +384,8 @@ void tile_portable_q(const int8_t* q, int64_t nr, int64_t ldq, const int8_t* w, 
 // 2 * 128 * 127 = 32512 in size, within 16 bits, so the sums are the same int32 sums as every other
 // ISA's, for any int8 weight. (ONNX Runtime's AVX2 kernel feeds q + 128 unsigned, which can
 // saturate.) Against widening both to 16 bits for vpmaddwd (this path until 2026-12-07), there is
-// no widening shuffle per weight and row: 8 rows 8-11% faster on the AVX2 class shown on the AMX
-// Xeon (benchmarks/as_cpu.py), interleaved in one process.
+// no widening shuffle per weight and row: 8 rows 11% faster, 16 rows 7%, 1 row 2-4% (the AVX2
+// class shown on an AMX Xeon by benchmarks/as_cpu.py; the two switched at run time in one process).
 
 __attribute__((target("avx2"))) inline int32_t sum8(__m256i a) {
   const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
