@@ -132,6 +132,36 @@ def test_wrong_inputs_are_refused_with_the_reason(weight_dtype, x_cols, message)
 
 
 @needs_kernels
+@pytest.mark.parametrize("product", ["int8", "f32", "int8_packed"])
+def test_a_residual_input_is_added_to_the_output_exactly(product):
+    """residual=True adds a last input (..., M) to the output as it is written: bit for bit what
+    adding it afterwards gives (the decode step's residual adds, model/network.py)."""
+    import mxnet as mx
+
+    kernels.load()
+    if product == "int8_packed" and not kernels.packs_int8():
+        pytest.skip("packed int8 weights need AMX; this process runs {}".format(kernels.isa()))
+    rng = np.random.default_rng(3)
+    x = mx.nd.array(rng.standard_normal((2, 3, 64)).astype("float32"))
+    w = rng.integers(-127, 128, (32, 64)).astype("int8")
+    scale, bias = (mx.nd.array(rng.random(32).astype("float32")) for _ in range(2))
+    residual = mx.nd.array(rng.standard_normal((2, 3, 32)).astype("float32"))
+    inputs = {"int8": [x, mx.nd.array(w, dtype="int8"), scale, bias],
+              "f32": [x, mx.nd.array(w.astype("float32") * 0.01), bias],
+              "int8_packed": [x, mx.nd.array(kernels.pack_int8(w), dtype="int8"), scale, bias]}[product]
+    op = getattr(mx.nd, "kogpt2_linear_" + product)
+    plain = op(*inputs).asnumpy()
+    added = op(*(inputs + [residual]), residual=True).asnumpy()
+    assert np.array_equal(added, (mx.nd.array(plain) + residual).asnumpy())
+    assert not np.array_equal(added, plain)
+    without_bias = op(*(inputs[:-1] + [residual]), no_bias=True, residual=True).asnumpy()
+    assert np.array_equal(without_bias, (op(*inputs[:-1], no_bias=True) + residual).asnumpy())
+    with pytest.raises(mx.base.MXNetError, match="input 4 \\(the residual\\) must have the output's shape|"
+                                                 "input 3 \\(the residual\\) must have the output's shape"):
+        op(*(inputs + [mx.nd.ones((2, 3, 31))]), residual=True).wait_to_read()
+
+
+@needs_kernels
 @pytest.mark.parametrize("shapes, attrs, message", [
     ([(2, 96), (2, 5), (1, 64, 5), (1, 40, 16), (1,)], {"num_heads": 4}, "values must be \\(1, B\\*H\\*C, D\\)"),
     ([(2, 96), (3, 5), (1, 64, 5), (1, 40, 8), (1,)], {"num_heads": 4}, "mask must be \\(B, C\\) with B = 2"),

@@ -9,6 +9,9 @@
 //       are exact int32 sums (vpdpbusd with VNNI, vpmaddubsw on AVX2, vpmaddwd on AVX-512, plain
 //       C), so every ISA gives the same bytes
 //   kogpt2_linear_f32  (x (..., K) float32, w (M, K) float32[, bias (M)]) -> (..., M)
+// Both take a last input residual (..., M) with residual=True, added to the output: a layer's
+// residual add done where the output is written, instead of as an operator of its own (each costs
+// a decode step its dispatch: the 24 adds of a KoGPT2 step were 5% of an int8 batch-1 step).
 // Each output is a dot product along K (both operands contiguous); float32 ones accumulate in
 // float32.
 // The instruction set is chosen once per process (isa.h; kogpt2_kernel_isa names it).
@@ -246,7 +249,8 @@ struct Passes {
 // Activation rows are taken ROW_CHUNK at a time, each chunk's tiles split over the threads.
 template <typename Acc, typename Product, typename RowScale>
 void over_tiles(int64_t N, int64_t M, int64_t K, int64_t row_bytes, int64_t per_pass, int64_t ahead, const float* scale,
-                const float* bias, float* out, const Product& product, const RowScale& row_scale) {
+                const float* bias, const float* residual, float* out, const Product& product,
+                const RowScale& row_scale) {
   const int64_t blocks = tile_count(M);
   const int threads = omp_get_max_threads();
   for (int64_t n0 = 0; n0 < N; n0 += ROW_CHUNK) {
@@ -269,6 +273,7 @@ void over_tiles(int64_t N, int64_t M, int64_t K, int64_t row_bytes, int64_t per_
             if (scale) factor *= scale[o];
             float v = static_cast<float>(acc[r][m]) * factor;
             if (bias) v += bias[o];
+            if (residual) v += residual[(n + r) * M + o];
             out[(n + r) * M + o] = v;
           }
       }
@@ -287,10 +292,11 @@ Ahead ahead_of(const W* w, int64_t K, const Passes& p) {
 }
 
 // out (N, M) = x (N, K) . w (M, K)^T + bias[m] (if given), float32 weights.
-void linear_f32(const float* x, const float* w, const float* bias, float* out, int64_t N, int64_t M, int64_t K) {
+void linear_f32(const float* x, const float* w, const float* bias, const float* residual, float* out, int64_t N,
+                int64_t M, int64_t K) {
   over_tiles<float>(
       N, M, K, K * sizeof(float), isa() == kAvx2 ? kAvx2PassRows : NR, kAheadBytesPerK / sizeof(float), nullptr,
-      bias, out,
+      bias, residual, out,
       [&](int64_t n, int64_t nr, const Tile& t, const Passes& p, float acc[NR][MR]) {
         tile(x + n * K, nr, K, w + t.first * K, t.stride * K, t.rows, K, ahead_of(w, K, p), acc);
       },
@@ -502,11 +508,11 @@ void tile_q(const int8_t* q, const int32_t* q_sums, int64_t nr, int64_t ldq, con
 // out = x . (w * scale)^T + bias for int8 weights, every ISA alike: each row of x quantized to 8
 // bits on its own (int8_rows.h), exact int32 sums, then out = sums * (x's row scale * scale[m]) +
 // bias[m].
-void linear_int8(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
-                 int64_t M, int64_t K) {
+void linear_int8(const float* x, const int8_t* w, const float* scale, const float* bias, const float* residual,
+                 float* out, int64_t N, int64_t M, int64_t K) {
   const QuantizedRows rows = quantize_rows(x, N, K);
   over_tiles<int32_t>(
-      N, M, K, K, isa() == kAvx2 ? kAvx2PassRows : 4, kAheadBytesPerK / sizeof(int8_t), scale, bias, out,
+      N, M, K, K, isa() == kAvx2 ? kAvx2PassRows : 4, kAheadBytesPerK / sizeof(int8_t), scale, bias, residual, out,
       [&](int64_t n, int64_t nr, const Tile& t, const Passes& p, int32_t acc[NR][MR]) {
         tile_q(rows.values.data() + n * K, rows.sums.data() + n, nr, K, w + t.first * K, t.stride * K, t.rows, K,
                ahead_of(w, K, p), acc);
@@ -514,21 +520,21 @@ void linear_int8(const float* x, const int8_t* w, const float* scale, const floa
       [&](int64_t n) { return rows.scales[n]; });
 }
 
-void product(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N, int64_t M,
-             int64_t K) {
-  linear_int8(x, w, scale, bias, out, N, M, K);
+void product(const float* x, const int8_t* w, const float* scale, const float* bias, const float* residual, float* out,
+             int64_t N, int64_t M, int64_t K) {
+  linear_int8(x, w, scale, bias, residual, out, N, M, K);
 }
 
-void product(const float* x, const float* w, const float*, const float* bias, float* out, int64_t N, int64_t M,
-             int64_t K) {
-  linear_f32(x, w, bias, out, N, M, K);
+void product(const float* x, const float* w, const float*, const float* bias, const float* residual, float* out,
+             int64_t N, int64_t M, int64_t K) {
+  linear_f32(x, w, bias, residual, out, N, M, K);
 }
 
 // ---- the MXNet operators ----
 
 template <int WeightInputs>
 MXReturnValue parse_attrs(const std::unordered_map<std::string, std::string>& attrs, int* num_in, int* num_out) {
-  *num_in = 1 + WeightInputs + (has_bias(attrs) ? 1 : 0);
+  *num_in = 1 + WeightInputs + (has_bias(attrs) ? 1 : 0) + (has_residual(attrs) ? 1 : 0);
   *num_out = 1;
   return MX_SUCCESS;
 }
@@ -543,7 +549,7 @@ MXReturnValue infer_type(const std::unordered_map<std::string, std::string>& att
 MXReturnValue infer_shape(const std::unordered_map<std::string, std::string>& attrs,
                           std::vector<std::vector<unsigned int>>* in_shapes,
                           std::vector<std::vector<unsigned int>>* out_shapes) {
-  return product_shape("kogpt2 linear", *in_shapes, out_shapes);
+  return product_shape("kogpt2 linear", *in_shapes, out_shapes, has_residual(attrs));
 }
 
 template <typename W, int WeightInputs>
@@ -553,8 +559,9 @@ MXReturnValue forward(const std::unordered_map<std::string, std::string>& attrs,
   MXTensor& w = (*inputs)[1];
   const float* scale = WeightInputs == 2 ? (*inputs)[2].data<float>() : nullptr;
   const float* bias = has_bias(attrs) ? (*inputs)[1 + WeightInputs].data<float>() : nullptr;
+  const float* residual = has_residual(attrs) ? inputs->back().data<float>() : nullptr;
   const int64_t M = w.shape[0], K = w.shape[1], N = x.size() / K;
-  product(x.data<float>(), w.data<W>(), scale, bias, (*outputs)[0].data<float>(), N, M, K);
+  product(x.data<float>(), w.data<W>(), scale, bias, residual, (*outputs)[0].data<float>(), N, M, K);
   return MX_SUCCESS;
 }
 

@@ -18,6 +18,12 @@ inline bool has_bias(const Attrs& attrs) {
   return it == attrs.end() || (it->second != "True" && it->second != "1" && it->second != "true");
 }
 
+// A product's residual input (added to its output) is there when residual is set.
+inline bool has_residual(const Attrs& attrs) {
+  auto it = attrs.find("residual");
+  return it != attrs.end() && (it->second == "True" || it->second == "1" || it->second == "true");
+}
+
 // Every input's dtype against want(i) (MXNet's dtype codes), naming the operator, the input and
 // both dtypes on a mismatch; the one output is float32.
 template <typename Want>
@@ -33,22 +39,30 @@ mxnet::ext::MXReturnValue expect_types(const char* op, const std::vector<int>& i
 }
 
 // A product's shapes: x (..., K) and a weight (M, K) -> (..., M); every input after the weight
-// (scales, bias) is (M,). Mismatches name the operator and the input.
+// (scales, bias) is (M,), but a residual, last, which is (..., M). Mismatches name the operator
+// and the input.
 inline mxnet::ext::MXReturnValue product_shape(const char* op, const std::vector<std::vector<unsigned int>>& in,
-                                               std::vector<std::vector<unsigned int>>* out_shapes) {
+                                               std::vector<std::vector<unsigned int>>* out_shapes,
+                                               bool residual = false) {
   const auto& x = in[0];
   const auto& w = in[1];
   if (x.empty() || w.size() != 2 || x.back() != w[1]) {
     MX_ERROR_MSG << op << ": x (..., K) and weight (M, K) disagree on K";
     return mxnet::ext::MX_FAIL;
   }
-  for (size_t i = 2; i < in.size(); ++i)
+  std::vector<unsigned int> out(x.begin(), x.end());
+  out.back() = w[0];
+  const size_t vectors = in.size() - (residual ? 1 : 0);
+  for (size_t i = 2; i < vectors; ++i)
     if (in[i].size() != 1 || in[i][0] != w[0]) {
       MX_ERROR_MSG << op << ": input " << i << " must have shape (M,) = (" << w[0] << ",)";
       return mxnet::ext::MX_FAIL;
     }
-  std::vector<unsigned int> out(x.begin(), x.end());
-  out.back() = w[0];
+  if (residual && in.back() != out) {
+    MX_ERROR_MSG << op << ": input " << vectors << " (the residual) must have the output's shape (..., M), M = "
+                 << w[0];
+    return mxnet::ext::MX_FAIL;
+  }
   (*out_shapes)[0] = out;
   return mxnet::ext::MX_SUCCESS;
 }

@@ -1,7 +1,8 @@
 // int8 weights packed for AMX, as MXNet (>= 1.7) extension operators.
 //
-//   kogpt2_linear_int8_packed (x (..., K) float32, w (M, K) int8 packed, scale (M) float32[, bias (M)])
-//       -> (..., M) float32 = (q(x) . w^T) * (x's row scale * scale) + bias
+//   kogpt2_linear_int8_packed (x (..., K) float32, w (M, K) int8 packed, scale (M) float32[, bias (M)]
+//                              [, residual (..., M)]) -> (..., M) float32
+//       = (q(x) . w^T) * (x's row scale * scale) + bias + residual (no_bias, residual: as linear.cc's)
 //   kogpt2_lookup_int8_packed (ids (...) int32 or float32, table (M, K) int8 packed, scale (M))
 //       -> (..., K) float32 = table[id] * scale[id]  (ids clipped to [0, M), as take's default)
 //
@@ -80,17 +81,20 @@ __attribute__((target("amx-tile,amx-int8"))) void amx_rows(const int8_t* q, int6
 
 // ---- the products ----
 
-// out[n][o .. o + 16) = sums * (row scale * scale[o ..]) + bias[o ..], 16 outputs of one row.
+// out[n][o .. o + 16) = sums * (row scale * scale[o ..]) + bias[o ..] + residual[n][o ..], 16
+// outputs of one row (bias and residual where given).
 __attribute__((target("avx512f,avx512bw"))) void write_outputs(const int32_t* sums, float row_scale,
-                                                               const float* scale, const float* bias, float* out) {
+                                                               const float* scale, const float* bias,
+                                                               const float* residual, float* out) {
   const __m512 factor = _mm512_mul_ps(_mm512_set1_ps(row_scale), _mm512_loadu_ps(scale));
   __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(sums)), factor);
   if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias));
+  if (residual) v = _mm512_add_ps(v, _mm512_loadu_ps(residual));
   _mm512_storeu_ps(out, v);
 }
 
-void linear_packed(const float* x, const int8_t* w, const float* scale, const float* bias, float* out, int64_t N,
-                   int64_t M, int64_t K) {
+void linear_packed(const float* x, const int8_t* w, const float* scale, const float* bias, const float* residual,
+                   float* out, int64_t N, int64_t M, int64_t K) {
   const QuantizedRows rows = quantize_rows(x, N, K);
   const int8_t* q = rows.values.data();
   const int64_t columns = M / kOut, column_bytes = K * kOut;
@@ -112,7 +116,7 @@ void linear_packed(const float* x, const int8_t* w, const float* scale, const fl
           for (int64_t half = 0; half < outputs; half += kOut) {
             const int64_t o = c * kOut + half;
             write_outputs(sums[i] + half, rows.scales[n + i], scale + o, bias ? bias + o : nullptr,
-                          out + (n + i) * M + o);
+                          residual ? residual + (n + i) * M + o : nullptr, out + (n + i) * M + o);
           }
       }
     }
@@ -138,7 +142,7 @@ void lookup_packed(const Id* ids, int64_t count, const int8_t* table, const floa
 bool runs_packed() { return isa() == kAmx; }
 
 MXReturnValue linear_attrs(const std::unordered_map<std::string, std::string>& attrs, int* num_in, int* num_out) {
-  *num_in = has_bias(attrs) ? 4 : 3;
+  *num_in = 3 + (has_bias(attrs) ? 1 : 0) + (has_residual(attrs) ? 1 : 0);
   *num_out = 1;
   return MX_SUCCESS;
 }
@@ -160,7 +164,7 @@ MXReturnValue linear_shape(const std::unordered_map<std::string, std::string>& a
                  << " and K of " << kIn;
     return MX_FAIL;
   }
-  return product_shape("kogpt2_linear_int8_packed", *in_shapes, out_shapes);
+  return product_shape("kogpt2_linear_int8_packed", *in_shapes, out_shapes, has_residual(attrs));
 }
 
 MXReturnValue refuse_unpacked(const char* op) {
@@ -175,7 +179,8 @@ MXReturnValue linear_forward(const std::unordered_map<std::string, std::string>&
   std::vector<MXTensor>& in = *inputs;
   const int64_t M = in[1].shape[0], K = in[1].shape[1], N = in[0].size() / K;
   linear_packed(in[0].data<float>(), in[1].data<int8_t>(), in[2].data<float>(),
-                has_bias(attrs) ? in[3].data<float>() : nullptr, (*outputs)[0].data<float>(), N, M, K);
+                has_bias(attrs) ? in[3].data<float>() : nullptr, has_residual(attrs) ? in.back().data<float>() : nullptr,
+                (*outputs)[0].data<float>(), N, M, K);
   return MX_SUCCESS;
 }
 
