@@ -90,14 +90,14 @@ class Linear(nn.Dense):
         per residual add: the 24 adds of a KoGPT2 int8 step at one row cost 5% of it)."""
         if not self.steps_in_kernel:
             return residual + self.step(F, x, rows)
-        inputs = [x, _value(F, self.weight)]
         if self.int8:
-            inputs.append(_value(F, self.weight_scale))
+            product = F.kogpt2_linear_int8_packed if self.int8_packed else F.kogpt2_linear_int8
+            inputs = [x, _value(F, self.weight), _value(F, self.weight_scale)]
+        else:
+            product, inputs = F.kogpt2_linear_f32, [x, _value(F, self.weight)]
         if self.bias is not None:
             inputs.append(_value(F, self.bias))
-        product = (F.kogpt2_linear_int8_packed if self.int8_packed else F.kogpt2_linear_int8) if self.int8 \
-            else F.kogpt2_linear_f32
-        return product(*(inputs + [residual]), no_bias=self.bias is None, residual=True)  # (B, N)
+        return product(*inputs, residual, no_bias=self.bias is None, residual=True)  # (B, N)
 
     def step(self, F, x, rows):
         """x (B, K) -> (B, N) for a decode step, as a 1x1 convolution over B columns.
