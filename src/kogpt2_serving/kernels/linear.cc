@@ -393,12 +393,6 @@ void tile_portable_q(const int8_t* q, int64_t nr, int64_t ldq, const int8_t* w, 
 // no widening shuffle per weight and row: 8 rows 11% faster, 16 rows 7%, 1 row 2-4% (the AVX2
 // class shown on an AMX Xeon by benchmarks/as_cpu.py; the two switched at run time in one process).
 
-__attribute__((target("avx2"))) inline int32_t sum8(__m256i a) {
-  const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-  const __m128i h2 = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-  return _mm_cvtsi128_si32(_mm_add_epi32(h2, _mm_shuffle_epi32(h2, 0xb1)));
-}
-
 __attribute__((target("avx2"))) inline __m256i load32(const int8_t* p) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
 }
@@ -407,8 +401,9 @@ __attribute__((target("avx2"))) inline __m256i load32(const int8_t* p) {
 // loaded again for their signs rather than kept: with the 8 accumulators, 4 |w| and the ones,
 // keeping them would take more than AVX2's 16 registers. The accumulators are named variables,
 // as in rows_vnni.
-#define KOGPT2_SIGN_PRODUCT(n, m) \
-  a##n##m = _mm256_add_epi32(a##n##m, _mm256_madd_epi16(_mm256_maddubs_epi16(b##m, _mm256_sign_epi8(xv, load32(w + m * ldw + k))), ones))
+#define KOGPT2_SIGN_PRODUCT(n, m)                                                                 \
+  a##n##m = _mm256_add_epi32(                                                                     \
+      a##n##m, _mm256_madd_epi16(_mm256_maddubs_epi16(b##m, _mm256_sign_epi8(xv, load32(w + m * ldw + k))), ones))
 #define KOGPT2_SIGN_ROW(n)                         \
   if (R > n) {                                     \
     const __m256i xv = load32(q + n * ldq + k);    \

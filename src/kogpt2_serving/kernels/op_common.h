@@ -12,17 +12,17 @@ namespace kogpt2 {
 
 using Attrs = std::unordered_map<std::string, std::string>;
 
-// A product's bias input is there unless no_bias is set.
-inline bool has_bias(const Attrs& attrs) {
-  auto it = attrs.find("no_bias");
-  return it == attrs.end() || (it->second != "True" && it->second != "1" && it->second != "true");
-}
-
-// A product's residual input (added to its output) is there when residual is set.
-inline bool has_residual(const Attrs& attrs) {
-  auto it = attrs.find("residual");
+// Whether a boolean attribute is set (as MXNet's Python front end writes True: "True", or 1).
+inline bool is_set(const Attrs& attrs, const char* name) {
+  auto it = attrs.find(name);
   return it != attrs.end() && (it->second == "True" || it->second == "1" || it->second == "true");
 }
+
+// A product's bias input is there unless no_bias is set.
+inline bool has_bias(const Attrs& attrs) { return !is_set(attrs, "no_bias"); }
+
+// A product's residual input (added to its output) is there when residual is set.
+inline bool has_residual(const Attrs& attrs) { return is_set(attrs, "residual"); }
 
 // Every input's dtype against want(i) (MXNet's dtype codes), naming the operator, the input and
 // both dtypes on a mismatch; the one output is float32.

@@ -178,8 +178,9 @@ MXReturnValue linear_forward(const std::unordered_map<std::string, std::string>&
   if (!runs_packed()) return refuse_unpacked("kogpt2_linear_int8_packed");
   std::vector<MXTensor>& in = *inputs;
   const int64_t M = in[1].shape[0], K = in[1].shape[1], N = in[0].size() / K;
-  linear_packed(in[0].data<float>(), in[1].data<int8_t>(), in[2].data<float>(),
-                has_bias(attrs) ? in[3].data<float>() : nullptr, has_residual(attrs) ? in.back().data<float>() : nullptr,
+  const float* bias = has_bias(attrs) ? in[3].data<float>() : nullptr;
+  const float* residual = has_residual(attrs) ? in.back().data<float>() : nullptr;
+  linear_packed(in[0].data<float>(), in[1].data<int8_t>(), in[2].data<float>(), bias, residual,
                 (*outputs)[0].data<float>(), N, M, K);
   return MX_SUCCESS;
 }
