@@ -79,42 +79,33 @@ class Linear(nn.Dense):
         out = super().hybrid_forward(F, F.amp_cast(x, dtype=BFLOAT16), weight, bias)
         return F.amp_cast(out, dtype="float32")
 
-    @property
-    def steps_in_kernel(self):
-        """Whether decode steps run through our product kernels (int8 weights, or float32 steps
-        through kogpt2_linear_f32), which can add a residual as they write the output."""
-        return self.int8 or self.f32_steps
+    def step(self, F, x, rows, residual=None):
+        """x (B, K) -> (B, N) for a decode step, plus `residual` (B, N) if given.
 
-    def step_plus(self, F, x, rows, residual):
-        """residual (B, N) + step(x): in the kernel where steps run there (one operator fewer
-        per residual add: the 24 adds of a KoGPT2 int8 step at one row cost 5% of it)."""
-        if not self.steps_in_kernel:
-            return residual + self.step(F, x, rows)
+        int8 weights go through their own kernel, which reads them as stored, and so do float32
+        steps where our kernels run (use_f32_kernel_for_steps). Those kernels add the residual
+        as they write the output: one operator fewer per residual add (the 24 adds of a KoGPT2
+        int8 step at one row cost 5% of it). Elsewhere oneDNN computes the step
+        (_onednn_step) and the residual is added after it.
+        """
+        bias = _value(F, self.bias) if self.bias is not None else None
         if self.int8:
-            product = F.kogpt2_linear_int8_packed if self.int8_packed else F.kogpt2_linear_int8
-            inputs = [x, _value(F, self.weight), _value(F, self.weight_scale)]
-        else:
-            product, inputs = F.kogpt2_linear_f32, [x, _value(F, self.weight)]
-        if self.bias is not None:
-            inputs.append(_value(F, self.bias))
-        return product(*inputs, residual, no_bias=self.bias is None, residual=True)  # (B, N)
+            return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias,
+                                 self.int8_packed, residual)  # (B, N)
+        if self.f32_steps:
+            return self._f32_kernel(F, x, residual)  # (B, N)
+        out = self._onednn_step(F, x, rows, bias)  # (B, N)
+        return out if residual is None else residual + out
 
-    def step(self, F, x, rows):
-        """x (B, K) -> (B, N) for a decode step, as a 1x1 convolution over B columns.
+    def _onednn_step(self, F, x, rows, bias):
+        """x (B, K) -> (B, N) as a 1x1 convolution over B columns.
 
         MXNet's FullyConnected hands oneDNN the weight in its plain layout, and for more than
         one row oneDNN's gemm repacks it on every call. A convolution's kernel is re-laid into
         oneDNN's blocked layout once, in place, on first use, and read at memory speed from
         then on. The copy costs a second set of weights in memory. Measurements:
-        docs/serving.md ("Memory per worker") and benchmarks/README.md. int8 weights go
-        through their own kernel, which reads them as stored: no copy.
+        docs/serving.md ("Memory per worker") and benchmarks/README.md.
         """
-        bias = _value(F, self.bias) if self.bias is not None else None
-        if self.int8:
-            return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias,
-                                 self.int8_packed)  # (B, N)
-        if self.f32_steps:
-            return self._f32_kernel(F, x)  # (B, N)
         if rows > MAX_CONV_ROWS:
             return self(x)
         kernel = _value(F, self.step_weight)
@@ -136,20 +127,24 @@ class Linear(nn.Dense):
             return self._f32_kernel(F, x)
         return self(x)
 
-    def _f32_kernel(self, F, x):
-        """x (..., K) -> (..., N) through kogpt2_linear_f32 over the layer's own weight."""
-        if self.bias is None:
-            return F.kogpt2_linear_f32(x, _value(F, self.weight), no_bias=True)
-        return F.kogpt2_linear_f32(x, _value(F, self.weight), _value(F, self.bias))
+    def _f32_kernel(self, F, x, residual=None):
+        """x (..., K) -> (..., N) through kogpt2_linear_f32 over the layer's own weight (plus
+        `residual`, if given)."""
+        bias = _value(F, self.bias) if self.bias is not None else None
+        return _kernel_product(F.kogpt2_linear_f32, [x, _value(F, self.weight)], bias, residual)
 
 
-def _int8_product(F, x, weight, scale, bias, packed):
+def _int8_product(F, x, weight, scale, bias, packed, residual=None):
     """x (..., K) float32, weight (N, K) int8 (packed or not), scale (N,) -> (..., N) float32:
-    x . (weight * scale) + bias."""
+    x . (weight * scale) + bias (+ residual (..., N), if given)."""
     product = F.kogpt2_linear_int8_packed if packed else F.kogpt2_linear_int8
-    if bias is None:
-        return product(x, weight, scale, no_bias=True)
-    return product(x, weight, scale, bias)
+    return _kernel_product(product, [x, weight, scale], bias, residual)
+
+
+def _kernel_product(product, inputs, bias, residual):
+    """One of our product operators over `inputs`, with its optional bias and residual inputs."""
+    optional = [t for t in (bias, residual) if t is not None]
+    return product(*(inputs + optional), no_bias=bias is None, residual=residual is not None)
 
 
 def _scale_parameter(block, rows):
@@ -285,14 +280,14 @@ class SelfAttention(gluon.HybridBlock):
         whole capacity, and writes the new token's key and value into the cache at `slot` (a
         (1,) int32 input) itself: then the new key and value returned are None.
 
-        `residual` (B, U), if given, is added to the output (Linear.step_plus).
+        `residual` (B, U), if given, is added to the output (Linear.step).
         """
         h, d = self._num_heads, self._units // self._num_heads
         groups = rows * h
         qkv = self._multi_head_qkv_proj.step(F, x, rows)  # (B, 3U)
         if self.kernel_step:
             out = F.kogpt2_attention_step(qkv, mask, keys, values, slot, num_heads=h, scale=self._scale)  # (B, U)
-            return self._project(F, out, rows, residual), None, None
+            return self._out_proj.step(F, out, rows, residual), None, None
         q, k, v = F.split(qkv, num_outputs=3, axis=-1)  # 3 x (B, U)
         # With one position, (B, H*D) is already laid out as (B*H, D) per head.
         past = F.Convolution(keys, q.reshape((groups, d, 1)), kernel=(1,), num_filter=groups,
@@ -306,14 +301,8 @@ class SelfAttention(gluon.HybridBlock):
         out = F.Convolution(values, w_past.expand_dims(2), kernel=(1,), num_filter=groups,
                             num_group=groups, no_bias=True)  # (1, B*H, D)
         out = out.reshape((groups, 1, d)) + F.broadcast_mul(w_new.expand_dims(2), v)  # (B*H, 1, D)
-        out = self._project(F, out.reshape((rows, self._units)), rows, residual)  # (B, U)
+        out = self._out_proj.step(F, out.reshape((rows, self._units)), rows, residual)  # (B, U)
         return out, k.reshape((rows, h, d, 1)), v.reshape((rows, h, 1, d))
-
-    def _project(self, F, heads, rows, residual):
-        """The output projection of a step's heads (B, U), plus `residual` if given."""
-        if residual is not None:
-            return self._out_proj.step_plus(F, heads, rows, residual)
-        return self._out_proj.step(F, heads, rows)
 
     def _heads(self, F, t):
         """(B, T, U) -> (B, H, T, D)"""
@@ -337,10 +326,7 @@ class FeedForward(gluon.HybridBlock):
 
     def step(self, F, x, rows, residual=None):
         """x (B, U) -> (B, U) through the step kernels (Linear.step), plus `residual` if given."""
-        hidden = self._activation(F, self._hidden_map.step(F, x, rows))  # (B, H)
-        if residual is not None:
-            return self._out_map.step_plus(F, hidden, rows, residual)
-        return self._out_map.step(F, hidden, rows)
+        return self._out_map.step(F, self._activation(F, self._hidden_map.step(F, x, rows)), rows, residual)
 
     def _activation(self, F, h):
         if self._gelu == "erf":
