@@ -262,6 +262,69 @@ def test_graph_call_runs_the_built_graph_with_the_blocks_parameters():
         np.testing.assert_array_equal(a, b.asnumpy())
 
 
+def test_bound_graph_reads_its_arguments_as_they_are_when_called():
+    """compat.BoundGraph: the arguments are fixed at binding, their contents are not: a call
+    after an in-place write sees it, and gives what the unbound graph gives for the same arrays."""
+    import mxnet as mx
+    from mxnet import gluon
+
+    from kogpt2_serving.model.compat import GraphCall
+
+    class Affine(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.dense = gluon.nn.Dense(3, in_units=4)
+
+        def hybrid_forward(self, F, x, y):
+            return self.dense(x) * y
+
+    block = Affine()
+    block.initialize(mx.init.Normal(1.0))
+    block.hybridize(static_alloc=True, static_shape=True)
+    call = GraphCall(block)
+    x, y = mx.nd.array(np.arange(8).reshape(2, 4)), mx.nd.ones((2, 3))
+    call(x, y)
+    bound = call.bind(x, y)
+    np.testing.assert_array_equal(bound().asnumpy(), call(x, y).asnumpy())
+    x[:] = np.arange(8, 16).reshape(2, 4)  # in place: the bound graph reads the new values
+    y[:] = 2
+    weight, bias = block.dense.weight.data().asnumpy(), block.dense.bias.data().asnumpy()
+    np.testing.assert_allclose(bound().asnumpy(), (x.asnumpy() @ weight.T + bias) * 2, rtol=1e-5)
+    np.testing.assert_array_equal(bound().asnumpy(), call(x, y).asnumpy())
+
+
+def test_steps_bind_the_graph_to_a_states_arrays_and_give_the_same_logits(tiny_model, monkeypatch):
+    """After BIND_AFTER steps over the same arrays the step graph runs bound to them
+    (compat.BoundGraph), bit for bit what the unbound graph gives; a reorder, which replaces the
+    state's arrays, drops the binding, and the next steps bind again."""
+    from kogpt2_serving.model import engine as engine_module
+    from kogpt2_serving.model.compat import BoundGraph
+
+    engine = tiny_model.engine
+    prompts = [tiny_model.tokenizer.encode_prompt(p) for p in PROMPTS[:2]]
+    tokens = [[5, 6], [17, 18], [200, 201], [3, 4], [42, 43], [7, 8]]
+
+    def run(bind_after):
+        monkeypatch.setattr(engine_module, "BIND_AFTER", bind_after)
+        state, _ = engine.start(prompts, 10)
+        out, bound = [], []
+        for i, step_tokens in enumerate(tokens):
+            if i == 4:
+                state.reorder([1, 0])
+                assert not state.bound_steps
+            out.append(engine.step(state, step_tokens))
+            binding = state.bound_steps[2]
+            bound.append(isinstance(binding.graph, BoundGraph))
+        return out, bound
+
+    unbound, never = run(10 ** 9)
+    assert not any(never)
+    logits, bound = run(2)
+    assert bound == [False, False, True, True, False, False]  # steps 3-4 bound; after the reorder, anew
+    for a, b in zip(unbound, logits):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_short_and_long_prefills_both_match_the_full_pass(tiny_model, monkeypatch):
     """Prefills of at most FEW_PREFILL_TOKENS tokens run their products through our float32 kernel,
     longer ones through oneDNN's FullyConnected: each graph's logits, and the cache it leaves (seen

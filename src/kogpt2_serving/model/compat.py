@@ -63,9 +63,8 @@ class GraphCall:
         return self._invoke()
 
     def _prepare(self):
-        from mxnet.base import NDArrayHandle, _LIB
+        from mxnet.base import NDArrayHandle
 
-        self._run_graph = _LIB.MXInvokeCachedOpEx
         self._graph = self.block._cached_op
         plan = self.block._cached_op_args  # per graph input: (True, argument index) or (False, Parameter)
         self._params = [None if is_arg else entry.data() for is_arg, entry in plan]  # kept alive
@@ -73,15 +72,61 @@ class GraphCall:
         self._arguments = [(slot, entry) for slot, (is_arg, entry) in enumerate(plan) if is_arg]
 
     def _invoke(self):
-        from mxnet.base import NDArrayHandle, check_call
-        from mxnet.ndarray import NDArray
+        return _invoke(self._graph, self._handles)
 
-        count, outputs = ctypes.c_int(0), ctypes.POINTER(NDArrayHandle)()
-        stypes = ctypes.POINTER(ctypes.c_int)()
-        check_call(self._run_graph(self._graph.handle, ctypes.c_int(len(self._handles)), self._handles,
-                                   ctypes.byref(count), ctypes.byref(outputs), ctypes.byref(stypes)))
-        out = tuple(NDArray(ctypes.cast(outputs[i], NDArrayHandle)) for i in range(count.value))
-        return out if len(out) > 1 else out[0]
+    def bind(self, *args):
+        """This (built) graph with `args` bound to it as its parameters are: a BoundGraph."""
+        return BoundGraph(self, args)
+
+
+class BoundGraph:
+    """A built GraphCall's graph with its arguments fixed, called without any: each call reads
+    what the arguments' arrays hold by then (they are written in place between calls).
+
+    Why: the graph MXNet runs treats the arguments of a call as new arrays every time. Each
+    operator that reads one (at KoGPT2 size a decode step's 12 attention operators, which read
+    the cache, the mask and the slot) then runs on its own, dispatched one by one from the
+    calling thread, and splits the rest of the graph into separate engine operations (~26 a
+    step). Bound as parameters are (CachedOp's `param_indices`: checked to be the same arrays on
+    each call, not re-bound), everything up to the graph's outputs is one engine operation.
+    Building one costs a few ms (a CachedOp over the same symbol, then its first call sets up
+    every operator), so it pays for arguments that stay the same for many calls: a decode
+    state's (model/engine.py, `Engine.step`).
+
+    The bound operators that write into an argument (the attention operator writes the new
+    token's key and value into the cache) are seen by MXNet's engine as reading it: whoever
+    reads those arrays after a call must first wait for the call's outputs, which the engine
+    does (every step's logits are copied to the host before anything else touches the state).
+    The arrays stay referenced for as long as the BoundGraph lives."""
+
+    def __init__(self, call, args):
+        import mxnet as mx
+
+        block = call.block
+        inputs = len(call._handles)
+        flags = [("data_indices", "()"), ("param_indices", str(tuple(range(inputs))))]
+        flags += [(k, v) for k, v in block._flags if k not in ("data_indices", "param_indices")]
+        self._graph = mx.nd.CachedOp(block._cached_graph[1], flags)
+        self.args = args  # kept alive with the graph that references them
+        self._handles = (type(call._handles))(*call._handles)
+        for slot, index in call._arguments:
+            self._handles[slot] = args[index].handle
+
+    def __call__(self):
+        return _invoke(self._graph, self._handles)
+
+
+def _invoke(graph, handles):
+    """Run a CachedOp over the C array of its inputs' handles -> its outputs (a tuple, or one NDArray)."""
+    from mxnet.base import NDArrayHandle, check_call, _LIB
+    from mxnet.ndarray import NDArray
+
+    count, outputs = ctypes.c_int(0), ctypes.POINTER(NDArrayHandle)()
+    stypes = ctypes.POINTER(ctypes.c_int)()
+    check_call(_LIB.MXInvokeCachedOpEx(graph.handle, ctypes.c_int(len(handles)), handles, ctypes.byref(count),
+                                       ctypes.byref(outputs), ctypes.byref(stypes)))
+    out = tuple(NDArray(ctypes.cast(outputs[i], NDArrayHandle)) for i in range(count.value))
+    return out if len(out) > 1 else out[0]
 
 
 def slice_assign(target, value, begin, end):

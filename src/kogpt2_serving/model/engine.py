@@ -28,6 +28,9 @@ from .network import MASKED, PrefillGraph, StepGraph, fill_step_weights
 # 12-32 tokens, even at 64, slower beyond (benchmarks/kernels.py).
 FEW_PREFILL_TOKENS = 64
 MAX_STEP_GRAPHS = 32  # step graphs kept (one per batch size seen; beam search shrinks batches)
+# Steps over the same arrays before the step graph is bound to them (Engine._run_step). Binding
+# costs about half a step's time at KoGPT2 size and saves ~5-10% of every later step.
+BIND_AFTER = 2
 SPARE_CACHE_ARRAYS = 2  # retired cache arrays kept for the next batch (a keys and a values array)
 
 
@@ -45,6 +48,19 @@ class Prefill(NamedTuple):
         return int(self.values.shape[3])
 
 
+class StepBinding:
+    """A state's step inputs for one row count: how many steps ran over them in a row, and the
+    step graph bound to them (None until Engine._run_step binds it)."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+        self.calls = 0
+        self.graph = None
+
+    def takes(self, inputs):
+        return len(inputs) == len(self.inputs) and all(a is b for a, b in zip(inputs, self.inputs))
+
+
 class DecodeState:
     """The cache and per-row bookkeeping of one batch being decoded."""
 
@@ -58,6 +74,7 @@ class DecodeState:
         self._views = None
         self._slot = None  # (1,) int32 NDArray holding `length`, for the attention operator
         self._slot_value = None  # the length it holds
+        self.bound_steps = {}  # rows -> StepBinding: the step graph bound to this state's arrays
 
     @property
     def batch_size(self):
@@ -67,18 +84,19 @@ class DecodeState:
     def capacity(self):
         return self.values.shape[3]
 
-    def layer_views(self, rows):
-        """[keys0, values0, keys1, ...] of the first `rows` rows, as (1, rows*H*D, C) and
-        (1, rows*H*C, D), sharing the caches' memory (flattened here, outside the step graph,
-        where a reshape is free; a prefix of rows is contiguous in every layer)."""
+    def step_views(self, rows):
+        """(positions, mask, [keys0, values0, keys1, ...]) of the first `rows` rows, sharing the
+        state's memory: the caches as (1, rows*H*D, C) and (1, rows*H*C, D) (flattened here,
+        outside the step graph, where a reshape is free; a prefix of rows is contiguous in every
+        layer). The same NDArrays on every call until the state's arrays change (`reorder`)."""
         if self._views is None:
             self._views = {}
         if rows not in self._views:
-            views = []
+            caches = []
             for keys, values in zip(self.keys, self.values):
                 keys, values = keys[:rows], values[:rows]
-                views += [keys.reshape((1, -1, self.capacity)), values.reshape((1, -1, keys.shape[2]))]
-            self._views[rows] = views
+                caches += [keys.reshape((1, -1, self.capacity)), values.reshape((1, -1, keys.shape[2]))]
+            self._views[rows] = (self.positions[:rows], self.mask[:rows], caches)
         return self._views[rows]
 
     def slot(self):
@@ -111,6 +129,7 @@ class DecodeState:
         self.positions = self.positions.take(index, axis=0)
         self.pads = self.pads[np.asarray(rows)]
         self._views = None
+        self.bound_steps.clear()
 
 
 def take_rows(cache, index):
@@ -276,20 +295,33 @@ class Engine:
         if not 0 < rows <= state.batch_size:
             raise ValueError("a step feeds 1 to {} rows, got {} tokens".format(state.batch_size, rows))
         ids = self._step_ids(tokens)
-        step = self._step_graph(rows)
-        positions, mask = state.positions[:rows], state.mask[:rows]
+        positions, mask, caches = state.step_views(rows)
         t = state.length
         # The writes as single operators (NDArray's slice syntax costs ~60 us of Python each).
         if self.model.writes_cache:  # the attention operators write the new column at the slot
-            logits = _run(step, ids, positions, mask, state.slot(), *state.layer_views(rows))
+            logits = self._run_step(state, [ids, positions, mask, state.slot()] + caches)
         else:
-            logits, new_keys, new_values = _run(step, ids, positions, mask, *state.layer_views(rows))
+            logits, new_keys, new_values = self._run_step(state, [ids, positions, mask] + caches)
             slice_assign(state.keys, new_keys, (0, 0, 0, 0, t), (None, rows, None, None, t + 1))
             slice_assign(state.values, new_values, (0, 0, 0, t, 0), (None, rows, None, t + 1, None))
         slice_fill(state.mask, 0, (0, t), (rows, t + 1))
         positions += 1  # a view of the first rows' positions: in place
         state.advance()
         return self._host(logits)
+
+    def _run_step(self, state, inputs):
+        """The step graph of len(inputs[0]) rows over `inputs`, bound to them once the same
+        arrays have come BIND_AFTER times in a row (compat.BoundGraph: one engine operation per
+        step instead of ~26; the binding lives, and keeps the arrays, as long as the state)."""
+        rows = inputs[0].shape[0]
+        graph = self._step_graph(rows)
+        binding = state.bound_steps.get(rows)
+        if binding is None or not binding.takes(inputs):
+            binding = state.bound_steps[rows] = StepBinding(inputs)
+        if binding.graph is None and binding.calls >= BIND_AFTER and graph.built:
+            binding.graph = graph.bind(*inputs)
+        binding.calls += 1
+        return binding.graph() if binding.graph is not None else _run(graph, *inputs)
 
     def _step_ids(self, tokens):
         """(B, 1) int32 NDArray of the tokens, in a buffer kept per batch size (a new NDArray from
