@@ -41,7 +41,7 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     cases = [json.loads(line) for line in lines[1:]]
     kinds = [c["case"] for c in cases]
     packed = expected == "amx"  # int8 weights are held packed there
-    assert len(cases) == 31 + (7 if packed else 0)  # 9 shapes x (int8, int8 + bias, f32 + bias), 4 attention
+    assert len(cases) == 33 + (7 if packed else 0)  # 9 shapes x (int8, int8 + bias, f32 + bias), 2 gelu, 4 attention
     assert kinds.count("int8_packed+bias") == (5 if packed else 0)  # steps; packed: 5 products, 2 lookups
     bounded = [c for c in cases if "worst" in c]
     worst = max(bounded, key=lambda c: c["worst"])
@@ -49,7 +49,7 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     int8 = [c for c in cases if c["case"] in ("int8", "int8+bias")]
     assert max(c["rounding"] for c in int8) <= 1.0  # 8-bit rows: nearest levels, right scales
     assert all(c["equal"] for c in cases if c["case"] in ("lookup_packed", "int8_packed+bias"))  # exact
-    DIGESTS[expected] = {(c["case"], tuple(c["shape"])): c["digest"] for c in int8}
+    DIGESTS[expected] = {(c["case"], tuple(c["shape"])): c["digest"] for c in int8 + [c for c in cases if c["case"] == "int8+gelu"]}
     assert all(c["written"] for c in cases if c["case"] == "attention")  # the new column, in place
 
 
@@ -159,6 +159,46 @@ def test_a_residual_input_is_added_to_the_output_exactly(product):
     with pytest.raises(mx.base.MXNetError, match="input 4 \\(the residual\\) must have the output's shape|"
                                                  "input 3 \\(the residual\\) must have the output's shape"):
         op(*(inputs + [mx.nd.ones((2, 3, 31))]), residual=True).wait_to_read()
+
+
+def gelu64(v):
+    """GELU, erf form, in float64 (math.erf): what MXNet's LeakyReLU gelu computes."""
+    import math
+
+    return 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))
+
+
+@needs_kernels
+@pytest.mark.parametrize("product", ["int8", "f32", "int8_packed"])
+def test_gelu_applies_to_the_output_and_is_refused_with_a_residual(product):
+    """activation="gelu": the output is GELU(x . w^T + bias), within 1e-6 of float64's erf GELU
+    of the operator's own plain output, over negative, small and large values (x/sqrt 2 past the
+    tails of the erf polynomial); another activation, or one with residual=True, is refused."""
+    import mxnet as mx
+
+    kernels.load()
+    if product == "int8_packed" and not kernels.packs_int8():
+        pytest.skip("packed int8 weights need AMX; this process runs {}".format(kernels.isa()))
+    rng = np.random.default_rng(4)
+    x = mx.nd.array(rng.standard_normal((3, 5, 64)).astype("float32"))
+    w = rng.integers(-127, 128, (48, 64)).astype("int8")
+    scale = mx.nd.array((rng.random(48) * 0.02).astype("float32"))
+    bias = mx.nd.array(np.linspace(-12, 12, 48).astype("float32"))  # outputs from about -14 to 14
+    inputs = {"int8": [x, mx.nd.array(w, dtype="int8"), scale, bias],
+              "f32": [x, mx.nd.array(w.astype("float32") * 0.01), bias],
+              "int8_packed": [x, mx.nd.array(kernels.pack_int8(w), dtype="int8"), scale, bias]}[product]
+    op = getattr(mx.nd, "kogpt2_linear_" + product)
+    plain = op(*inputs).asnumpy().astype("float64")
+    assert plain.min() < -8 and plain.max() > 8 and (np.abs(plain) < 0.5).any()
+    activated = op(*inputs, activation="gelu").asnumpy()
+    error = np.abs(activated - gelu64(plain)) / np.maximum(1, np.abs(plain))
+    assert error.max() < 1e-6, error.max()
+    assert np.array_equal(op(*inputs, activation="").asnumpy(), plain.astype("float32"))
+    with pytest.raises(mx.base.MXNetError, match="activation must be 'gelu' or absent, got 'tanh'"):
+        op(*inputs, activation="tanh").wait_to_read()
+    residual = mx.nd.ones((3, 5, 48))
+    with pytest.raises(mx.base.MXNetError, match="activation='gelu' and residual=True cannot be combined"):
+        op(*(inputs + [residual]), activation="gelu", residual=True).wait_to_read()
 
 
 @needs_kernels

@@ -25,7 +25,7 @@ from ..errors import ModelLoadError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(HERE, name) for name in ("linear.cc", "attention.cc", "packed.cc")]
-HEADERS = [os.path.join(HERE, name) for name in ("isa.h", "int8_rows.h", "op_common.h")]
+HEADERS = [os.path.join(HERE, name) for name in ("isa.h", "int8_rows.h", "op_common.h", "fast_math.h")]
 CACHE_ENV = "KOGPT2_KERNEL_CACHE"
 COMPILER_ENV = "CXX"
 _loaded = []

@@ -17,12 +17,13 @@
 //     masked at MASKED (-1e4) gets an attention weight of exactly 0 in float32 either way, and
 //     the convolutions read every slot of the cache's whole capacity for every row;
 //   - about 20 graph operators per layer (products, softmax, slices, concatenation) become one.
-// Sums are float32; exp is a vectorizable polynomial within 2 ulp of expf (fast_exp).
+// Sums are float32; exp is a vectorizable polynomial within 2 ulp of expf (fast_math.h).
 #include <omp.h>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "fast_math.h"
 #include "isa.h"
 #include "mxnet/lib_api.h"
 #include "op_common.h"
@@ -34,29 +35,6 @@ namespace {
 
 // Slots whose mask is at or below this are not read (the model masks with -1e4, network.MASKED).
 const float kUnread = -5e3f;
-
-// e^x, for the softmax's x <= 0: 2^n * p(r) with n = round(x / ln 2) (adding and taking away
-// 1.5 * 2^23 rounds a float to an integer; GCC does not vectorize floorf in these loops),
-// r = x - n ln 2 (ln 2 in two parts, exact for |n| < 2^10) and p Cephes' expf polynomial.
-// 0 below -87 (no subnormal results). Plain arithmetic, bit casts and a bit mask, no selects,
-// comparisons or std::max (each kept GCC 12 from vectorizing the loops for AVX2), so that the
-// loops that call it vectorize at each ISA.
-inline __attribute__((always_inline)) float fast_exp(float x) {
-  const float kRound = 12582912.0f;
-  // All bits, or none below -87, where the rest may overflow: their result is masked to 0.
-  const int32_t kept = ~(__builtin_bit_cast(int32_t, x + 87.0f) >> 31);
-  const float n = (x * 1.44269504088896341f + kRound) - kRound;
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float two_n = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
-  return __builtin_bit_cast(float, __builtin_bit_cast(int32_t, p * two_n) & kept);
-}
 
 // Scores computed together: 4 AVX-512 (8 AVX2) registers of accumulators, so that each key is
 // loaded once and the scores are not loaded and stored again for every element of the head.

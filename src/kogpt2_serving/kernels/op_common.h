@@ -24,6 +24,30 @@ inline bool has_bias(const Attrs& attrs) { return !is_set(attrs, "no_bias"); }
 // A product's residual input (added to its output) is there when residual is set.
 inline bool has_residual(const Attrs& attrs) { return is_set(attrs, "residual"); }
 
+// A product's activation, applied to its output after the bias: activation="gelu" (erf form,
+// fast_math.h), or none when absent or empty. Not with a residual input (a layer's first MLP
+// product has the activation, its last the residual).
+inline bool has_gelu(const Attrs& attrs) {
+  auto it = attrs.find("activation");
+  return it != attrs.end() && it->second == "gelu";
+}
+
+// Refuses an activation other than gelu, or one with a residual, naming the operator and what was
+// given.
+inline bool known_activation(const char* op, const Attrs& attrs) {
+  auto it = attrs.find("activation");
+  if (it == attrs.end() || it->second.empty()) return true;
+  if (it->second != "gelu") {
+    MX_ERROR_MSG << op << ": activation must be 'gelu' or absent, got '" << it->second << "'";
+    return false;
+  }
+  if (has_residual(attrs)) {
+    MX_ERROR_MSG << op << ": activation='gelu' and residual=True cannot be combined";
+    return false;
+  }
+  return true;
+}
+
 // Every input's dtype against want(i) (MXNet's dtype codes), naming the operator, the input and
 // both dtypes on a mismatch; the one output is float32.
 template <typename Want>

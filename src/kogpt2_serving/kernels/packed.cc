@@ -2,7 +2,8 @@
 //
 //   kogpt2_linear_int8_packed (x (..., K) float32, w (M, K) int8 packed, scale (M) float32[, bias (M)]
 //                              [, residual (..., M)]) -> (..., M) float32
-//       = (q(x) . w^T) * (x's row scale * scale) + bias + residual (no_bias, residual: as linear.cc's)
+//       = (q(x) . w^T) * (x's row scale * scale) + bias + residual (no_bias, residual, activation:
+//       as linear.cc's)
 //   kogpt2_lookup_int8_packed (ids (...) int32 or float32, table (M, K) int8 packed, scale (M))
 //       -> (..., K) float32 = table[id] * scale[id]  (ids clipped to [0, M), as take's default)
 //
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "fast_math.h"
 #include "int8_rows.h"
 #include "isa.h"
 #include "mxnet/lib_api.h"
@@ -142,6 +144,7 @@ void lookup_packed(const Id* ids, int64_t count, const int8_t* table, const floa
 bool runs_packed() { return isa() == kAmx; }
 
 MXReturnValue linear_attrs(const std::unordered_map<std::string, std::string>& attrs, int* num_in, int* num_out) {
+  if (!known_activation("kogpt2_linear_int8_packed", attrs)) return MX_FAIL;
   *num_in = 3 + (has_bias(attrs) ? 1 : 0) + (has_residual(attrs) ? 1 : 0);
   *num_out = 1;
   return MX_SUCCESS;
@@ -180,8 +183,9 @@ MXReturnValue linear_forward(const std::unordered_map<std::string, std::string>&
   const int64_t M = in[1].shape[0], K = in[1].shape[1], N = in[0].size() / K;
   const float* bias = has_bias(attrs) ? in[3].data<float>() : nullptr;
   const float* residual = has_residual(attrs) ? in.back().data<float>() : nullptr;
-  linear_packed(in[0].data<float>(), in[1].data<int8_t>(), in[2].data<float>(), bias, residual,
-                (*outputs)[0].data<float>(), N, M, K);
+  float* out = (*outputs)[0].data<float>();
+  linear_packed(in[0].data<float>(), in[1].data<int8_t>(), in[2].data<float>(), bias, residual, out, N, M, K);
+  if (has_gelu(attrs)) gelu(out, N * M);
   return MX_SUCCESS;
 }
 

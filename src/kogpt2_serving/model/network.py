@@ -79,22 +79,25 @@ class Linear(nn.Dense):
         out = super().hybrid_forward(F, F.amp_cast(x, dtype=BFLOAT16), weight, bias)
         return F.amp_cast(out, dtype="float32")
 
-    def step(self, F, x, rows, residual=None):
-        """x (B, K) -> (B, N) for a decode step, plus `residual` (B, N) if given.
+    def step(self, F, x, rows, residual=None, gelu=False):
+        """x (B, K) -> (B, N) for a decode step, plus `residual` (B, N) if given, or through GELU
+        (erf form) with `gelu` (not both).
 
         int8 weights go through their own kernel, which reads them as stored, and so do float32
         steps where our kernels run (use_f32_kernel_for_steps). Those kernels add the residual
-        as they write the output: one operator fewer per residual add (the 24 adds of a KoGPT2
-        int8 step at one row cost 5% of it). Elsewhere oneDNN computes the step
-        (_onednn_step) and the residual is added after it.
+        as they write the output, and apply GELU to it: one operator fewer each (the 24 adds of
+        a KoGPT2 int8 step at one row cost 5% of it, the 12 GELUs as much). Elsewhere oneDNN
+        computes the step (_onednn_step) and MXNet's operators add and activate after it.
         """
         bias = _value(F, self.bias) if self.bias is not None else None
         if self.int8:
             return _int8_product(F, x, _value(F, self.weight), _value(F, self.weight_scale), bias,
-                                 self.int8_packed, residual)  # (B, N)
+                                 self.int8_packed, residual, gelu)  # (B, N)
         if self.f32_steps:
-            return self._f32_kernel(F, x, residual)  # (B, N)
+            return self._f32_kernel(F, x, residual, gelu)  # (B, N)
         out = self._onednn_step(F, x, rows, bias)  # (B, N)
+        if gelu:
+            out = F.LeakyReLU(out, act_type="gelu")  # MXNet's gelu is the exact erf form
         return out if residual is None else residual + out
 
     def _onednn_step(self, F, x, rows, bias):
@@ -127,24 +130,26 @@ class Linear(nn.Dense):
             return self._f32_kernel(F, x)
         return self(x)
 
-    def _f32_kernel(self, F, x, residual=None):
+    def _f32_kernel(self, F, x, residual=None, gelu=False):
         """x (..., K) -> (..., N) through kogpt2_linear_f32 over the layer's own weight (plus
-        `residual`, if given)."""
+        `residual`, or through GELU, if asked)."""
         bias = _value(F, self.bias) if self.bias is not None else None
-        return _kernel_product(F.kogpt2_linear_f32, [x, _value(F, self.weight)], bias, residual)
+        return _kernel_product(F.kogpt2_linear_f32, [x, _value(F, self.weight)], bias, residual, gelu)
 
 
-def _int8_product(F, x, weight, scale, bias, packed, residual=None):
+def _int8_product(F, x, weight, scale, bias, packed, residual=None, gelu=False):
     """x (..., K) float32, weight (N, K) int8 (packed or not), scale (N,) -> (..., N) float32:
-    x . (weight * scale) + bias (+ residual (..., N), if given)."""
+    x . (weight * scale) + bias (+ residual (..., N), or through GELU, if asked)."""
     product = F.kogpt2_linear_int8_packed if packed else F.kogpt2_linear_int8
-    return _kernel_product(product, [x, weight, scale], bias, residual)
+    return _kernel_product(product, [x, weight, scale], bias, residual, gelu)
 
 
-def _kernel_product(product, inputs, bias, residual):
-    """One of our product operators over `inputs`, with its optional bias and residual inputs."""
+def _kernel_product(product, inputs, bias, residual, gelu=False):
+    """One of our product operators over `inputs`, with its optional bias and residual inputs
+    and its optional GELU."""
     optional = [t for t in (bias, residual) if t is not None]
-    return product(*(inputs + optional), no_bias=bias is None, residual=residual is not None)
+    attrs = {"activation": "gelu"} if gelu else {}
+    return product(*(inputs + optional), no_bias=bias is None, residual=residual is not None, **attrs)
 
 
 def _scale_parameter(block, rows):
@@ -325,8 +330,13 @@ class FeedForward(gluon.HybridBlock):
         return self._out_map.full(F, self._activation(F, self._hidden_map.full(F, x, few_rows)), few_rows)
 
     def step(self, F, x, rows, residual=None):
-        """x (B, U) -> (B, U) through the step kernels (Linear.step), plus `residual` if given."""
-        return self._out_map.step(F, self._activation(F, self._hidden_map.step(F, x, rows)), rows, residual)
+        """x (B, U) -> (B, U) through the step kernels (Linear.step), plus `residual` if given.
+        The erf GELU is the first product's own (Linear.step), the tanh form an operator after it."""
+        if self._gelu == "erf":
+            hidden = self._hidden_map.step(F, x, rows, gelu=True)  # (B, hidden)
+        else:
+            hidden = self._activation(F, self._hidden_map.step(F, x, rows))  # (B, hidden)
+        return self._out_map.step(F, hidden, rows, residual)
 
     def _activation(self, F, h):
         if self._gelu == "erf":
