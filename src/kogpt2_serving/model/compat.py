@@ -14,6 +14,9 @@ in development; the test matrix runs both) have and that has no public equivalen
 - ``HybridBlock._cached_op`` and ``_cached_op_args``: the graph Gluon built on a hybridized
   block's first call, and which of its inputs are the call's arguments and which parameters;
   and ``MXInvokeCachedOpEx`` through ``mx.base._LIB``, the C call that runs it (`GraphCall`).
+- ``HybridBlock._cached_graph`` and ``_flags``: the symbol that graph was built from and the
+  hybridize flags, for a second CachedOp over the same symbol whose `param_indices` name every
+  input (`BoundGraph`).
 - ``mx.nd._internal._slice_assign`` / ``_slice_assign_scalar``: the operators behind
   ``NDArray.__setitem__`` with slices, without its indexing work in Python (~60 us a call).
 """
