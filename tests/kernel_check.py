@@ -2,7 +2,8 @@
 compare each output with a float64 NumPy product; print this process's ISA, then one line per case.
 The attention step (kogpt2_attention_step) is compared with a float64 softmax written from the
 definition, over masks that leave each row its own span of slots: left padding, a gap, unused
-capacity, a row with no slot at all. Where int8 weights are held packed (AMX), the packed product
+capacity, a row with no slot at all. Two shapes run the int8 product with activation="gelu" too,
+for their digests (the same bytes on every ISA). Where int8 weights are held packed (AMX), the packed product
 and lookup are checked too, against the same weights unpacked: rows past a tile's 16, an odd
 number of 16-output blocks, ids out of range.
 

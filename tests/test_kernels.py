@@ -49,7 +49,8 @@ def test_every_isa_path_matches_a_float64_product(cap, expected):
     int8 = [c for c in cases if c["case"] in ("int8", "int8+bias")]
     assert max(c["rounding"] for c in int8) <= 1.0  # 8-bit rows: nearest levels, right scales
     assert all(c["equal"] for c in cases if c["case"] in ("lookup_packed", "int8_packed+bias"))  # exact
-    DIGESTS[expected] = {(c["case"], tuple(c["shape"])): c["digest"] for c in int8 + [c for c in cases if c["case"] == "int8+gelu"]}
+    digested = int8 + [c for c in cases if c["case"] == "int8+gelu"]  # integer sums, then the same GELU
+    DIGESTS[expected] = {(c["case"], tuple(c["shape"])): c["digest"] for c in digested}
     assert all(c["written"] for c in cases if c["case"] == "attention")  # the new column, in place
 
 
@@ -58,8 +59,9 @@ DIGESTS = {}  # ISA -> {(case, shape): digest of the int8 products' output bytes
 
 @needs_kernels
 def test_int8_products_give_the_same_bytes_on_every_isa():
-    """Rows quantized alike and exact integer sums (vpmaddubsw, vpmaddwd, vpdpbusd, AMX tiles or plain C):
-    the same output, bit for bit, whichever path this CPU and its caps run (needs the checks above
+    """Rows quantized alike and exact integer sums (vpmaddubsw, vpmaddwd, vpdpbusd, AMX tiles or plain C),
+    and a GELU without FMAs in any vector width: the same output, bit for bit, whichever path this
+    CPU and its caps run (needs the checks above
     to have run in this session)."""
     if len(DIGESTS) < 2:
         pytest.skip("fewer than two ISA paths were checked in this run: {}".format(sorted(DIGESTS) or "none"))

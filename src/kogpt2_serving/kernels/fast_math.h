@@ -6,9 +6,9 @@
 
 namespace kogpt2 {
 
-// e^x for x <= 0 (the softmax's shifted scores, GELU's -z^2): 2^n * p(r) with n = round(x / ln 2) (adding and taking away
-// 1.5 * 2^23 rounds a float to an integer; GCC does not vectorize floorf in these loops),
-// r = x - n ln 2 (ln 2 in two parts, exact for |n| < 2^10) and p Cephes' expf polynomial.
+// e^x for x <= 0 (the softmax's shifted scores, GELU's -z^2): 2^n * p(r) with n = round(x / ln 2)
+// (adding and taking away 1.5 * 2^23 rounds a float to an integer; GCC does not vectorize floorf
+// in these loops), r = x - n ln 2 (ln 2 in two parts, exact for |n| < 2^10) and p Cephes' expf polynomial.
 // 0 below -87 (no subnormal results). Plain arithmetic, bit casts and a bit mask, no selects,
 // comparisons or std::max (each kept GCC 12 from vectorizing the loops for AVX2), so that the
 // loops that call it vectorize at each ISA.

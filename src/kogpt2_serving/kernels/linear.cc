@@ -13,7 +13,7 @@
 // residual add done where the output is written, instead of as an operator of its own (each costs
 // a decode step its dispatch: the 24 adds of a KoGPT2 step were 5% of an int8 batch-1 step).
 // With activation="gelu" (and no residual) the output is GELU(x . w^T + bias) (fast_math.h): the
-// MLP's activation, which as MXNet's operator cost a KoGPT2 int8 step at one row ~5%.
+// MLP's activation, which as MXNet's operator cost a KoGPT2 int8 step at one row ~6%.
 // Each output is a dot product along K (both operands contiguous); float32 ones accumulate in
 // float32.
 // The instruction set is chosen once per process (isa.h; kogpt2_kernel_isa names it).
