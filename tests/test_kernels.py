@@ -61,8 +61,7 @@ DIGESTS = {}  # ISA -> {(case, shape): digest of the int8 products' output bytes
 def test_int8_products_give_the_same_bytes_on_every_isa():
     """Rows quantized alike and exact integer sums (vpmaddubsw, vpmaddwd, vpdpbusd, AMX tiles or plain C),
     and a GELU without FMAs in any vector width: the same output, bit for bit, whichever path this
-    CPU and its caps run (needs the checks above
-    to have run in this session)."""
+    CPU and its caps run (needs the checks above to have run in this session)."""
     if len(DIGESTS) < 2:
         pytest.skip("fewer than two ISA paths were checked in this run: {}".format(sorted(DIGESTS) or "none"))
     first, *others = sorted(DIGESTS.items())
