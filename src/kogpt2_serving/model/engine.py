@@ -224,6 +224,7 @@ class Engine:
             self._spare.append(array.reshape((-1,)))
         self._spare = sorted(self._spare, key=lambda a: a.size)[-SPARE_CACHE_ARRAYS:]
         state.keys = state.values = None
+        state.bound_steps.clear()  # its bound graphs hold views of the arrays now spare
 
     def _cache_array(self, shape):
         """A cache array of `shape`: the smallest spare one that holds it (a view), else zeros."""

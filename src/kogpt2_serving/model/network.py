@@ -86,7 +86,7 @@ class Linear(nn.Dense):
         int8 weights go through their own kernel, which reads them as stored, and so do float32
         steps where our kernels run (use_f32_kernel_for_steps). Those kernels add the residual
         as they write the output, and apply GELU to it: one operator fewer each (the 24 adds of
-        a KoGPT2 int8 step at one row cost 5% of it, the 12 GELUs as much). Elsewhere oneDNN
+        a KoGPT2 int8 step at one row cost 5% of it, the 12 GELUs 6%). Elsewhere oneDNN
         computes the step (_onednn_step) and MXNet's operators add and activate after it.
         """
         bias = _value(F, self.bias) if self.bias is not None else None
