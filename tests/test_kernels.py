@@ -132,6 +132,18 @@ def test_wrong_inputs_are_refused_with_the_reason(weight_dtype, x_cols, message)
                                  mx.nd.ones((8,)), no_bias=True).wait_to_read()
 
 
+def product_op(mx, product, x, w, scale, bias):
+    """(kogpt2_linear_<product>, its inputs) over x, int8 weights w (float32: w * 0.01), scale
+    (not for float32) and bias; int8_packed is skipped where this process does not pack."""
+    kernels.load()
+    if product == "int8_packed" and not kernels.packs_int8():
+        pytest.skip("packed int8 weights need AMX; this process runs {}".format(kernels.isa()))
+    inputs = {"int8": [x, mx.nd.array(w, dtype="int8"), scale, bias],
+              "f32": [x, mx.nd.array(w.astype("float32") * 0.01), bias],
+              "int8_packed": [x, mx.nd.array(kernels.pack_int8(w), dtype="int8"), scale, bias]}[product]
+    return getattr(mx.nd, "kogpt2_linear_" + product), inputs
+
+
 @needs_kernels
 @pytest.mark.parametrize("product", ["int8", "f32", "int8_packed"])
 def test_a_residual_input_is_added_to_the_output_exactly(product):
@@ -139,18 +151,12 @@ def test_a_residual_input_is_added_to_the_output_exactly(product):
     adding it afterwards gives (the decode step's residual adds, model/network.py)."""
     import mxnet as mx
 
-    kernels.load()
-    if product == "int8_packed" and not kernels.packs_int8():
-        pytest.skip("packed int8 weights need AMX; this process runs {}".format(kernels.isa()))
     rng = np.random.default_rng(3)
     x = mx.nd.array(rng.standard_normal((2, 3, 64)).astype("float32"))
     w = rng.integers(-127, 128, (32, 64)).astype("int8")
     scale, bias = (mx.nd.array(rng.random(32).astype("float32")) for _ in range(2))
     residual = mx.nd.array(rng.standard_normal((2, 3, 32)).astype("float32"))
-    inputs = {"int8": [x, mx.nd.array(w, dtype="int8"), scale, bias],
-              "f32": [x, mx.nd.array(w.astype("float32") * 0.01), bias],
-              "int8_packed": [x, mx.nd.array(kernels.pack_int8(w), dtype="int8"), scale, bias]}[product]
-    op = getattr(mx.nd, "kogpt2_linear_" + product)
+    op, inputs = product_op(mx, product, x, w, scale, bias)
     plain = op(*inputs).asnumpy()
     added = op(*(inputs + [residual]), residual=True).asnumpy()
     assert np.array_equal(added, (mx.nd.array(plain) + residual).asnumpy())
@@ -177,18 +183,12 @@ def test_gelu_applies_to_the_output_and_is_refused_with_a_residual(product):
     tails of the erf polynomial); another activation, or one with residual=True, is refused."""
     import mxnet as mx
 
-    kernels.load()
-    if product == "int8_packed" and not kernels.packs_int8():
-        pytest.skip("packed int8 weights need AMX; this process runs {}".format(kernels.isa()))
     rng = np.random.default_rng(4)
     x = mx.nd.array(rng.standard_normal((3, 5, 64)).astype("float32"))
     w = rng.integers(-127, 128, (48, 64)).astype("int8")
     scale = mx.nd.array((rng.random(48) * 0.02).astype("float32"))
     bias = mx.nd.array(np.linspace(-12, 12, 48).astype("float32"))  # outputs from about -14 to 14
-    inputs = {"int8": [x, mx.nd.array(w, dtype="int8"), scale, bias],
-              "f32": [x, mx.nd.array(w.astype("float32") * 0.01), bias],
-              "int8_packed": [x, mx.nd.array(kernels.pack_int8(w), dtype="int8"), scale, bias]}[product]
-    op = getattr(mx.nd, "kogpt2_linear_" + product)
+    op, inputs = product_op(mx, product, x, w, scale, bias)
     plain = op(*inputs).asnumpy().astype("float64")
     assert plain.min() < -8 and plain.max() > 8 and (np.abs(plain) < 0.5).any()
     activated = op(*inputs, activation="gelu").asnumpy()
